@@ -1,0 +1,59 @@
+"""Settings, read once from the environment (12-factor); nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def _default_db_url() -> str:
+    return f"sqlite:///{REPO_ROOT / 'var' / 'voucher.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(default_factory=_default_db_url)
+    policy_path: Path | None = None  # None: the Jiaxing policy shipped in config/policies/
+    providers_dir: Path = CONFIG_DIR / "providers"
+    stripe_api_base: str = "http://127.0.0.1:8420"
+    stripe_api_key: str = ""
+    max_batch_records: int = 5000
+    max_content_length: int = 32 * 1024 * 1024
+    future_skew_seconds: int = 300  # records may end at most 5 minutes in the future
+    pull_cron: str = "*/15 * * * *"
+    reconcile_cron: str = "0 2 1 * *"
+    statements_cron: str = "0 4 1 * *"
+    timezone: str = "Asia/Shanghai"
+    secret_key: str = ""
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        values: dict = {}
+        mapping = {
+            "VOUCHER_DATABASE_URL": ("database_url", str),
+            "VOUCHER_POLICY": ("policy_path", Path),
+            "VOUCHER_PROVIDERS_DIR": ("providers_dir", Path),
+            "VOUCHER_STRIPE_API_BASE": ("stripe_api_base", str),
+            "VOUCHER_STRIPE_API_KEY": ("stripe_api_key", str),
+            "VOUCHER_PULL_CRON": ("pull_cron", str),
+            "VOUCHER_RECONCILE_CRON": ("reconcile_cron", str),
+            "VOUCHER_STATEMENTS_CRON": ("statements_cron", str),
+            "VOUCHER_SECRET_KEY": ("secret_key", str),
+            "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
+        }
+        for var, (name, conv) in mapping.items():
+            if env.get(var):
+                values[name] = conv(env[var])
+        if env.get("VOUCHER_LOG_JSON"):
+            values["log_json"] = env["VOUCHER_LOG_JSON"].lower() not in ("0", "false", "no")
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)

@@ -1,0 +1,121 @@
+"""Usage-record endpoints: push a batch, list, read one, void (SPEC §6)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Blueprint, current_app
+
+from metering.ingest import ingest_records
+from metering.periods import parse_period
+from metering.usage import get_record, list_records, parse_public_id, record_json, void_record
+from voucher.auth import current_principal, db_session, requires
+from voucher.errors import ApiError, not_found
+from voucher.http import json_body, list_envelope, page_args, query_arg
+
+bp = Blueprint("usage", __name__, url_prefix="/v1")
+
+
+@bp.post("/usage-records")
+@requires("provider")
+def push_usage_records():
+    principal = current_principal()
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "Request body must be a JSON object with a records array")
+    records = body.get("records")
+    if not isinstance(records, list):
+        raise ApiError(400, "bad_request", "records must be an array of usage records", "records")
+    settings = current_app.config["VOUCHER_SETTINGS"]
+    if len(records) > settings.max_batch_records:
+        raise ApiError(413, "batch_too_large",
+                       f"At most {settings.max_batch_records} records per request; got {len(records)}",
+                       "records")
+    if not records:
+        raise ApiError(422, "empty_batch", "records must not be empty", "records")
+    extra = set(body) - {"records"}
+    if extra:
+        raise ApiError(422, "unknown_field", f"Unknown field {sorted(extra)[0]}", sorted(extra)[0])
+    session = db_session()
+    with session.begin():
+        result = ingest_records(session, principal.subject, records,
+                                future_skew=timedelta(seconds=settings.future_skew_seconds))
+    current_app.extensions["voucher.events"].batch_ingested(principal.subject, result)
+    return result.as_dict()
+
+
+def _scope_filters() -> tuple[str | None, str | None]:
+    principal = current_principal()
+    provider = query_arg("provider")
+    enterprise = query_arg("enterprise")
+    if enterprise:
+        enterprise = enterprise.upper()
+    if principal.role == "provider":
+        if provider and provider != principal.subject:
+            raise not_found("provider", provider, "provider")
+        provider = principal.subject
+    elif principal.role == "enterprise":
+        if enterprise and enterprise != principal.subject:
+            raise not_found("enterprise", enterprise, "enterprise")
+        enterprise = principal.subject
+    return provider, enterprise
+
+
+@bp.get("/usage-records")
+@requires("finance", "provider", "enterprise")
+def list_usage_records():
+    provider, enterprise = _scope_filters()
+    period = query_arg("period")
+    if period:
+        query_arg("period", parse_period)
+    status = query_arg("status")
+    if status and status not in ("active", "void"):
+        raise ApiError(400, "invalid_query", "status must be active or void", "status")
+    limit, after = page_args()
+    after_id = None
+    if after:
+        try:
+            after_id = parse_public_id(after)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+    rows, has_more = list_records(db_session(), provider_id=provider, enterprise_uscc=enterprise,
+                                  period=period, status=status, limit=limit, after_id=after_id)
+    return list_envelope([record_json(r) for r in rows], has_more, "/v1/usage-records")
+
+
+def _target_provider() -> str:
+    principal = current_principal()
+    if principal.role == "provider":
+        return principal.subject
+    provider = query_arg("provider")
+    if not provider:
+        raise ApiError(400, "missing_param", "finance must name the provider (?provider=ID)", "provider")
+    return provider
+
+
+@bp.get("/usage-records/<path:record_id>")
+@requires("finance", "provider")
+def get_usage_record(record_id: str):
+    record = get_record(db_session(), _target_provider(), record_id)
+    if record is None:
+        raise not_found("usage record", record_id)
+    return record_json(record)
+
+
+@bp.delete("/usage-records/<path:record_id>")
+@requires("finance", "provider")
+def void_usage_record(record_id: str):
+    body = json_body(required=False)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        raise ApiError(422, "invalid_field", "reason must be a string of at most 1000 characters", "reason")
+    provider_id = _target_provider()
+    session = db_session()
+    with session.begin():
+        record = get_record(session, provider_id, record_id, lock=True)
+        if record is None:
+            raise not_found("usage record", record_id)
+        record, changed = void_record(session, record, reason)
+        if changed:
+            current_app.extensions["voucher.events"].record_voided(session, record)
+    return record_json(record)

@@ -1,0 +1,220 @@
+"""Finance API for the registry: providers, enterprises, model filings (SPEC §6)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from flask import Blueprint
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from stdnum.cn import uscc as uscc_mod
+
+from metering.models import Enterprise, ModelFiling, Provider
+from metering.registry import apply_changes, enterprise_json, filing_json, filings_of, provider_json
+from voucher.auth import current_principal, db_session, ensure_subject, requires
+from voucher.errors import ApiError, not_found
+from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
+
+bp = Blueprint("registry", __name__, url_prefix="/v1")
+
+PROVIDER_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
+
+
+def normalise_uscc(value: object) -> str:
+    if not isinstance(value, str) or not uscc_mod.is_valid(value.strip().upper()):
+        raise PydanticCustomError("invalid_uscc", "is not a valid unified social credit code")
+    return value.strip().upper()
+
+
+class _Listing(BaseModel):
+    @model_validator(mode="after")
+    def _order(self):
+        lf, lu = getattr(self, "listed_from", None), getattr(self, "listed_until", None)
+        if lf and lu and lu < lf:
+            raise PydanticCustomError("invalid_date_range", "listed_until is before listed_from")
+        return self
+
+
+class ProviderIn(_Listing):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=PROVIDER_ID, examples=["jx-zhisuan"])
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["intelligent_computing", "supercomputing"]
+    county: str | None = Field(default=None, max_length=64)
+    listed_from: date | None = None
+    listed_until: date | None = None
+
+
+class ProviderPatch(_Listing):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    kind: Literal["intelligent_computing", "supercomputing"] | None = None
+    county: str | None = Field(default=None, max_length=64)
+    listed_from: date | None = None
+    listed_until: date | None = None
+
+
+class EnterpriseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uscc: str = Field(examples=["91330402MA2B7K3X1X"])
+    name: str = Field(min_length=1, max_length=200)
+    county: str | None = Field(default=None, max_length=64)
+    eligible: bool = True
+
+    @field_validator("uscc", mode="before")
+    @classmethod
+    def _uscc(cls, v: object) -> str:
+        return normalise_uscc(v)
+
+
+class EnterprisePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    county: str | None = Field(default=None, max_length=64)
+    eligible: bool | None = None
+
+
+class FilingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filing_no: str = Field(min_length=1, max_length=100)
+    model_name: str = Field(min_length=1, max_length=200)
+    obtained_on: date
+
+
+def _page_after(model_col, starting_after):
+    return (lambda stmt: stmt.where(model_col > starting_after)) if starting_after else (lambda s: s)
+
+
+@bp.post("/providers")
+@requires("finance")
+def create_provider():
+    body = parse_model(ProviderIn, json_body())
+    session = db_session()
+    with session.begin():
+        if session.get(Provider, body.id) is not None:
+            raise ApiError(409, "resource_exists", f"Provider {body.id!r} already exists", "id")
+        provider = Provider(**body.model_dump())
+        session.add(provider)
+    return provider_json(provider), 201
+
+
+@bp.get("/providers")
+@requires("finance")
+def list_providers():
+    limit, after = page_args()
+    session = db_session()
+    stmt = _page_after(Provider.id, after)(select(Provider)).order_by(Provider.id).limit(limit + 1)
+    rows = list(session.scalars(stmt))
+    return list_envelope([provider_json(p) for p in rows[:limit]], len(rows) > limit, "/v1/providers")
+
+
+@bp.get("/providers/<provider_id>")
+@requires("finance", "provider")
+def get_provider(provider_id: str):
+    ensure_subject(current_principal(), "provider", provider_id, "provider")
+    provider = db_session().get(Provider, provider_id)
+    if provider is None:
+        raise not_found("provider", provider_id)
+    return provider_json(provider)
+
+
+@bp.patch("/providers/<provider_id>")
+@requires("finance")
+def patch_provider(provider_id: str):
+    body = parse_model(ProviderPatch, json_body())
+    session = db_session()
+    with session.begin():
+        provider = session.get(Provider, provider_id)
+        if provider is None:
+            raise not_found("provider", provider_id)
+        apply_changes(provider, body.model_dump(exclude_unset=True))
+        if provider.listed_from and provider.listed_until and provider.listed_until < provider.listed_from:
+            raise ApiError(422, "invalid_date_range", "listed_until is before listed_from", "listed_until")
+    return provider_json(provider)
+
+
+@bp.post("/enterprises")
+@requires("finance")
+def create_enterprise():
+    body = parse_model(EnterpriseIn, json_body())
+    session = db_session()
+    with session.begin():
+        if session.get(Enterprise, body.uscc) is not None:
+            raise ApiError(409, "resource_exists", f"Enterprise {body.uscc} already exists", "uscc")
+        enterprise = Enterprise(**body.model_dump())
+        session.add(enterprise)
+    return enterprise_json(enterprise, []), 201
+
+
+@bp.get("/enterprises")
+@requires("finance")
+def list_enterprises():
+    limit, after = page_args()
+    county = query_arg("county")
+    session = db_session()
+    stmt = _page_after(Enterprise.uscc, after)(select(Enterprise))
+    if county:
+        stmt = stmt.where(Enterprise.county == county)
+    rows = list(session.scalars(stmt.order_by(Enterprise.uscc).limit(limit + 1)))
+    return list_envelope([enterprise_json(e) for e in rows[:limit]], len(rows) > limit, "/v1/enterprises")
+
+
+def _enterprise_or_404(session, uscc: str) -> Enterprise:
+    ensure_subject(current_principal(), "enterprise", uscc.upper(), "enterprise")
+    enterprise = session.get(Enterprise, uscc.upper())
+    if enterprise is None:
+        raise not_found("enterprise", uscc)
+    return enterprise
+
+
+@bp.get("/enterprises/<uscc>")
+@requires("finance", "enterprise")
+def get_enterprise(uscc: str):
+    session = db_session()
+    enterprise = _enterprise_or_404(session, uscc)
+    return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
+
+
+@bp.patch("/enterprises/<uscc>")
+@requires("finance")
+def patch_enterprise(uscc: str):
+    body = parse_model(EnterprisePatch, json_body())
+    session = db_session()
+    with session.begin():
+        enterprise = _enterprise_or_404(session, uscc)
+        apply_changes(enterprise, body.model_dump(exclude_unset=True))
+    return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
+
+
+@bp.post("/enterprises/<uscc>/model-filings")
+@requires("finance")
+def create_filing(uscc: str):
+    body = parse_model(FilingIn, json_body())
+    session = db_session()
+    try:
+        with session.begin():
+            enterprise = _enterprise_or_404(session, uscc)
+            existing = session.scalars(select(ModelFiling).where(ModelFiling.filing_no == body.filing_no)).first()
+            if existing is not None:
+                same = (existing.enterprise_uscc, existing.model_name, existing.obtained_on) == (
+                    enterprise.uscc, body.model_name, body.obtained_on)
+                if same:
+                    return filing_json(existing), 200
+                raise ApiError(409, "conflict", f"Filing {body.filing_no!r} is already recorded "
+                               "with different content", "filing_no")
+            filing = ModelFiling(enterprise_uscc=enterprise.uscc, **body.model_dump())
+            session.add(filing)
+    except IntegrityError:
+        raise ApiError(409, "conflict", f"Filing {body.filing_no!r} already exists", "filing_no") from None
+    return filing_json(filing), 201
+
+
+@bp.get("/enterprises/<uscc>/model-filings")
+@requires("finance", "enterprise")
+def list_filings(uscc: str):
+    session = db_session()
+    enterprise = _enterprise_or_404(session, uscc)
+    return list_envelope([filing_json(f) for f in filings_of(session, enterprise.uscc)], False)

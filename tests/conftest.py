@@ -1,0 +1,137 @@
+"""Fixtures: every database test runs on SQLite and, when VOUCHER_TEST_DATABASE_URL is set,
+again on PostgreSQL, each in a database the suite creates and drops itself."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from config.settings import Settings
+from voucher.app import create_app
+from voucher.db import Base, Database
+from voucher.keys import issue_key
+from voucher.migrate import upgrade
+
+PG_URL = os.environ.get("VOUCHER_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def create_pg_database(admin_url: str) -> tuple[str, str]:
+    import psycopg
+
+    name = f"voucher_test_{uuid.uuid4().hex[:10]}"
+    url = make_url(admin_url)
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    conninfo = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'voucher.db'}"
+        upgrade(url)
+        yield url
+        return
+    name, url = create_pg_database(PG_URL)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(PG_URL, name)
+
+
+@pytest.fixture(scope="session")
+def database(database_url):
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+def truncate_all(db: Database) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with db.engine.begin() as conn:
+        if db.dialect == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in tables:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def db(database):
+    truncate_all(database)
+    return database
+
+
+@pytest.fixture
+def settings(database_url):
+    return Settings.from_env(env={}, database_url=database_url)
+
+
+@pytest.fixture
+def app(db, settings):
+    return create_app(settings, database=db)
+
+
+class Api:
+    """A test client that speaks JSON with one key's Authorization header."""
+
+    def __init__(self, client, key: str | None) -> None:
+        self.client = client
+        self.key = key
+
+    def _headers(self, headers):
+        h = dict(headers or {})
+        if self.key:
+            h.setdefault("Authorization", f"Bearer {self.key}")
+        return h
+
+    def get(self, url, **kw):
+        return self.client.get(url, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def post(self, url, json=None, **kw):
+        return self.client.post(url, json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def patch(self, url, json=None, **kw):
+        return self.client.patch(url, json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def delete(self, url, json=None, **kw):
+        return self.client.delete(url, json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+
+def new_key(db: Database, role: str, subject: str | None = None) -> str:
+    with db.session() as session, session.begin():
+        _, plain = issue_key(session, role, subject)
+    return plain
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def finance(client, db):
+    return Api(client, new_key(db, "finance"))
+
+
+@pytest.fixture
+def as_key(client, db):
+    """as_key(role, subject) -> Api acting with a fresh key of that role."""
+    return lambda role, subject=None: Api(client, new_key(db, role, subject))

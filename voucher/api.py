@@ -1,0 +1,88 @@
+"""Service endpoints: health, readiness, API keys."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from flask import Blueprint, current_app
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from metering.models import Enterprise, Provider
+from voucher.auth import db_session, requires
+from voucher.errors import ApiError, not_found
+from voucher.http import json_body, parse_model
+from voucher.keys import issue_key, revoke_key
+
+bp = Blueprint("service", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        with current_app.extensions["voucher.db"].engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to reach the database means not ready
+        raise ApiError(503, "database_unavailable", f"Database unreachable: {type(exc).__name__}",
+                       headers={"Retry-After": "5"}) from None
+    return {"status": "ready"}
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["finance", "provider", "enterprise"]
+    subject: str | None = Field(default=None, description="provider id or enterprise USCC")
+
+
+def key_json(row, plain: str | None = None) -> dict:
+    body = {"object": "api_key", "id": row.id, "role": row.role, "subject": row.subject,
+            "created_at": row.created_at.isoformat(),
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
+    if plain is not None:
+        body["key"] = plain
+    return body
+
+
+def check_subject(session, role: str, subject: str | None) -> str | None:
+    """A provider key names a registered provider, an enterprise key a registered USCC."""
+    if role == "finance":
+        if subject:
+            raise ApiError(422, "invalid_field", "a finance key has no subject", "subject")
+        return None
+    if not subject:
+        raise ApiError(422, "missing_field", f"a {role} key needs a subject", "subject")
+    if role == "provider":
+        if session.get(Provider, subject) is None:
+            raise ApiError(422, "unknown_provider", f"No such provider: {subject!r}", "subject")
+        return subject
+    subject = subject.upper()
+    if session.get(Enterprise, subject) is None:
+        raise ApiError(422, "unknown_enterprise", f"No such enterprise: {subject!r}", "subject")
+    return subject
+
+
+@bp.post("/v1/api-keys")
+@requires("finance")
+def create_api_key():
+    body = parse_model(ApiKeyIn, json_body())
+    session = db_session()
+    with session.begin():
+        subject = check_subject(session, body.role, body.subject)
+        row, plain = issue_key(session, body.role, subject)
+    return key_json(row, plain), 201
+
+
+@bp.delete("/v1/api-keys/<key_id>")
+@requires("finance")
+def delete_api_key(key_id: str):
+    session = db_session()
+    with session.begin():
+        row = revoke_key(session, key_id)
+        if row is None:
+            raise not_found("api key", key_id)
+    return key_json(row)

@@ -1,0 +1,105 @@
+"""`voucher` command line: thin commands that call one service each (SPEC §9)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from config.settings import Settings
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def database():
+    from voucher.db import Database
+
+    return Database(settings().database_url)
+
+
+@click.group()
+def main() -> None:
+    """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Migrate the database named by VOUCHER_DATABASE_URL to the latest schema."""
+    from voucher.migrate import upgrade
+
+    url = settings().database_url
+    upgrade(url, revision)
+    click.echo(f"database at {revision}: {_safe_url(url)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["finance", "provider", "enterprise"]), required=True)
+@click.option("--subject", default=None, help="provider id or enterprise USCC")
+def keys_create(role: str, subject: str | None) -> None:
+    """Issue a key. It is shown once, on the last line, and stored only as a hash."""
+    from voucher.api import check_subject
+    from voucher.errors import ApiError
+    from voucher.keys import issue_key
+
+    database_ = database()
+    with database_.session() as session, session.begin():
+        try:
+            subject = check_subject(session, role, subject)
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from None
+        row, plain = issue_key(session, role, subject)
+    click.echo(f"{row.id} role={role} subject={subject or '-'}")
+    click.echo(plain)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (key_…)."""
+    from voucher.keys import revoke_key
+
+    with database().session() as session, session.begin():
+        if revoke_key(session, key_id) is None:
+            raise click.ClickException(f"no such key: {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=None, type=int, help="gunicorn workers (default 2 × cores)")
+def serve(host: str, port: int, workers: int | None) -> None:
+    """Run the HTTP API under gunicorn (several workers), never Flask's dev server."""
+    from config.settings import CONFIG_DIR
+
+    args = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG_DIR / "gunicorn.conf.py"),
+            "-b", f"{host}:{port}"]
+    if workers:
+        args += ["-w", str(workers)]
+    args.append("voucher.wsgi:app")
+    os.execv(sys.executable, args)
+
+
+from voucher.cli_demo import demo  # noqa: E402  (commands beside their domain)
+
+main.add_command(demo)

@@ -1,0 +1,132 @@
+"""Engine, session factory and the column types that keep money and quantities exact."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Autoincrementing 64-bit ids; SQLite only autoincrements INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class MicroDecimal(TypeDecorator):
+    """A Decimal with 6 fractional digits stored as a scaled 64-bit integer.
+
+    SQLite has no exact decimal type (SQLAlchemy's Numeric goes through float there), so
+    quantities are kept as integer millionths on every database: exact, summable in SQL.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+    SCALE = 10**6
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        scaled = Decimal(value) * self.SCALE
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"{value} has more than 6 fractional digits")
+        return int(scaled)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else from_micros(value)
+
+
+def from_micros(value: int) -> Decimal:
+    return (Decimal(int(value)) / MicroDecimal.SCALE).quantize(Decimal("0.000001"))
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware datetimes, stored in UTC; naive input is a programming error."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets readers run beside the one writer; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+    # Let SQLAlchemy emit BEGIN itself (below) instead of pysqlite's deferred BEGIN.
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+    # instead of one failing with "database is locked" when it upgrades a read lock.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    return create_engine(url, **kwargs)
+
+
+class Database:
+    """One engine and session factory per app (no module-level engine)."""
+
+    def __init__(self, url: str, **engine_kwargs) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def session(self) -> Session:
+        return self.Session()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

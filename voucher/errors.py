@@ -1,0 +1,118 @@
+"""Stripe-style error bodies for every failure, Flask's own 404/405/413 included."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("voucher.errors")
+
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "idempotency_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "api_error",
+}
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "resource_missing",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_field",
+    429: "rate_limited",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type or STATUS_TYPES.get(status, "invalid_request_error")
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict:
+        error = {"type": self.type, "code": self.code, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        error.update(self.extra)
+        return {"error": error}
+
+
+def not_found(what: str, ident: str, param: str | None = None) -> ApiError:
+    return ApiError(404, "resource_missing", f"No such {what}: {ident!r}", param)
+
+
+def invalid(param: str, message: str, code: str = "invalid_field", status: int = 422) -> ApiError:
+    return ApiError(status, code, message, param)
+
+
+def _respond(err: ApiError):
+    resp = jsonify(err.body())
+    resp.status_code = err.status
+    for k, v in err.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):
+        return _respond(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = "Request body too large"
+        err = ApiError(status, STATUS_CODES.get(status, "http_error"), message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            err.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return _respond(err)
+
+    @app.errorhandler(OperationalError)
+    def _db_down(exc: OperationalError):
+        log.error("database unavailable: %s", exc.orig)
+        return _respond(
+            ApiError(503, "database_unavailable", "The database is unavailable; retry shortly.",
+                     headers={"Retry-After": "5"})
+        )
+
+    @app.errorhandler(DBAPIError)
+    def _db_error(exc: DBAPIError):
+        if exc.connection_invalidated:
+            return _db_down(exc)  # type: ignore[arg-type]
+        log.exception("database error")
+        return _respond(ApiError(500, "database_error", "The database refused the write; nothing was stored.", type="api_error"))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return _respond(ApiError(500, "internal_error", "Internal error", type="api_error"))

@@ -1,0 +1,86 @@
+"""Request parsing and list envelopes shared by every blueprint."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, Callable, Sequence, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from voucher.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+
+
+def json_body(required: bool = True) -> Any:
+    """The request's JSON; numbers with a fraction parse as Decimal so nothing is rounded."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        if required:
+            raise ApiError(400, "bad_request", "Request body must be a JSON object")
+        return {}
+    try:
+        data = json.loads(raw, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"Request body is not valid JSON: {exc}") from None
+    return data
+
+
+def loc_to_param(loc: Sequence[Any], prefix: str = "") -> str:
+    param = prefix
+    for part in loc:
+        if isinstance(part, int):
+            param += f"[{part}]"
+        else:
+            param += f".{part}" if param else str(part)
+    return param
+
+
+def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate a body with a pydantic model; the first error becomes a 422 naming the field."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "Request body must be a JSON object", prefix or None)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = loc_to_param(first["loc"], prefix) or None
+        code = first["type"] if first["type"].startswith(("invalid_", "unsupported_")) else "invalid_field"
+        if first["type"] == "missing":
+            code, msg = "missing_field", f"Missing required field {param}"
+        elif first["type"] == "extra_forbidden":
+            code, msg = "unknown_field", f"Unknown field {param}"
+        else:
+            msg = f"{param}: {first['msg']}" if param else first["msg"]
+        raise ApiError(422, code, msg, param) from None
+
+
+def query_arg(name: str, parse: Callable[[str], Any] | None = None, default: Any = None) -> Any:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return default
+    if parse is None:
+        return value
+    try:
+        return parse(value)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "invalid_query", f"Invalid {name}: {exc}", name) from None
+
+
+def page_args() -> tuple[int, str | None]:
+    limit = query_arg("limit", int, DEFAULT_LIMIT)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, "invalid_query", f"limit must be between 1 and {MAX_LIMIT}", "limit")
+    return limit, request.args.get("starting_after") or None
+
+
+def list_envelope(data: list[dict], has_more: bool, url: str | None = None) -> dict:
+    body: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
+    if url:
+        body["url"] = url
+    return body
