@@ -31,7 +31,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="heads", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Migrate the database named by VOUCHER_DATABASE_URL to the latest schema."""
     from voucher.migrate import upgrade
