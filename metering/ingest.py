@@ -8,16 +8,23 @@ already existed (to tell a replay from a conflict). No query per record.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from metering.models import Enterprise, UsageRecord
-from metering.records import RecordError, UsageRecordIn, content_hash, record_period, validate_record
+from metering.records import (
+    RecordError,
+    UsageRecordIn,
+    content_hash,
+    record_period,
+    validate_record,
+)
 
 IN_CHUNK = 900  # keeps `IN (...)` lists under SQLite's variable limit
 
@@ -64,7 +71,7 @@ def ingest_records(
     param_prefix: str = "records",
 ) -> BatchResult:
     """Validate and store a batch for one provider. The caller owns the transaction."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     n = len(raw_records)
     results: list[dict[str, Any] | None] = [None] * n
     outcome = BatchResult(results=[])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -28,7 +28,7 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     year, month = parse_period(period)
     start = datetime(year, month, 1, tzinfo=SHANGHAI)
     end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=SHANGHAI)
-    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+    return start.astimezone(UTC), end.astimezone(UTC)
 
 
 def previous_period(moment: datetime) -> str:
@@ -43,4 +43,4 @@ def period_start_date(period: str) -> date:
 
 
 def current_period(now: datetime | None = None) -> str:
-    return period_of(now or datetime.now(timezone.utc))
+    return period_of(now or datetime.now(UTC))

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from metering.periods import period_of
 
 UNITS = ("gpu_hour", "core_hour", "node_hour")
 CURRENCIES = ("CNY",)
-MAX_QUANTITY = Decimal("1000000000000")  # 10^12 units in one record is a typo, not usage
+MAX_QUANTITY = Decimal(1000000000000)  # 10^12 units in one record is a typo, not usage
 MAX_AMOUNT = 10**15  # fen
 MAX_METADATA_BYTES = 4096
 QUANTITY_STEP = Decimal("0.000001")
@@ -140,7 +140,7 @@ class UsageRecordIn(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _range(self) -> "UsageRecordIn":
+    def _range(self) -> UsageRecordIn:
         if self.ended_at < self.started_at:
             raise _fail("invalid_time_range", "ended_at is before started_at")
         return self
@@ -196,8 +196,8 @@ def content_hash(rec: UsageRecordIn) -> str:
             rec.resource,
             rec.unit,
             str(rec.quantity),
-            rec.started_at.astimezone(timezone.utc).isoformat(),
-            rec.ended_at.astimezone(timezone.utc).isoformat(),
+            rec.started_at.astimezone(UTC).isoformat(),
+            rec.ended_at.astimezone(UTC).isoformat(),
             rec.amount,
             rec.currency,
             rec.metadata,

@@ -135,3 +135,40 @@ def finance(client, db):
 def as_key(client, db):
     """as_key(role, subject) -> Api acting with a fresh key of that role."""
     return lambda role, subject=None: Api(client, new_key(db, role, subject))
+
+
+# --- PostgreSQL-only tests (concurrency, locking): always on PostgreSQL, never skipped. ---
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    admin = PG_URL or DEFAULT_PG
+    name, url = create_pg_database(admin)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(admin, name)
+
+
+class World:
+    """An app on its own database with helpers to act as any role."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.db = Database(url)
+        truncate_all(self.db)
+        self.app = create_app(Settings.from_env(env={}, database_url=url), database=self.db)
+        self.client = self.app.test_client()
+        self.finance = Api(self.client, new_key(self.db, "finance"))
+
+    def as_key(self, role: str, subject: str | None = None) -> Api:
+        return Api(self.client, new_key(self.db, role, subject))
+
+
+@pytest.fixture
+def pg(pg_url):
+    world = World(pg_url)
+    yield world
+    world.db.dispose()

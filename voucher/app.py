@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, g
 
+from billing.policy_file import load_policy
 from config.settings import Settings
 from voucher.db import Database
 from voucher.errors import register_error_handlers
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     db = database or Database(settings.database_url)
     app.extensions["voucher.db"] = db
     app.extensions["voucher.events"] = Events()
+    app.extensions["voucher.policy"] = load_policy(settings.policy_path)
 
     @app.teardown_appcontext
     def _close_session(_exc):
@@ -31,6 +33,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     register_error_handlers(app)
 
+    from billing.api import bp as billing_bp
     from metering.api import bp as usage_bp
     from metering.registry_api import bp as registry_bp
     from voucher.api import bp as service_bp
@@ -38,4 +41,5 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.register_blueprint(service_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(usage_bp)
+    app.register_blueprint(billing_bp)
     return app

@@ -8,6 +8,9 @@ import sys
 import click
 
 from config.settings import Settings
+from voucher.cli_adapters import COMMANDS as ADAPTER_COMMANDS
+from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
+from voucher.cli_demo import demo
 
 
 def settings() -> Settings:
@@ -100,6 +103,6 @@ def serve(host: str, port: int, workers: int | None) -> None:
     os.execv(sys.executable, args)
 
 
-from voucher.cli_demo import demo  # noqa: E402  (commands beside their domain)
-
 main.add_command(demo)
+for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS):
+    main.add_command(_command)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import click
 from stdnum.cn import uscc as uscc_mod
@@ -52,7 +52,7 @@ def demo(base_url: str) -> None:
         _, enterprise_key = issue_key(session, "enterprise", usccs[0])
     db.dispose()
 
-    ended = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(second=0, microsecond=0)
+    ended = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
     record = {
         "record_id": f"demo-{ended:%Y%m%d%H%M}",
         "enterprise_uscc": usccs[0],

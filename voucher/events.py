@@ -6,7 +6,8 @@ chain) plugs in here rather than into every endpoint.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Events:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError

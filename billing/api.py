@@ -1,0 +1,291 @@
+"""Billing endpoints: invoices, claims, quota, reconciliations, approvals (SPEC §6–§7)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from flask import Blueprint, current_app
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from billing import claims as claims_svc
+from billing import ledger
+from billing.invoices import invoice_json, submit_invoice
+from billing.models import Claim, ProviderInvoice, Reconciliation
+from billing.reconciliation import adjustments_of, reconcile, reconciliation_json
+from metering.models import Enterprise
+from metering.periods import parse_period
+from metering.registry_api import normalise_uscc
+from voucher.auth import current_principal, db_session, ensure_subject, requires
+from voucher.errors import ApiError, not_found
+from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
+
+bp = Blueprint("billing", __name__, url_prefix="/v1")
+
+Period = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
+PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]
+
+
+def policy():
+    return current_app.extensions["voucher.policy"]
+
+
+class InvoiceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    invoice_no: str = Field(min_length=1, max_length=64, examples=["33021234-00001"])
+    enterprise_uscc: str
+    period: Period
+    amount: PositiveFen = Field(description="Invoice total in fen")
+    tax_amount: FenAmount | None = None
+    issued_on: date
+    provider_id: str | None = Field(default=None, description="finance only: the issuing provider")
+
+    @field_validator("enterprise_uscc", mode="before")
+    @classmethod
+    def _uscc(cls, v: object) -> str:
+        return normalise_uscc(v)
+
+
+class ClaimItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider_id: str = Field(min_length=1, max_length=63)
+    invoice_no: str = Field(min_length=1, max_length=64)
+    amount_paid: PositiveFen
+
+
+class OtherSubsidyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    program: str = Field(min_length=1, max_length=200)
+    amount: FenAmount
+
+
+class ClaimIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    period: Period
+    items: list[ClaimItemIn] = Field(min_length=1, max_length=200)
+    other_subsidies: list[OtherSubsidyIn] = Field(default_factory=list, max_length=50)
+    enterprise_uscc: str | None = Field(default=None, description="finance only: the claiming enterprise")
+
+
+class ReconciliationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    period: Period
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class RejectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+def _after_id(prefix: str, value: str | None) -> int | None:
+    if not value:
+        return None
+    if not value.startswith(prefix) or not value[len(prefix):].isdigit():
+        raise ApiError(400, "invalid_query", f"starting_after must be a {prefix}… id", "starting_after")
+    return int(value[len(prefix):])
+
+
+# --- invoices -----------------------------------------------------------------------------
+
+@bp.post("/provider-invoices")
+@requires("provider", "finance")
+def create_invoice():
+    principal = current_principal()
+    body = parse_model(InvoiceIn, json_body())
+    provider_id = principal.subject if principal.role == "provider" else body.provider_id
+    if principal.role == "provider" and body.provider_id not in (None, principal.subject):
+        raise ApiError(403, "forbidden", "A provider submits its own invoices only", "provider_id")
+    if not provider_id:
+        raise ApiError(422, "missing_field", "finance must name provider_id", "provider_id")
+    session = db_session()
+    fields = body.model_dump(exclude={"provider_id"})
+    try:
+        with session.begin():
+            invoice, created = submit_invoice(session, provider_id, **fields)
+    except IntegrityError:  # a concurrent identical submission won the race: answer as a replay
+        with session.begin():
+            invoice, created = submit_invoice(session, provider_id, **fields)
+    return invoice_json(invoice), 201 if created else 200
+
+
+@bp.get("/provider-invoices")
+@requires("provider", "enterprise", "finance")
+def list_invoices():
+    principal = current_principal()
+    limit, after = page_args()
+    stmt = select(ProviderInvoice)
+    provider, enterprise = query_arg("provider"), query_arg("enterprise")
+    if principal.role == "provider":
+        if provider and provider != principal.subject:
+            raise not_found("provider", provider, "provider")
+        provider = principal.subject
+    if principal.role == "enterprise":
+        if enterprise and enterprise.upper() != principal.subject:
+            raise not_found("enterprise", enterprise, "enterprise")
+        enterprise = principal.subject
+    if provider:
+        stmt = stmt.where(ProviderInvoice.provider_id == provider)
+    if enterprise:
+        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise.upper())
+    period = query_arg("period", lambda v: (parse_period(v), v)[1])
+    if period:
+        stmt = stmt.where(ProviderInvoice.period == period)
+    after_id = _after_id("inv_", after)
+    if after_id:
+        stmt = stmt.where(ProviderInvoice.id > after_id)
+    rows = list(db_session().scalars(stmt.order_by(ProviderInvoice.id).limit(limit + 1)))
+    return list_envelope([invoice_json(i) for i in rows[:limit]], len(rows) > limit, "/v1/provider-invoices")
+
+
+# --- claims -------------------------------------------------------------------------------
+
+@bp.post("/claims")
+@requires("enterprise", "finance")
+def create_claim():
+    principal = current_principal()
+    body = parse_model(ClaimIn, json_body())
+    if principal.role == "enterprise":
+        if body.enterprise_uscc and body.enterprise_uscc.upper() != principal.subject:
+            raise ApiError(403, "forbidden", "An enterprise claims for itself only", "enterprise_uscc")
+        uscc = principal.subject
+    else:
+        if not body.enterprise_uscc:
+            raise ApiError(422, "missing_field", "finance must name enterprise_uscc", "enterprise_uscc")
+        uscc = body.enterprise_uscc.upper()
+    session = db_session()
+    with session.begin():
+        if session.get(Enterprise, uscc) is None:
+            raise ApiError(422, "unknown_enterprise", f"Enterprise {uscc} is not registered", "enterprise_uscc")
+        claim = claims_svc.submit_claim(session, uscc, body.period,
+                                        [i.model_dump() for i in body.items],
+                                        [s.model_dump() for s in body.other_subsidies])
+    return claims_svc.claim_json(claim), 201
+
+
+def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
+    try:
+        cid = claims_svc.parse_claim_id(claim_id)
+    except ValueError:
+        raise not_found("claim", claim_id) from None
+    claim = claims_svc.get_claim(session, cid, lock=lock)
+    principal = current_principal()
+    if claim is None or (principal.role == "enterprise" and claim.enterprise_uscc != principal.subject):
+        raise not_found("claim", claim_id)
+    return claim
+
+
+@bp.get("/claims/<claim_id>")
+@requires("enterprise", "finance")
+def get_claim(claim_id: str):
+    return claims_svc.claim_json(_claim_or_404(db_session(), claim_id))
+
+
+@bp.get("/claims")
+@requires("enterprise", "finance")
+def list_claims():
+    principal = current_principal()
+    limit, after = page_args()
+    stmt = select(Claim)
+    enterprise = query_arg("enterprise")
+    if principal.role == "enterprise":
+        if enterprise and enterprise.upper() != principal.subject:
+            raise not_found("enterprise", enterprise, "enterprise")
+        enterprise = principal.subject
+    if enterprise:
+        stmt = stmt.where(Claim.enterprise_uscc == enterprise.upper())
+    period = query_arg("period", lambda v: (parse_period(v), v)[1])
+    if period:
+        stmt = stmt.where(Claim.period == period)
+    status = query_arg("status")
+    if status:
+        if status not in ("submitted", "verified", "flagged", "approved", "rejected"):
+            raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
+        stmt = stmt.where(Claim.status == status)
+    after_id = _after_id("clm_", after)
+    if after_id:
+        stmt = stmt.where(Claim.id > after_id)
+    rows = list(db_session().scalars(stmt.order_by(Claim.id).limit(limit + 1)))
+    return list_envelope([claims_svc.claim_json(c) for c in rows[:limit]], len(rows) > limit, "/v1/claims")
+
+
+@bp.post("/claims/<claim_id>/approve")
+@requires("finance")
+def approve_claim(claim_id: str):
+    body = parse_model(DecisionIn, json_body(required=False) or {})
+    session = db_session()
+    with session.begin():
+        claim = _claim_or_404(session, claim_id, lock=True)
+        claims_svc.approve(session, policy(), claim, body.reason)
+    return claims_svc.claim_json(claim)
+
+
+@bp.post("/claims/<claim_id>/reject")
+@requires("finance")
+def reject_claim(claim_id: str):
+    body = parse_model(RejectIn, json_body())
+    session = db_session()
+    with session.begin():
+        claim = _claim_or_404(session, claim_id, lock=True)
+        claims_svc.reject(session, policy(), claim, body.reason)
+    return claims_svc.claim_json(claim)
+
+
+# --- quota --------------------------------------------------------------------------------
+
+def quota_json(b: ledger.Balance) -> dict:
+    return {"object": "quota", "enterprise_uscc": b.enterprise_uscc, "year": b.year, "currency": "CNY",
+            "cap": b.cap, "cap_basis": b.cap_basis, "granted": b.granted, "reserved": b.reserved,
+            "remaining": b.remaining, "policy_id": b.policy_id}
+
+
+@bp.get("/enterprises/<uscc>/quota")
+@requires("enterprise", "finance")
+def get_quota(uscc: str):
+    uscc = uscc.upper()
+    ensure_subject(current_principal(), "enterprise", uscc, "enterprise")
+    year = query_arg("year", int)
+    if year is None:
+        raise ApiError(400, "missing_param", "year is required (?year=YYYY)", "year")
+    if not 2000 <= year <= 2100:
+        raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
+    session = db_session()
+    balance = ledger.read_quota(session, policy(), uscc, year)
+    if balance is None:
+        raise not_found("enterprise", uscc)
+    return quota_json(balance)
+
+
+# --- reconciliations ----------------------------------------------------------------------
+
+@bp.post("/reconciliations")
+@requires("finance")
+def run_reconciliation():
+    body = parse_model(ReconciliationIn, json_body())
+    session = db_session()
+    with session.begin():
+        run, first = reconcile(session, policy(), body.period)
+    current_app.extensions["voucher.events"].emit("reconciled", run)
+    return reconciliation_json(run), 201 if first else 200
+
+
+@bp.get("/reconciliations/<period>")
+@requires("finance")
+def get_reconciliation(period: str):
+    try:
+        parse_period(period)
+    except ValueError:
+        raise not_found("reconciliation", period) from None
+    session = db_session()
+    run = session.get(Reconciliation, period)
+    if run is None:
+        raise not_found("reconciliation", period)
+    claims = list(session.scalars(select(Claim).where(Claim.period == period).order_by(Claim.id)))
+    return reconciliation_json(run, [claims_svc.claim_json(c) for c in claims], adjustments_of(session, period))

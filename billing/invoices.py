@@ -1,0 +1,59 @@
+"""Provider invoices: idempotent by (provider, invoice_no); changed content is a conflict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from billing.models import ProviderInvoice
+from metering.models import Enterprise
+from voucher.errors import ApiError
+
+
+def invoice_json(inv: ProviderInvoice) -> dict[str, Any]:
+    return {
+        "object": "provider_invoice",
+        "id": f"inv_{inv.id}",
+        "provider_id": inv.provider_id,
+        "invoice_no": inv.invoice_no,
+        "enterprise_uscc": inv.enterprise_uscc,
+        "period": inv.period,
+        "amount": inv.amount,
+        "tax_amount": inv.tax_amount,
+        "currency": "CNY",
+        "issued_on": inv.issued_on.isoformat(),
+        "created_at": inv.created_at.isoformat(),
+    }
+
+
+def _hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enterprise_uscc: str,
+                   period: str, amount: int, tax_amount: int | None, issued_on: date) -> tuple[ProviderInvoice, bool]:
+    """Store an invoice; the same content again returns the stored one (created=False)."""
+    fields = {"enterprise_uscc": enterprise_uscc, "period": period, "amount": amount,
+              "tax_amount": tax_amount, "issued_on": issued_on.isoformat()}
+    digest = _hash(fields)
+    existing = session.scalars(select(ProviderInvoice).where(
+        ProviderInvoice.provider_id == provider_id, ProviderInvoice.invoice_no == invoice_no)).first()
+    if existing is not None:
+        if existing.content_hash == digest:
+            return existing, False
+        raise ApiError(409, "conflict", f"Invoice {invoice_no!r} was already submitted with different "
+                       "content; invoices are never overwritten", "invoice_no")
+    if session.get(Enterprise, enterprise_uscc) is None:
+        raise ApiError(422, "unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
+                       "enterprise_uscc")
+    invoice = ProviderInvoice(provider_id=provider_id, invoice_no=invoice_no, content_hash=digest,
+                              enterprise_uscc=enterprise_uscc, period=period, amount=amount,
+                              tax_amount=tax_amount, issued_on=issued_on)
+    session.add(invoice)
+    session.flush()
+    return invoice, True

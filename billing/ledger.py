@@ -1,0 +1,277 @@
+"""The double-entry quota ledger (TigerBeetle-style): append-only postings, derived balances.
+
+Accounts per enterprise-year: `cap_source` (where the cap comes from), `available`,
+`reserved` and `granted`. Every movement is a transfer of two postings that sum to zero:
+
+  open / cap_change   cap_source → available
+  reserve             available  → reserved
+  release             reserved   → available
+  grant               reserved   → granted
+  clawback            granted    → available
+
+`quota_balance` holds reserved and granted in step with the postings, updated in the same
+transaction by conditional UPDATEs, and its CHECK constraints refuse any write that would
+take reserved + granted past the cap: the cap is enforced by the database, not only here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from billing.models import LedgerPosting, QuotaBalance
+from billing.policy import Policy, cap_for
+from metering.models import Enterprise, ModelFiling
+
+Fen = int
+
+# kind -> (debited account, credited account)
+TRANSFERS = {
+    "open": ("cap_source", "available"),
+    "cap_change": ("cap_source", "available"),
+    "reserve": ("available", "reserved"),
+    "release": ("reserved", "available"),
+    "grant": ("reserved", "granted"),
+    "clawback": ("granted", "available"),
+}
+
+
+class CapExceeded(Exception):
+    """The database refused a reservation that would pass the cap."""
+
+
+@dataclass
+class Balance:
+    enterprise_uscc: str
+    year: int
+    cap: Fen
+    cap_basis: str
+    reserved: Fen
+    granted: Fen
+    policy_id: str
+
+    @property
+    def remaining(self) -> Fen:
+        return max(self.cap - self.reserved - self.granted, 0)
+
+
+def _snapshot(row: QuotaBalance) -> Balance:
+    return Balance(row.enterprise_uscc, row.year, row.cap, row.cap_basis, row.reserved,
+                   row.granted, row.policy_id)
+
+
+def filing_dates(session: Session, usccs: Iterable[str]) -> dict[str, list]:
+    out: dict[str, list] = defaultdict(list)
+    usccs = list(usccs)
+    if usccs:
+        for uscc, obtained_on in session.execute(
+            select(ModelFiling.enterprise_uscc, ModelFiling.obtained_on).where(
+                ModelFiling.enterprise_uscc.in_(usccs))
+        ):
+            out[uscc].append(obtained_on)
+    return out
+
+
+def post(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
+         policy_id: str, reason: str) -> None:
+    """Append the two legs of one transfer."""
+    if amount <= 0:
+        raise ValueError(f"{kind}: transfer amount must be positive, got {amount}")
+    debit, credit = TRANSFERS[kind]
+    entry = uuid.uuid4().hex
+    common = dict(entry_id=entry, enterprise_uscc=b.enterprise_uscc, year=b.year, kind=kind,
+                  claim_id=claim_id, policy_id=policy_id, reason=reason)
+    session.add_all([LedgerPosting(account=debit, amount=-amount, **common),
+                     LedgerPosting(account=credit, amount=amount, **common)])
+
+
+def _insert_ignore(session: Session):
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(
+        QuotaBalance)
+
+
+def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Balance]:
+    """Create missing balance rows, bring caps up to date with the filings, and lock the rows.
+
+    Rows are locked in (uscc, year) order so concurrent reconciliations cannot deadlock.
+    """
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    filings = filing_dates(session, {u for u, _ in keys})
+    wanted = {k: cap_for(policy, k[1], filings.get(k[0], [])) for k in keys}
+    session.execute(
+        _insert_ignore(session).on_conflict_do_nothing(index_elements=["enterprise_uscc", "year"]),
+        [{"enterprise_uscc": u, "year": y, "cap": 0, "cap_basis": wanted[(u, y)][1], "reserved": 0,
+          "granted": 0, "policy_id": policy.id} for u, y in keys],
+    )
+    stmt = (select(QuotaBalance)
+            .where(tuple_(QuotaBalance.enterprise_uscc, QuotaBalance.year).in_(keys))
+            .order_by(QuotaBalance.enterprise_uscc, QuotaBalance.year)
+            .with_for_update()
+            .execution_options(populate_existing=True))
+    balances = {}
+    for row in session.scalars(stmt):
+        b = _snapshot(row)
+        cap, basis = wanted[(b.enterprise_uscc, b.year)]
+        if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
+            post(session, "open" if b.cap == 0 else "cap_change", b, cap - b.cap, claim_id=None,
+                 policy_id=policy.id, reason=f"cap {basis}: {cap} fen")
+            row.cap, row.cap_basis, row.policy_id = cap, basis, policy.id
+            b.cap, b.cap_basis = cap, basis
+        balances[(b.enterprise_uscc, b.year)] = b
+    session.flush()
+    return balances
+
+
+def _conditional(session: Session, b: Balance, values: dict, condition) -> None:
+    result = session.execute(
+        update(QuotaBalance)
+        .where(QuotaBalance.enterprise_uscc == b.enterprise_uscc, QuotaBalance.year == b.year, condition)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
+
+
+def reserve(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
+    if amount == 0:
+        return
+    _conditional(session, b, {"reserved": QuotaBalance.reserved + amount},
+                 QuotaBalance.reserved + QuotaBalance.granted + amount <= QuotaBalance.cap)
+    b.reserved += amount
+    post(session, "reserve", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+
+
+def release(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
+    if amount == 0:
+        return
+    _conditional(session, b, {"reserved": QuotaBalance.reserved - amount}, QuotaBalance.reserved >= amount)
+    b.reserved -= amount
+    post(session, "release", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+
+
+def grant(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
+    if amount == 0:
+        return
+    _conditional(session, b, {"reserved": QuotaBalance.reserved - amount,
+                              "granted": QuotaBalance.granted + amount}, QuotaBalance.reserved >= amount)
+    b.reserved -= amount
+    b.granted += amount
+    post(session, "grant", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+
+
+def clawback(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
+    if amount == 0:
+        return
+    _conditional(session, b, {"granted": QuotaBalance.granted - amount}, QuotaBalance.granted >= amount)
+    b.granted -= amount
+    post(session, "clawback", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+
+
+def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balance | None:
+    """One round trip when the year has a balance row; otherwise the cap from the filings.
+
+    None when the enterprise is not registered.
+    """
+    row = session.scalars(select(QuotaBalance).where(
+        QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year)).first()
+    if row is not None:
+        return _snapshot(row)
+    if session.get(Enterprise, uscc) is None:
+        return None
+    cap, basis = cap_for(policy, year, filing_dates(session, [uscc]).get(uscc, []))
+    return Balance(uscc, year, cap, basis, 0, 0, policy.id)
+
+
+@dataclass
+class Breach:
+    what: str
+    enterprise_uscc: str | None = None
+    year: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    postings: int = 0
+    entries: int = 0
+    balances: int = 0
+    breaches: list[Breach] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches
+
+
+def verify(session: Session) -> VerifyReport:
+    """Check the invariants from the postings alone, with aggregate queries."""
+    report = VerifyReport()
+    report.postings = session.scalar(select(func.count()).select_from(LedgerPosting)) or 0
+    unbalanced = session.execute(
+        select(LedgerPosting.entry_id, func.sum(LedgerPosting.amount), func.count())
+        .group_by(LedgerPosting.entry_id)
+        .having((func.sum(LedgerPosting.amount) != 0) | (func.count() != 2))
+    ).all()
+    report.entries = session.scalar(select(func.count(func.distinct(LedgerPosting.entry_id)))) or 0
+    for entry_id, total, legs in unbalanced:
+        report.breaches.append(Breach("unbalanced_entry", detail=f"entry {entry_id}: {legs} legs sum to {total}"))
+    total = session.scalar(select(func.coalesce(func.sum(LedgerPosting.amount), 0)))
+    if total != 0:
+        report.breaches.append(Breach("postings_do_not_balance", detail=f"all postings sum to {total}"))
+
+    derived: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for uscc, year, account, amount in session.execute(
+        select(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.account,
+               func.sum(LedgerPosting.amount))
+        .group_by(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.account)
+    ):
+        derived[(uscc, year)][account] = int(amount)
+
+    rows = {(r.enterprise_uscc, r.year): r for r in session.scalars(select(QuotaBalance))}
+    report.balances = len(rows)
+    for key in sorted(set(rows) | set(derived)):
+        uscc, year = key
+        d = derived.get(key, {})
+        row = rows.get(key)
+        cap = -d.get("cap_source", 0)
+        for account in ("available", "reserved", "granted"):
+            if d.get(account, 0) < 0:
+                report.breaches.append(Breach("negative_balance", uscc, year, f"{account} = {d[account]}"))
+        if d.get("reserved", 0) + d.get("granted", 0) > cap:
+            report.breaches.append(Breach("cap_exceeded", uscc, year,
+                                          f"reserved {d.get('reserved', 0)} + granted {d.get('granted', 0)} > cap {cap}"))
+        if row is None:
+            report.breaches.append(Breach("missing_balance_row", uscc, year))
+            continue
+        mismatches = [
+            f"{name}: row {getattr(row, name)} != postings {value}"
+            for name, value in (("cap", cap), ("reserved", d.get("reserved", 0)), ("granted", d.get("granted", 0)))
+            if getattr(row, name) != value
+        ]
+        if d.get("available", 0) != cap - d.get("reserved", 0) - d.get("granted", 0):
+            mismatches.append("available != cap - reserved - granted")
+        if mismatches:
+            report.breaches.append(Breach("balance_mismatch", uscc, year, "; ".join(mismatches)))
+    return report
+
+
+__all__ = [
+    "Balance",
+    "CapExceeded",
+    "VerifyReport",
+    "clawback",
+    "grant",
+    "lock_balances",
+    "read_quota",
+    "release",
+    "reserve",
+    "verify",
+]

@@ -1,0 +1,249 @@
+"""The subsidy policy as pure arithmetic (Jiaxing "AI+" plan, §四(一) 提供算力支持).
+
+Nothing here does I/O: the rules are plain functions of a frozen `Policy` and integers of
+fen, so they can be property-tested by the thousand and reused by the reconciliation, the
+quota read and the reports alike. Values live in `config/policies/*.toml` (loaded by
+`billing.policy_file`), never in code. Interpretations of the policy text are written up in
+docs/POLICY.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+Fen = int
+
+CAP_STANDARD = "standard"
+CAP_NEW_MODEL_FILING = "new_model_filing"
+
+INVOICE_AMOUNT_MISMATCH = "invoice_amount_mismatch"
+USAGE_INVOICE_MISMATCH = "usage_invoice_mismatch"
+
+# SPEC §3: the provider kinds of the city's catalogue (智算, 超算).
+RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
+
+_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+class PolicyError(ValueError):
+    """A policy value is invalid. `key` names the offending field (or TOML key)."""
+
+    def __init__(self, key: str | None, message: str, source: str | None = None) -> None:
+        self.key = key
+        self.message = message
+        self.source = source
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{source}: {text}" if source else text)
+
+
+def round_half_up_fen(x: Fraction | Decimal | int) -> Fen:
+    """Round an exact amount of fen to an integer fen, halves away from zero.
+
+    Exact for Fraction, Decimal and int; floats are refused (they cannot hold 0.1 fen).
+    Negative values round symmetrically (-0.5 → -1), like `decimal.ROUND_HALF_UP`, so
+    `round_half_up_fen(-x) == -round_half_up_fen(x)` — a clawback of a rounded amount
+    mirrors the grant it undoes.
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, Fraction, Decimal)):
+        raise TypeError(f"round_half_up_fen needs an exact number, got {type(x).__name__}")
+    q = Fraction(x)  # exact; raises ValueError for Decimal NaN / Infinity
+    whole, rest = divmod(abs(q.numerator), q.denominator)
+    if 2 * rest >= q.denominator:
+        whole += 1
+    return -whole if q < 0 else whole
+
+
+# Supported knob values; a policy file naming anything else is refused at load time.
+ROUNDINGS: dict[str, Callable[[Fraction], Fen]] = {"round_half_up": round_half_up_fen}
+STACKINGS = ("highest_not_both",)  # 就高不重复
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One subsidy policy. Money in fen, dates inclusive in the policy's timezone."""
+
+    id: str
+    title_zh: str
+    title_en: str
+    document_no: str
+    effective_from: date
+    effective_until: date
+    timezone: str
+    rate: Fraction
+    cap_standard: Fen
+    cap_new_model_filing: Fen
+    new_filing_years: int
+    stacking: str
+    rounding: str
+    tolerance: Fen
+    currency: str
+    resource_kinds: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # Checked here as well as in the loader so a policy built in code (or by
+        # dataclasses.replace in a test) cannot carry a float rate or an inverted window.
+        if not isinstance(self.rate, Fraction):
+            raise PolicyError(
+                "rate", f"must be a fractions.Fraction (exact), not {type(self.rate).__name__}"
+            )
+        if not 0 < self.rate <= 1:
+            raise PolicyError("rate", f"must be > 0 and <= 1, got {self.rate}")
+        for name in ("cap_standard", "cap_new_model_filing"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) <= 0:
+                raise PolicyError(name, "must be a positive integer (fen)")
+        if self.cap_new_model_filing < self.cap_standard:
+            raise PolicyError(
+                "cap_new_model_filing", f"must be >= cap_standard ({self.cap_standard} fen)"
+            )
+        if not _is_int(self.tolerance) or self.tolerance < 0:
+            raise PolicyError("tolerance", "must be a non-negative integer (fen)")
+        if not _is_int(self.new_filing_years) or self.new_filing_years < 1:
+            raise PolicyError("new_filing_years", "must be an integer >= 1")
+        if self.effective_until < self.effective_from:
+            raise PolicyError(
+                "effective_until",
+                f"{self.effective_until} is before effective_from {self.effective_from}",
+            )
+        if self.rounding not in ROUNDINGS:
+            raise PolicyError(
+                "rounding", f"must be one of {sorted(ROUNDINGS)}, got {self.rounding!r}"
+            )
+        if self.stacking not in STACKINGS:
+            raise PolicyError(
+                "stacking", f"must be one of {list(STACKINGS)}, got {self.stacking!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ClaimAmounts:
+    """The §7 figures of one claim, all in fen."""
+
+    base: Fen  # Σ item bases
+    computed: Fen  # round(base × rate), once per claim
+    payable_before_cap: Fen  # after 就高不重复
+    payable: Fen  # after the remaining quota of the period's year
+    cap_reached: bool  # payable was cut by the quota
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fen(name: str, v: object) -> Fen:
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an integer number of fen, got {type(v).__name__}")
+    if v < 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must not be negative, got {v}")
+    return v  # type: ignore[return-value]
+
+
+def cap_for(policy: Policy, year: int, filing_dates: Iterable[date]) -> tuple[Fen, str]:
+    """The annual cap of `year` and its basis ("standard" or "new_model_filing").
+
+    §四(一): 200万/year, 500万 for an enterprise that 新获得 (newly obtained) a generative-AI
+    model filing. "Newly" = the filing's `obtained_on` falls in the year, or, with
+    `new_filing_years = n`, in one of the n-1 years before it: Y <= year < Y + n.
+    """
+    for obtained_on in filing_dates:
+        if obtained_on.year <= year < obtained_on.year + policy.new_filing_years:
+            return policy.cap_new_model_filing, CAP_NEW_MODEL_FILING
+    return policy.cap_standard, CAP_STANDARD
+
+
+def remaining(cap: Fen, granted: Fen, reserved: Fen) -> Fen:
+    """Quota still available in a year: cap − granted − reserved, never below 0."""
+    return max(cap - granted - reserved, 0)
+
+
+def period_dates(period: str) -> tuple[date, date]:
+    """First and last day of a 'YYYY-MM' period. ValueError for anything else."""
+    m = _PERIOD.match(period) if isinstance(period, str) else None
+    if not m:
+        raise ValueError(f"{period!r} is not a YYYY-MM period")
+    first = date(int(m.group(1)), int(m.group(2)), 1)
+    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    return first, following - timedelta(days=1)
+
+
+def in_window(policy: Policy, period: str) -> bool:
+    """Whether a claim for `period` may be paid at all: the month overlaps the window.
+
+    Interpretation (docs/POLICY.md): 2025-05 is in window although the plan took effect
+    on 13 May; only the usage of that month that ended on/after effective_from counts
+    (`usage_in_window`).
+    """
+    first, last = period_dates(period)
+    return first <= policy.effective_until and last >= policy.effective_from
+
+
+def usage_in_window(policy: Policy, ended_on: date) -> bool:
+    """Whether usage that ended on this local (policy-timezone) date is eligible.
+
+    本行动计划自公布之日起施行，有效期至2027年12月31日 — both ends inclusive.
+    """
+    return policy.effective_from <= ended_on <= policy.effective_until
+
+
+def within_tolerance(policy: Policy, a: Fen, b: Fen) -> bool:
+    """§7 checks 2 and 4: two amounts agree when they differ by at most the tolerance."""
+    return abs(a - b) <= policy.tolerance
+
+
+def item_base(
+    policy: Policy,
+    amount_paid: Fen,
+    invoice_amount: Fen,
+    metered: Fen,
+    eligible_metered: Fen | None = None,
+) -> tuple[Fen, list[str]]:
+    """The base of one claim item (§7 checks 2, 4 and 5) and its discrepancy codes.
+
+    `metered` is the month's non-void usage for (provider, enterprise, period), compared
+    with the invoice. `eligible_metered` is the part of it that ended inside the window
+    (defaults to `metered`); it bounds the base, so in the first month only usage from
+    effective_from on is subsidised without flagging an invoice that covers the whole
+    month. A clean item's base is the least of the three amounts; any discrepancy → 0.
+    """
+    _fen("amount_paid", amount_paid)
+    _fen("invoice_amount", invoice_amount)
+    _fen("metered", metered)
+    eligible = metered if eligible_metered is None else _fen("eligible_metered", eligible_metered)
+    if eligible > metered:
+        raise ValueError(f"eligible_metered ({eligible}) exceeds metered ({metered})")
+    codes: list[str] = []
+    if not within_tolerance(policy, amount_paid, invoice_amount):
+        codes.append(INVOICE_AMOUNT_MISMATCH)
+    if not within_tolerance(policy, metered, invoice_amount):
+        codes.append(USAGE_INVOICE_MISMATCH)
+    if codes:
+        return 0, codes
+    # §四(一): subsidy on 实际使用金额 — the least of what was paid, invoiced and metered.
+    return min(amount_paid, invoice_amount, eligible), codes
+
+
+def compute_claim(
+    policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen], remaining: Fen
+) -> ClaimAmounts:
+    """The subsidy of one claim (SPEC §7), given its item bases and the year's remaining quota.
+
+    Rounds once per claim, so splitting a claim into items never gains or loses a fen.
+    `remaining` may be negative (a cap lowered below what is used); it counts as 0.
+    """
+    base = sum(_fen(f"item_bases[{i}]", b) for i, b in enumerate(item_bases))
+    other = sum(_fen(f"other_subsidies[{i}]", o) for i, o in enumerate(other_subsidies))
+    if not _is_int(remaining):
+        raise TypeError(
+            f"remaining must be an integer number of fen, got {type(remaining).__name__}"
+        )
+    # §四(一): 按照实际使用金额的50%给予算力补贴 — rate × base, rounded once.
+    computed = ROUNDINGS[policy.rounding](base * policy.rate)
+    # 就高不重复: the same spend's other subsidies come off; the enterprise keeps the higher.
+    payable_before_cap = max(computed - other, 0)
+    # 年度算力补贴金额不超过200万元/500万元: never more than the year has left.
+    payable = min(payable_before_cap, max(remaining, 0))
+    return ClaimAmounts(base, computed, payable_before_cap, payable, payable < payable_before_cap)

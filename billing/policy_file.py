@@ -1,0 +1,194 @@
+"""Load a policy TOML file into a `billing.policy.Policy`, refusing anything doubtful.
+
+A policy decides who gets paid how much, so the loader is strict: every key is required,
+unknown keys are errors (a typo must not silently fall back to a default), money is an
+integer of fen and the rate an exact string — a float anywhere is refused. Each error
+names the TOML key (`caps.standard: must be a positive integer (fen)`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import date, datetime
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import config
+from billing.policy import RESOURCE_KINDS, ROUNDINGS, STACKINGS, Policy, PolicyError
+from config.settings import Settings
+
+__all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_RATE = re.compile(r"^(\d+(\.\d+)?|\d+/[1-9]\d*)$")
+
+# Policy field -> TOML key, so semantic errors raised by Policy name the key in the file.
+_KEYS = {
+    "cap_standard": "caps.standard",
+    "cap_new_model_filing": "caps.new_model_filing",
+    "tolerance": "reconciliation.tolerance",
+}
+
+_TOP = {
+    "id",
+    "title_zh",
+    "title_en",
+    "document_no",
+    "currency",
+    "timezone",
+    "effective_from",
+    "effective_until",
+    "rate",
+    "rounding",
+    "stacking",
+    "resource_kinds",
+    "new_filing_years",
+    "caps",
+    "reconciliation",
+}
+_TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance"}}
+
+
+def default_policy_path() -> Path:
+    """The shipped Jiaxing policy, wherever the `config` package is installed."""
+    return Path(config.__file__).parent / "policies" / "jiaxing-2025.toml"
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Read and validate a policy file.
+
+    `path` wins; otherwise `VOUCHER_POLICY` (via config.settings, the one reader of the
+    environment); otherwise `default_policy_path()`. Raises PolicyError.
+    """
+    if path is None:
+        path = Settings.from_env().policy_path or default_policy_path()
+    source = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise PolicyError(None, f"cannot read policy file: {exc.strerror or exc}", source) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(None, f"not valid TOML: {exc}", source) from exc
+    return parse_policy(data, source)
+
+
+def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
+    """Validate a decoded TOML document and build the Policy. Raises PolicyError."""
+
+    def fail(key: str, message: str) -> PolicyError:
+        return PolicyError(key, message, source)
+
+    _check_keys(data, source)
+
+    def text(key: str) -> str:
+        v = data[key]
+        if not isinstance(v, str) or not v.strip():
+            raise fail(key, "must be a non-empty string")
+        return v
+
+    def day(key: str) -> date:
+        v = data[key]
+        # datetime is a date subclass: a timestamp is not a calendar date.
+        if not isinstance(v, date) or isinstance(v, datetime):
+            raise fail(key, "must be a TOML local date such as 2025-05-13 (no quotes, no time)")
+        return v
+
+    def integer(table: dict[str, Any], key: str, name: str, minimum: int, what: str) -> int:
+        v = table[key]
+        if isinstance(v, float):
+            raise fail(name, f"must be {what}, not a float")
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise fail(name, f"must be {what}")
+        return v
+
+    policy_id = text("id")
+    if not _ID.match(policy_id):
+        raise fail(
+            "id",
+            "must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
+        )
+    if text("currency") != "CNY":
+        raise fail("currency", 'only "CNY" is supported (money is kept in fen)')
+    if text("timezone") != "Asia/Shanghai":
+        # Billing periods are Shanghai months throughout the service (SPEC §3).
+        raise fail("timezone", 'must be "Asia/Shanghai" (billing periods are Shanghai months)')
+
+    raw_rate = data["rate"]
+    if isinstance(raw_rate, float):
+        raise fail("rate", 'must be an exact string such as "0.5" or "1/2", not a float')
+    if not isinstance(raw_rate, str) or not _RATE.match(raw_rate):
+        raise fail("rate", 'must be a string holding a decimal ("0.5") or a fraction ("1/2")')
+    rate = Fraction(raw_rate)
+    if not 0 < rate <= 1:
+        raise fail("rate", f"must be > 0 and <= 1, got {raw_rate}")
+
+    rounding = text("rounding")
+    if rounding not in ROUNDINGS:
+        raise fail("rounding", f"must be one of {sorted(ROUNDINGS)}, got {rounding!r}")
+    stacking = text("stacking")
+    if stacking not in STACKINGS:
+        raise fail("stacking", f"must be one of {list(STACKINGS)}, got {stacking!r}")
+
+    kinds = data["resource_kinds"]
+    if not isinstance(kinds, list) or not kinds:
+        raise fail("resource_kinds", f"must be a non-empty list of {list(RESOURCE_KINDS)}")
+    for i, kind in enumerate(kinds):
+        if kind not in RESOURCE_KINDS:
+            raise fail(
+                f"resource_kinds[{i}]", f"must be one of {list(RESOURCE_KINDS)}, got {kind!r}"
+            )
+    if len(set(kinds)) != len(kinds):
+        raise fail("resource_kinds", "must not repeat a kind")
+
+    caps, recon = data["caps"], data["reconciliation"]
+    positive_fen, years = "a positive integer (fen)", "an integer >= 1 (years)"
+    fields = {
+        "id": policy_id,
+        "title_zh": text("title_zh"),
+        "title_en": text("title_en"),
+        "document_no": text("document_no"),
+        "effective_from": day("effective_from"),
+        "effective_until": day("effective_until"),
+        "timezone": data["timezone"],
+        "rate": rate,
+        "cap_standard": integer(caps, "standard", "caps.standard", 1, positive_fen),
+        "cap_new_model_filing": integer(
+            caps, "new_model_filing", "caps.new_model_filing", 1, positive_fen
+        ),
+        "new_filing_years": integer(data, "new_filing_years", "new_filing_years", 1, years),
+        "stacking": stacking,
+        "rounding": rounding,
+        "tolerance": integer(
+            recon, "tolerance", "reconciliation.tolerance", 0, "a non-negative integer (fen)"
+        ),
+        "currency": "CNY",
+        "resource_kinds": tuple(kinds),
+    }
+    try:
+        return Policy(**fields)
+    except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
+        message = exc.message
+        for field, key in _KEYS.items():
+            message = message.replace(field, key)
+        raise fail(_KEYS.get(exc.key or "", exc.key or ""), message) from exc
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    """Every key present, none unknown, tables are tables."""
+    _check_names(data, _TOP, "", source)
+    for table, keys in _TABLES.items():
+        if not isinstance(data[table], dict):
+            raise PolicyError(table, f"must be a table [{table}]", source)
+        _check_names(data[table], keys, f"{table}.", source)
+
+
+def _check_names(found: dict[str, Any], wanted: set[str], prefix: str, source: str) -> None:
+    unknown, missing = sorted(set(found) - wanted), sorted(wanted - set(found))
+    if unknown:
+        raise PolicyError(prefix + unknown[0], "unknown key", source)
+    if missing:
+        raise PolicyError(prefix + missing[0], "missing", source)

@@ -1,0 +1,82 @@
+"""`voucher import` and `voucher pull`: provider accounting into the metering path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from config.settings import Settings
+
+
+def _config(provider_id: str, fmt: str | None):
+    from adapters.config import ConfigError, ProviderConfig, load_provider_config
+
+    settings = Settings.from_env()
+    path = Path(settings.providers_dir) / f"{provider_id}.toml"
+    if path.exists():
+        try:
+            return load_provider_config(path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    if fmt in ("csv", "jsonl", "sacct", "slurmrestd"):
+        raise click.ClickException(f"no adapter file {path}: it maps tenants to USCCs and sets prices")
+    return ProviderConfig(provider_id, fmt or "csv", provider_id, {}, {}, {})
+
+
+@click.command("import")
+@click.option("--provider", "provider_id", required=True)
+@click.option("--format", "fmt", type=click.Choice(["sacct", "slurmrestd", "csv", "jsonl"]), required=True)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
+    """Ingest a provider export FILE through the push path (idempotent: re-imports are duplicates)."""
+    from adapters.pull import check_provider, ingest_extracted, parse_file
+    from voucher.db import Database
+
+    config = _config(provider_id, fmt)
+    db = Database(Settings.from_env().database_url)
+    try:
+        check_provider(db, provider_id)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    extracted = parse_file(fmt, file.read_text(encoding="utf-8-sig"), config)
+    with click.progressbar(length=len(extracted.records), label=f"importing {file.name}",
+                           show_pos=True, file=click.get_text_stream("stderr")) as bar:
+        summary = ingest_extracted(db, provider_id, extracted, bar.update)
+    for line in summary.lines():
+        click.echo(line)
+    for problem in summary.problems[:20]:
+        click.echo(f"  {problem}", err=True)
+    if len(summary.problems) > 20:
+        click.echo(f"  … {len(summary.problems) - 20} more", err=True)
+
+
+@click.command("pull")
+@click.option("--provider", "provider_id", default=None, help="only this provider")
+def pull_cmd(provider_id: str | None) -> None:
+    """Pull usage from every provider with a pull adapter (sacct, slurmrestd, prometheus)."""
+    from adapters.config import load_all
+    from adapters.pull import pull_provider, pullable
+    from voucher.db import Database
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    configs = list(pullable(load_all(settings.providers_dir), provider_id))
+    if not configs:
+        raise click.ClickException(f"no pull adapter configured in {settings.providers_dir}"
+                                   + (f" for {provider_id}" if provider_id else ""))
+    failed = False
+    for cfg in configs:
+        try:
+            summary = pull_provider(db, cfg)
+        except Exception as exc:  # one provider failing must not hide the others' results
+            failed = True
+            click.echo(f"{cfg.provider_id}: FAILED {type(exc).__name__}: {exc}", err=True)
+            continue
+        for line in summary.lines():
+            click.echo(line)
+    if failed:
+        raise SystemExit(1)
+
+
+COMMANDS = [import_cmd, pull_cmd]

@@ -1,0 +1,72 @@
+"""Billing commands: reconcile a month, verify the ledger."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from config.settings import Settings
+
+
+def _db_and_policy():
+    from billing.policy_file import load_policy
+    from voucher.db import Database
+
+    settings = Settings.from_env()
+    return Database(settings.database_url), load_policy(settings.policy_path)
+
+
+@click.command()
+@click.option("--period", required=True, help="YYYY-MM (Asia/Shanghai)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def reconcile(period: str, as_json: bool) -> None:
+    """Run the reconciliation of PERIOD (idempotent: a re-run changes nothing)."""
+    from billing.money import yuan
+    from billing.reconciliation import reconcile as run
+    from metering.periods import parse_period
+
+    try:
+        parse_period(period)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
+    db, policy = _db_and_policy()
+    with db.session() as session, session.begin():
+        result, _ = run(session, policy, period)
+        summary = result.summary
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    totals = summary["totals"]
+    click.echo(f"reconciliation {period} (run {result.runs}, policy {result.policy_id})")
+    click.echo("claims: " + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items()))
+    click.echo(f"payable ¥{yuan(totals['payable'])} · reserved ¥{yuan(totals['reserved'])}"
+               f" · granted ¥{yuan(totals['granted'])} · clawed back ¥{yuan(totals['clawed_back'])}")
+    for code, n in summary["discrepancies"].items():
+        click.echo(f"  {code}: {n}")
+
+
+@click.group()
+def ledger() -> None:
+    """The quota ledger."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Check the ledger invariants; exit 1 on any breach."""
+    from billing.ledger import verify
+
+    db, _ = _db_and_policy()
+    with db.session() as session:
+        report = verify(session)
+    click.echo(f"{report.postings} postings in {report.entries} entries, {report.balances} balances")
+    for b in report.breaches:
+        where = f" {b.enterprise_uscc}/{b.year}" if b.enterprise_uscc else ""
+        click.echo(f"BREACH {b.what}{where}: {b.detail}", err=True)
+    if not report.ok:
+        sys.exit(1)
+    click.echo("ledger ok")
+
+
+COMMANDS = [reconcile, ledger]
