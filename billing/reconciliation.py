@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -38,8 +38,9 @@ class ItemFacts:
     invoice_no: str
     amount_paid: Fen
     invoice_amount: Fen | None  # None: no such invoice for this enterprise and period
-    metered: Fen
+    metered: Fen  # the whole month's active usage, compared with the invoice
     first_claim_id: int | None  # the claim that holds this invoice, if another one does
+    eligible_metered: Fen | None = None  # the part that ended inside the policy window
 
 
 @dataclass
@@ -73,7 +74,10 @@ def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
                       "difference": f.metered - f.invoice_amount, "tolerance": tol})
     if found:
         return ItemOutcome(0, found)
-    return ItemOutcome(min(f.amount_paid, f.invoice_amount, f.metered), [])
+    base = min(f.amount_paid, f.invoice_amount, f.metered)
+    if f.eligible_metered is not None:  # usage before effective_from never earns subsidy
+        base = min(base, f.eligible_metered)
+    return ItemOutcome(base, [])
 
 
 def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
@@ -110,15 +114,18 @@ def window_bounds(policy: Policy) -> tuple[datetime, datetime]:
     return start, end
 
 
-def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[str, str], Fen]:
+def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[str, str], tuple[Fen, Fen]]:
+    """(whole month, in-window part) of active usage per (provider, enterprise): one query."""
     start, end = window_bounds(policy)
+    in_window = case((and_(UsageRecord.ended_at >= start, UsageRecord.ended_at < end), UsageRecord.amount),
+                     else_=0)
     rows = session.execute(
-        select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount))
-        .where(UsageRecord.period == period, UsageRecord.status == "active",
-               UsageRecord.ended_at >= start, UsageRecord.ended_at < end)
+        select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount),
+               func.sum(in_window))
+        .where(UsageRecord.period == period, UsageRecord.status == "active")
         .group_by(UsageRecord.provider_id, UsageRecord.enterprise_uscc)
     )
-    return {(p, e): int(total) for p, e, total in rows}
+    return {(p, e): (int(total), int(eligible)) for p, e, total, eligible in rows}
 
 
 def _facts_for(claim: Claim, invoices, metered, holder) -> list[ItemFacts]:
@@ -128,10 +135,10 @@ def _facts_for(claim: Claim, invoices, metered, holder) -> list[ItemFacts]:
         if inv is not None and inv.enterprise_uscc != claim.enterprise_uscc:
             inv = None
         owner = holder.get((item.provider_id, item.invoice_no))
+        total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
         facts.append(ItemFacts(item.provider_id, item.invoice_no, item.amount_paid,
-                               inv.amount if inv else None,
-                               metered.get((item.provider_id, claim.enterprise_uscc), 0),
-                               owner if owner is not None and owner != claim.id else None))
+                               inv.amount if inv else None, total,
+                               owner if owner is not None and owner != claim.id else None, eligible))
     return facts
 
 
@@ -220,16 +227,16 @@ def _evaluate_open(session: Session, policy: Policy, claim: Claim, balance: ledg
 
 
 def _claw_back_if_needed(session: Session, policy: Policy, claim: Claim, balance: ledger.Balance,
-                         metered: dict[tuple[str, str], Fen], now: datetime) -> None:
+                         metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime) -> None:
     """Usage voided after approval lowers what the claim may keep; never raises a grant."""
     bases = []
     for item in claim.items:
         if item.base == 0 or item.invoice_amount is None:
             bases.append(0)
             continue
-        now_metered = metered.get((item.provider_id, claim.enterprise_uscc), 0)
+        total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
         fact = ItemFacts(item.provider_id, item.invoice_no, item.amount_paid, item.invoice_amount,
-                         now_metered, None)
+                         total, None, eligible)
         bases.append(evaluate_item(policy, fact).base)
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
     target = min(compute_claim(policy, bases, others, UNBOUNDED).payable, claim.payable)

@@ -347,3 +347,17 @@ def test_ledger_verify_passes_after_scenarios_and_catches_tampering(w, db):
         report = verify(s)
     assert not report.ok
     assert {b.what for b in report.breaches} >= {"unbalanced_entry", "balance_mismatch"}
+
+
+def test_first_month_counts_only_usage_inside_the_window(w):
+    """2025-05: the invoice covers the whole month; usage before 13 May earns nothing."""
+    u = w["usccs"][0]
+    usage(w["a"], u, 30_000, period="2025-05", day=5)   # before effective_from
+    usage(w["a"], u, 70_000, period="2025-05", day=20)
+    invoice(w["a"], "A-MAY", u, 100_000, period="2025-05")
+    cid = claim(w["e0"], [("prov-a", "A-MAY", 100_000)], period="2025-05")
+    reconcile(w, "2025-05")
+    c = get_claim(w, cid)
+    assert c["status"] == "verified" and codes(c) == []
+    assert c["items"][0]["metered"] == 100_000
+    assert c["base"] == 70_000 and c["payable"] == 35_000
