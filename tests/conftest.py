@@ -74,9 +74,16 @@ def truncate_all(db: Database) -> None:
 
 
 @pytest.fixture
-def db(database):
+def db(database, request):
     truncate_all(database)
-    return database
+    yield database
+    # The ledger invariants hold after every scenario of the suite, not only in its own tests.
+    if "tampers_with_ledger" not in request.keywords:
+        from billing.ledger import verify
+
+        with database.session() as session:
+            report = verify(session)
+        assert report.ok, f"ledger invariants broken after {request.node.name}: {report.breaches}"
 
 
 @pytest.fixture

@@ -330,6 +330,7 @@ def test_scopes_for_claims_and_quota(w):
     assert w["finance"].get(f"/v1/enterprises/{make_uscc(777)}/quota?year=2026").status_code == 404
 
 
+@pytest.mark.tampers_with_ledger
 def test_ledger_verify_passes_after_scenarios_and_catches_tampering(w, db):
     from sqlalchemy import text
     u = w["usccs"][0]
