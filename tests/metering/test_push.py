@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
@@ -86,8 +86,8 @@ def test_record_ids_are_scoped_per_provider(world, db):
     assert stored_count(db) == 2
 
 
-FUTURE = (datetime.now(timezone.utc) + timedelta(minutes=30)).isoformat()
-NEAR_FUTURE = (datetime.now(timezone.utc) + timedelta(minutes=2)).isoformat()
+FUTURE = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+NEAR_FUTURE = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_a_record_that_is_not_an_object_is_rejected(world):
 
 def test_record_ending_within_five_minutes_ahead_is_accepted(world):
     rec = record(1, world["usccs"][0], ended_at=NEAR_FUTURE,
-                 started_at=datetime.now(timezone.utc).isoformat())
+                 started_at=datetime.now(UTC).isoformat())
     assert push(world["prov_a"], [rec]).json["accepted"] == 1
 
 
