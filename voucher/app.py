@@ -9,6 +9,7 @@ from config.settings import Settings
 from voucher.db import Database
 from voucher.errors import register_error_handlers
 from voucher.events import Events
+from voucher.idempotency import init_idempotency
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             session.close()
 
     register_error_handlers(app)
+    init_idempotency(app)
 
     from billing.api import bp as billing_bp
     from metering.api import bp as usage_bp

@@ -1,5 +1,15 @@
 """Every mapped table, imported in one place so Alembic and tests see the whole schema."""
 
+from billing.models import (  # noqa: F401
+    Claim,
+    ClaimAdjustment,
+    ClaimItem,
+    LedgerPosting,
+    ProviderInvoice,
+    QuotaBalance,
+    Reconciliation,
+)
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
 from voucher.db import Base  # noqa: F401
+from voucher.idempotency import IdempotencyKey  # noqa: F401
 from voucher.keys import ApiKey  # noqa: F401
