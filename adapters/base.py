@@ -8,9 +8,10 @@ so validation, idempotency and per-record errors are identical.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 
 @dataclass

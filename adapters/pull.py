@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from adapters.base import Extracted
 from adapters.config import ProviderConfig, load_all
+from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.models import Provider, UsageRecord
 from voucher.db import Database
@@ -76,7 +77,8 @@ def parse_file(fmt: str, text: str, config: ProviderConfig) -> Extracted:
 
 
 def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
-                     progress: Callable[[int], None] | None = None) -> IngestSummary:
+                     progress: Callable[[int], None] | None = None, *, source: str = "import",
+                     label: str | None = None) -> IngestSummary:
     """Ingest in batches of 1,000, each its own transaction (a failed batch leaves nothing)."""
     summary = IngestSummary(provider_id)
     summary.skipped_by_reason.update(extracted.skipped_by_reason())
@@ -89,6 +91,7 @@ def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
         chunk = records[start:start + BATCH]
         with db.session() as session, session.begin():
             result = ingest_records(session, provider_id, chunk)
+            record_batch(session, provider_id, source, result, label)
         summary.records += len(chunk)
         summary.accepted += result.accepted
         summary.duplicates += result.duplicates
@@ -146,7 +149,7 @@ def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = N
     last = last_ended(db, config.provider_id)
     start = (last - overlap) if last else now - first
     extracted = make_adapter(config).extract(start, now)
-    return ingest_extracted(db, config.provider_id, extracted)
+    return ingest_extracted(db, config.provider_id, extracted, source="pull")
 
 
 def pullable(configs: dict[str, ProviderConfig], provider_id: str | None = None) -> Iterable[ProviderConfig]:

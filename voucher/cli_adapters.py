@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -41,7 +42,7 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
         raise click.ClickException(str(exc)) from None
     extracted = parse_file(fmt, file.read_text(encoding="utf-8-sig"), config)
     with click.progressbar(length=len(extracted.records), label=f"importing {file.name}",
-                           show_pos=True, file=click.get_text_stream("stderr")) as bar:
+                           show_pos=True, file=sys.stderr) as bar:
         summary = ingest_extracted(db, provider_id, extracted, bar.update)
     for line in summary.lines():
         click.echo(line)
