@@ -40,7 +40,10 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
         check_provider(db, provider_id)
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
-    extracted = parse_file(fmt, file.read_text(encoding="utf-8-sig"), config)
+    try:
+        extracted = parse_file(fmt, file.read_text(encoding="utf-8-sig"), config)
+    except (ValueError, UnicodeDecodeError) as exc:  # unreadable file or config: say what and where
+        raise click.ClickException(f"{file}: {exc}") from None
     with click.progressbar(length=len(extracted.records), label=f"importing {file.name}",
                            show_pos=True, file=sys.stderr) as bar:
         summary = ingest_extracted(db, provider_id, extracted, bar.update)
