@@ -9,6 +9,7 @@ from billing.models import (  # noqa: F401
     QuotaBalance,
     Reconciliation,
 )
+from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
 from voucher.db import Base  # noqa: F401
 from voucher.idempotency import IdempotencyKey  # noqa: F401
