@@ -1,0 +1,176 @@
+"""`voucher scheduler`: the scheduled jobs, in a process of their own.
+
+Web workers never run jobs (APScheduler inside gunicorn would fire once per worker). Any
+number of scheduler processes may run against one database, for availability: every fire
+first claims its (job, period) row (voucher.jobs), so one process runs it and the others skip.
+
+A process keeps its schedule in memory, so fires missed while no scheduler was running are
+recovered by the catch-up pass at start: for each job marked `catch_up`, the period of its
+latest fire is run if it never was (a failed one waits for `voucher jobs rerun`). Within a
+running process, a late fire still runs (no misfire limit) and a backlog coalesces into one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from voucher.audit import acting_as
+from voucher.db import Database, utcnow
+from voucher.jobs import (
+    HEARTBEAT_SECONDS,
+    JOBS,
+    STALE_AFTER,
+    JobSpec,
+    get_run,
+    reap_stale,
+    run_once,
+)
+
+log = logging.getLogger("voucher.scheduler")
+
+REAP_EVERY_SECONDS = 60
+_HORIZON = timedelta(days=400)  # a crontab that fired in none of the last 400 days: no catch-up
+
+
+def cron_trigger(spec: JobSpec, settings: Any, tz: ZoneInfo) -> CronTrigger:
+    expr = spec.cron(settings)
+    try:
+        return CronTrigger.from_crontab(expr, timezone=tz)
+    except ValueError as exc:
+        var = f"VOUCHER_{spec.cron_setting.upper()}"
+        raise ValueError(f"bad schedule for job {spec.name} ({var}={expr!r}): {exc}") from None
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime,
+                   horizon: timedelta = _HORIZON) -> datetime | None:
+    """The trigger's latest fire time at or before `now` (None if none within the horizon).
+
+    A run's period comes from the fire it stands for, not from the clock when it got to run.
+    """
+    window = timedelta(minutes=2)
+    while True:
+        first = trigger.get_next_fire_time(None, now - window)
+        if first is not None and first <= now:
+            break
+        if window >= horizon:
+            return None
+        window = min(window * 4, horizon)
+    last = first
+    while True:
+        following = trigger.get_next_fire_time(last, last + timedelta(seconds=1))
+        if following is None or following > now:
+            return last
+        last = following
+
+
+def fire(db: Database, spec: JobSpec, trigger: CronTrigger, heartbeat_every: float) -> None:
+    """One scheduled fire: work out its period, then claim and run it (or skip)."""
+    now = utcnow()
+    period = spec.period_for(last_fire_time(trigger, now) or now)
+    with acting_as("scheduler"):  # what the job changes is audited as the scheduler's
+        run_once(db, spec.name, period, spec.target, heartbeat_every=heartbeat_every)
+
+
+def reap(db: Database, stale_after: timedelta) -> None:
+    try:
+        with db.session() as session:
+            reap_stale(session, stale_after)
+    except Exception:
+        log.exception("reaping stale job runs failed")
+
+
+def catch_up(db: Database, jobs: Mapping[str, JobSpec], triggers: Mapping[str, CronTrigger],
+             heartbeat_every: float, stale_after: timedelta) -> None:
+    """Run each catch-up job's latest period if no process ever ran it (in registry order)."""
+    reap(db, stale_after)
+    now = utcnow()
+    for name, spec in jobs.items():
+        if not spec.catch_up:
+            continue
+        fired = last_fire_time(triggers[name], now)
+        if fired is None:
+            continue
+        period = spec.period_for(fired)
+        try:
+            with db.session() as session:
+                existing = get_run(session, name, period)
+        except Exception:
+            log.exception("catch-up of job %s: cannot read its runs", name)
+            continue
+        if existing is None:
+            log.info("catch-up: job %s period %s (fire of %s) never ran", name, period,
+                     fired.isoformat())
+            with acting_as("scheduler"):
+                run_once(db, name, period, spec.target, heartbeat_every=heartbeat_every)
+        elif existing.status == "failed":
+            log.warning("catch-up: job %s period %s failed (%s); run `voucher jobs rerun %s %s`",
+                        name, period, existing.error, name, period)
+        else:
+            log.info("catch-up: job %s period %s is %s (%s)", name, period, existing.status,
+                     existing.process)
+
+
+def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | None = None, *,
+                    heartbeat_every: float = HEARTBEAT_SECONDS,
+                    stale_after: timedelta = STALE_AFTER,
+                    reap_every: float = REAP_EVERY_SECONDS) -> BlockingScheduler:
+    """The scheduler with one cron job per registry entry, the reaper and the catch-up pass.
+
+    `jobs` defaults to voucher.jobs.JOBS; schedules come from settings (VOUCHER_*_CRON), in
+    settings.timezone (Asia/Shanghai). A bad crontab raises ValueError naming its variable.
+    """
+    jobs = JOBS if jobs is None else jobs
+    tz = ZoneInfo(settings.timezone)
+    scheduler = BlockingScheduler(
+        timezone=tz,
+        executors={"default": ThreadPoolExecutor(max_workers=len(jobs) + 2)},
+    )
+    triggers = {name: cron_trigger(spec, settings, tz) for name, spec in jobs.items()}
+    for name, spec in jobs.items():
+        # A late fire still runs (no grace limit), a backlog runs once, never two at a time.
+        scheduler.add_job(fire, triggers[name], args=[db, spec, triggers[name], heartbeat_every],
+                          id=name, name=spec.description or name,
+                          coalesce=True, misfire_grace_time=None, max_instances=1)
+    scheduler.add_job(reap, "interval", seconds=reap_every, args=[db, stale_after],
+                      id="_reap", name="mark crashed runs failed")
+    scheduler.add_job(catch_up, "date", args=[db, jobs, triggers, heartbeat_every, stale_after],
+                      id="_catch_up", name="catch up fires missed while down",
+                      misfire_grace_time=None)
+    return scheduler
+
+
+def run_forever(scheduler: BlockingScheduler) -> None:
+    """Run until SIGTERM or SIGINT; then stop firing and wait for runs in progress."""
+
+    def _stop(signum, _frame):
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for job in scheduler.get_jobs():
+            log.info("scheduled %s: %s", job.id, job.trigger)
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("stopping: no new runs; waiting for runs in progress")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+        log.info("scheduler stopped")
+
+
+def configure_logging(json_lines: bool) -> None:
+    from voucher.logging import configure_logging as configure
+
+    configure(json_lines)
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # ours log each run
