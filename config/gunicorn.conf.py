@@ -12,3 +12,47 @@ keepalive = 5
 accesslog = None  # the app logs one structured line per request itself
 errorlog = "-"
 loglevel = os.environ.get("VOUCHER_LOG_LEVEL", "info")
+
+# --- Prometheus multiprocess mode --------------------------------------------------------
+# prometheus-client chooses how it stores values when it is first imported, so the
+# directory must be in the environment before any worker imports it. Workers fork from this
+# master without preloading the app, so setting it here (`voucher serve` sets it too) is
+# early enough; the master itself never imports prometheus-client before this line.
+MULTIPROC_DIR = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "var",
+                 "prometheus-multiproc"))
+
+
+def on_starting(server):
+    """Start from an empty metrics directory: files of a previous run's pids would be summed in."""
+    os.makedirs(MULTIPROC_DIR, exist_ok=True)
+    for name in os.listdir(MULTIPROC_DIR):
+        if name.endswith(".db"):  # only prometheus-client's files, whatever else is there
+            os.remove(os.path.join(MULTIPROC_DIR, name))
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges stop counting; its counters stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+# gunicorn's own lines (boot, worker start and exit) as JSON too, like the app's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "voucher.logging.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": []},  # each worker's app installs its own handler
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
+
+# gunicorn 27's control socket lives in $HOME; the service needs none (and several test
+# servers on one machine would share its path).
+control_socket_disable = True
