@@ -3,8 +3,9 @@
 - `localstripe`: the stock `localstripe` console script of this venv, as a subprocess.
 - `localstripe_invoicing`: the same localstripe package, plus the two invoice endpoints
   localstripe 1.15.10 lacks (standalone `POST /v1/invoices` from pending items, and
-  `POST /v1/invoices/{id}/finalize`), filled in with localstripe's own Invoice model; see
-  `serve_localstripe_with_invoicing` at the bottom. Stock behaviour is pinned by
+  `POST /v1/invoices/{id}/finalize`), filled in with localstripe's own Invoice model by
+  `tests/integration/localstripe_compat.py` (shared with the statements tests, which say
+  why). Stock behaviour is pinned by
   `test_stock_localstripe_cannot_create_or_finalize_standalone_invoices`.
 - `scripted`: a tiny `http.server` in a thread answering scripted statuses, for retries and
   the exact wire format.
@@ -14,11 +15,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,8 +33,14 @@ from adapters.stripe import (
     default_idempotency_key,
     encode_form,
 )
+from tests.integration.localstripe_compat import (
+    ServerDidNotStart,
+    free_port,
+    start_localstripe,
+    start_server,
+    stop_server,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_voucher"
 
 
@@ -43,34 +48,14 @@ API_KEY = "sk_test_voucher"
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _start(argv: list[str], port: int, log_path: Path, **popen) -> subprocess.Popen:
-    with open(log_path, "wb") as log:  # a file, not a pipe: localstripe logs every request
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{argv[0]} exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"{argv[0]} did not listen on {port}: {log_path.read_text()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        return start_server(argv, port, log_path, **popen)
+    except ServerDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -82,18 +67,18 @@ def localstripe(tmp_path_factory):
     # --from-scratch: never load /tmp/localstripe.pickle, which every localstripe shares.
     proc = _start([str(binary), "--port", str(port), "--from-scratch"], port, log)
     yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    stop_server(proc)
 
 
 @pytest.fixture(scope="session")
 def localstripe_invoicing(tmp_path_factory):
     """Base URL of localstripe with standalone invoices and finalize (see module docstring)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("localstripe_invoicing") / "localstripe.log"
-    argv = [sys.executable, "-m", "tests.adapters.test_stripe_client", str(port)]
-    proc = _start(argv, port, log, cwd=REPO_ROOT)
-    yield f"http://127.0.0.1:{port}"
-    _stop(proc)
+    try:
+        proc, url = start_localstripe(tmp_path_factory.mktemp("localstripe_invoicing"))
+    except ServerDidNotStart as exc:
+        pytest.fail(str(exc))
+    yield url
+    stop_server(proc)
 
 
 def _client(base_url: str, **kwargs) -> StripeClient:
@@ -524,61 +509,3 @@ def test_statement_cycle_run_twice_creates_nothing_twice(invoicing_client):
     assert c.list_invoice_items(customer, pending=True) == []
     assert c.retrieve_invoice(first["id"])["total"] == 750_000
     assert c.find_invoice_item(customer, f"{key}:jx-aicc")["invoice"] == first["id"]
-
-
-# -- the launcher behind `localstripe_invoicing` --------------------------------------------
-
-
-def serve_localstripe_with_invoicing(port: int) -> None:
-    """Run localstripe with the two invoice endpoints 1.15.10 lacks, from its own model.
-
-    Stock localstripe answers `POST /v1/invoices` without a subscription with 404 and has
-    no finalize route. Here a standalone invoice is localstripe's own `Invoice(...)` (which
-    takes the customer's pending items and computes subtotal/total), and finalize calls its
-    own `Invoice._finalize()`. Nothing else changes. State stays in memory only.
-    """
-    from localstripe import resources, server
-    from localstripe.errors import UserError
-
-    resources.Store.dump_to_disk = lambda self: None  # leave the shared /tmp pickle alone
-    invoice_cls = resources.Invoice
-    stock_create = invoice_cls._api_create.__func__
-
-    def create(
-        cls,
-        customer=None,
-        subscription=None,
-        metadata=None,
-        description=None,
-        pending_invoice_items_behavior=None,
-        **kwargs,
-    ):
-        if subscription is not None or kwargs:
-            return stock_create(
-                cls,
-                customer=customer,
-                subscription=subscription,
-                metadata=metadata,
-                description=description,
-                **kwargs,
-            )
-        return cls(customer=customer, metadata=metadata, description=description)
-
-    def finalize(id, **ignored):
-        invoice = invoice_cls._api_retrieve(id)
-        if invoice.status != "draft":
-            raise UserError(
-                400, "This invoice is already finalized", {"code": "invoice_not_editable"}
-            )
-        invoice._finalize()
-        return invoice
-
-    invoice_cls._api_create = classmethod(create)
-    url = "/v1/invoices/{id}/finalize"
-    server.app.router.add_route("POST", url, server.api_extra(finalize, url))
-    sys.argv = ["localstripe", "--port", str(port), "--from-scratch"]
-    server.start()
-
-
-if __name__ == "__main__":
-    serve_localstripe_with_invoicing(int(sys.argv[1]))

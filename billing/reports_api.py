@@ -1,0 +1,58 @@
+"""Report downloads: `GET /v1/reconciliations/{period}/report.csv|.xlsx` (finance only)."""
+
+from __future__ import annotations
+
+import tempfile
+
+from flask import Blueprint, send_file
+
+from billing.models import Reconciliation
+from billing.reports import FORMATS, filename, write_report
+from metering.periods import parse_period
+from voucher.auth import db_session, requires
+from voucher.errors import not_found
+from voucher.openapi import doc
+
+bp = Blueprint("reports", __name__, url_prefix="/v1")
+
+SPOOL_BYTES = 8 * 1024 * 1024  # larger reports go to a temporary file, not memory
+
+
+def _report(period: str, fmt: str):
+    try:
+        parse_period(period)
+    except ValueError:
+        raise not_found("reconciliation", period) from None
+    session = db_session()
+    if session.get(Reconciliation, period) is None:
+        raise not_found("reconciliation", period)
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    write_report(session, period, fmt, out)
+    session.rollback()  # end the read transaction before the body is sent
+    out.seek(0)
+    return send_file(out, mimetype=FORMATS[fmt], as_attachment=True,
+                     download_name=filename(period, fmt), max_age=0)
+
+
+@bp.get("/reconciliations/<period>/report.csv")
+@requires("finance")
+@doc("Download the month's report as CSV",
+     description="One row per claim item (`record_type` item) and per clawback adjustment; amounts "
+                 "in integer fen; UTF-8 with a byte-order mark; English header row. Columns add up to "
+                 "the reconciliation summary's totals.",
+     tags=["reconciliations"], response_content_type=FORMATS["csv"],
+     errors={404: "No reconciliation has been run for the period"})
+def report_csv(period: str):
+    return _report(period, "csv")
+
+
+@bp.get("/reconciliations/<period>/report.xlsx")
+@requires("finance")
+@doc("Download the month's report as an Excel workbook",
+     description="Sheets 汇总 Summary (totals, counts by status, by county and provider with charts, "
+                 "discrepancies, enterprises at the cap), 明细 Claim items and 调整 Adjustments; "
+                 "amounts in yuan with two decimals; Chinese headers with English below.",
+     tags=["reconciliations"], response_content_type=FORMATS["xlsx"],
+     errors={404: "No reconciliation has been run for the period"})
+def report_xlsx(period: str):
+    return _report(period, "xlsx")
