@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint bench clean
+.PHONY: venv run test test-fast lint check-deploy bench bench-ingest clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,27 @@ run: $(STAMP)
 
 ## Whole suite. Set VOUCHER_TEST_DATABASE_URL to run it on PostgreSQL too.
 test: $(STAMP)
+	@# Real components the integration tests drive (Slurm, Prometheus, Chromium, LibreOffice):
+	@# Debian packages installed when missing, quick when present.
+	@for s in scripts/ensure-*.sh; do bash $$s || exit 1; done
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+## Deployment files without a Docker engine: compose schema, promtool checks and rule tests,
+## Grafana and alert queries against the metrics the app exports.
+check-deploy: $(STAMP)
+	bash scripts/ensure-prometheus.sh
+	$(PY) -m pytest -q tests/test_deploy_files.py
+
+## Benchmarks on a fresh PostgreSQL database (VOUCHER_BENCH_DATABASE_URL, admin URL) and SQLite:
+## results in bench/results/*.json and docs/BENCHMARKS.md. `python -m bench --list` names them.
 bench: $(STAMP)
-	$(PY) -m bench.ingest
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-ingest: $(STAMP)
+	$(PY) -m bench ingest $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.db .pytest_cache

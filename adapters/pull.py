@@ -8,6 +8,7 @@ into duplicates.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from adapters.config import ProviderConfig, load_all
 from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.models import Provider, UsageRecord
+from voucher import metrics
 from voucher.db import Database
 
 BATCH = 1000
@@ -89,9 +91,11 @@ def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
     records = extracted.records
     for start in range(0, len(records), BATCH):
         chunk = records[start:start + BATCH]
+        started = time.perf_counter()
         with db.session() as session, session.begin():
             result = ingest_records(session, provider_id, chunk)
             record_batch(session, provider_id, source, result, label)
+        metrics.record_batch(provider_id, result, time.perf_counter() - started, source=source)
         summary.records += len(chunk)
         summary.accepted += result.accepted
         summary.duplicates += result.duplicates
@@ -148,8 +152,14 @@ def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = N
     first = timedelta(seconds=int(config.settings.get("first_pull_seconds", 7 * 86400)))
     last = last_ended(db, config.provider_id)
     start = (last - overlap) if last else now - first
-    extracted = make_adapter(config).extract(start, now)
-    return ingest_extracted(db, config.provider_id, extracted, source="pull")
+    try:
+        extracted = make_adapter(config).extract(start, now)
+        summary = ingest_extracted(db, config.provider_id, extracted, source="pull")
+    except Exception:
+        metrics.record_adapter_pull(config.provider_id, "failed")
+        raise
+    metrics.record_adapter_pull(config.provider_id, "succeeded")
+    return summary
 
 
 def pullable(configs: dict[str, ProviderConfig], provider_id: str | None = None) -> Iterable[ProviderConfig]:

@@ -12,15 +12,17 @@ from sqlalchemy.exc import IntegrityError
 
 from billing import claims as claims_svc
 from billing import ledger
+from billing import schemas as out
 from billing.invoices import invoice_json, submit_invoice
 from billing.models import Claim, ProviderInvoice, Reconciliation
-from billing.reconciliation import adjustments_of, reconcile, reconciliation_json
+from billing.reconciliation import adjustments_of, reconcile, reconciliation_json, summarise
 from metering.models import Enterprise
 from metering.periods import parse_period
 from metering.registry_api import normalise_uscc
 from voucher.auth import current_principal, db_session, ensure_subject, requires
 from voucher.errors import ApiError, not_found
 from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
+from voucher.openapi import PAGE, ListOf, doc, query
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
 
@@ -34,7 +36,9 @@ def policy():
 
 
 class InvoiceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "invoice_no": "33021234-00001", "enterprise_uscc": "91330402MA2B7K3X13", "period": "2026-10",
+        "amount": 1200000, "tax_amount": 67925, "issued_on": "2026-10-31"}]})
     invoice_no: str = Field(min_length=1, max_length=64, examples=["33021234-00001"])
     enterprise_uscc: str
     period: Period
@@ -63,7 +67,10 @@ class OtherSubsidyIn(BaseModel):
 
 
 class ClaimIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "period": "2026-10",
+        "items": [{"provider_id": "jx-zhisuan", "invoice_no": "33021234-00001", "amount_paid": 1200000}],
+        "other_subsidies": [{"program": "省级算力券", "amount": 100000}]}]})
     period: Period
     items: list[ClaimItemIn] = Field(min_length=1, max_length=200)
     other_subsidies: list[OtherSubsidyIn] = Field(default_factory=list, max_length=50)
@@ -71,17 +78,17 @@ class ClaimIn(BaseModel):
 
 
 class ReconciliationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"period": "2026-10"}]})
     period: Period
 
 
 class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "figures checked"}]})
     reason: str | None = Field(default=None, max_length=2000)
 
 
 class RejectIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "invoice disputed by the provider"}]})
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -95,6 +102,11 @@ def _after_id(prefix: str, value: str | None) -> int | None:
 
 # --- invoices -----------------------------------------------------------------------------
 
+@doc("Submit a provider invoice (发票)", request=InvoiceIn, response=out.ProviderInvoice, status=201,
+     description="Idempotent: the same content again answers 200 with the stored invoice; "
+                 "different content under the same invoice_no is a 409 (never overwritten).",
+     also={200: "The same invoice again"}, errors={409: "Same invoice_no, different content"},
+     tags=["invoices"])
 @bp.post("/provider-invoices")
 @requires("provider", "finance")
 def create_invoice():
@@ -116,6 +128,10 @@ def create_invoice():
     return invoice_json(invoice), 201 if created else 200
 
 
+@doc("List provider invoices", description="A provider sees its own, an enterprise those addressed "
+     "to it, finance all.", response=ListOf(out.ProviderInvoice), tags=["invoices"],
+     query=[query("provider", "Provider id"), query("enterprise", "Enterprise USCC"),
+            query("period", "YYYY-MM", example="2026-10"), *PAGE])
 @bp.get("/provider-invoices")
 @requires("provider", "enterprise", "finance")
 def list_invoices():
@@ -147,6 +163,9 @@ def list_invoices():
 
 # --- claims -------------------------------------------------------------------------------
 
+@doc("Submit a monthly claim (申领)", request=ClaimIn, response=out.Claim, status=201,
+     description="For a past month only. Evaluated by the next reconciliation of its period.",
+     tags=["claims"])
 @bp.post("/claims")
 @requires("enterprise", "finance")
 def create_claim():
@@ -182,12 +201,17 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
     return claim
 
 
+@doc("Read a claim with its items, figures and discrepancies", response=out.Claim, tags=["claims"])
 @bp.get("/claims/<claim_id>")
 @requires("enterprise", "finance")
 def get_claim(claim_id: str):
     return claims_svc.claim_json(_claim_or_404(db_session(), claim_id))
 
 
+@doc("List claims", response=ListOf(out.Claim), tags=["claims"],
+     query=[query("enterprise", "Enterprise USCC (finance)"), query("period", "YYYY-MM"),
+            query("status", "Claim status", enum=["submitted", "verified", "flagged", "approved",
+                                                  "rejected"]), *PAGE])
 @bp.get("/claims")
 @requires("enterprise", "finance")
 def list_claims():
@@ -216,6 +240,9 @@ def list_claims():
     return list_envelope([claims_svc.claim_json(c) for c in rows[:limit]], len(rows) > limit, "/v1/claims")
 
 
+@doc("Approve a reconciled claim: its reservation becomes granted", request=DecisionIn,
+     request_required=False, response=out.Claim, tags=["claims"],
+     errors={409: "Not reconciled yet, or already rejected"})
 @bp.post("/claims/<claim_id>/approve")
 @requires("finance")
 def approve_claim(claim_id: str):
@@ -227,6 +254,8 @@ def approve_claim(claim_id: str):
     return claims_svc.claim_json(claim)
 
 
+@doc("Reject a claim: its reservation is released", request=RejectIn, response=out.Claim,
+     tags=["claims"], errors={409: "Already approved"})
 @bp.post("/claims/<claim_id>/reject")
 @requires("finance")
 def reject_claim(claim_id: str):
@@ -246,6 +275,9 @@ def quota_json(b: ledger.Balance) -> dict:
             "remaining": b.remaining, "policy_id": b.policy_id}
 
 
+@doc("An enterprise's subsidy quota for a year", response=out.Quota, tags=["quota"],
+     description="cap, cap basis (standard or new model filing), granted, reserved and remaining.",
+     query=[query("year", "Calendar year", "integer", example=2026, required=True)])
 @bp.get("/enterprises/<uscc>/quota")
 @requires("enterprise", "finance")
 def get_quota(uscc: str):
@@ -265,6 +297,8 @@ def get_quota(uscc: str):
 
 # --- reconciliations ----------------------------------------------------------------------
 
+@doc("Run the monthly reconciliation (SPEC §7)", request=ReconciliationIn, response=out.Reconciliation,
+     status=201, also={200: "A re-run: the same result, nothing reserved twice"}, tags=["reconciliations"])
 @bp.post("/reconciliations")
 @requires("finance")
 def run_reconciliation():
@@ -276,6 +310,8 @@ def run_reconciliation():
     return reconciliation_json(run), 201 if first else 200
 
 
+@doc("A reconciliation with every claim's outcome and the clawbacks", response=out.Reconciliation,
+     tags=["reconciliations"])
 @bp.get("/reconciliations/<period>")
 @requires("finance")
 def get_reconciliation(period: str):
@@ -288,4 +324,7 @@ def get_reconciliation(period: str):
     if run is None:
         raise not_found("reconciliation", period)
     claims = list(session.scalars(select(Claim).where(Claim.period == period).order_by(Claim.id)))
-    return reconciliation_json(run, [claims_svc.claim_json(c) for c in claims], adjustments_of(session, period))
+    body = reconciliation_json(run, [claims_svc.claim_json(c) for c in claims], adjustments_of(session, period))
+    # Approvals and rejections since the last run change the figures: summarise what is now.
+    body["summary"] = summarise(session, period, claims)
+    return body

@@ -12,6 +12,7 @@ from billing.models import Claim, ClaimItem
 from billing.policy import Policy
 from metering.models import Provider
 from metering.periods import current_period, parse_period
+from voucher import audit
 from voucher.db import utcnow
 from voucher.errors import ApiError
 
@@ -95,6 +96,9 @@ def submit_claim(session: Session, enterprise_uscc: str, period: str, items: lis
                   ], discrepancies=[])
     session.add(claim)
     session.flush()
+    audit.append(session, "claim.submitted", "claim", f"clm_{claim.id}", after={
+        "enterprise_uscc": enterprise_uscc, "period": period, "items": items,
+        "other_subsidies": other_subsidies})
     return claim
 
 
@@ -122,6 +126,9 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
     balance = _balance_for(session, policy, claim)
     ledger.grant(session, balance, claim.payable, claim_id=claim.id, policy_id=claim.policy_id or policy.id,
                  reason=reason or "approved")
+    audit.append(session, "claim.approved", "claim", f"clm_{claim.id}",
+                 before={"status": claim.status, "reserved": claim.payable},
+                 after={"status": "approved", "granted": claim.payable, "reason": reason})
     claim.status, claim.decided_at, claim.decision_reason = "approved", utcnow(), reason
     return claim
 
@@ -136,6 +143,9 @@ def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim
         balance = _balance_for(session, policy, claim)
         ledger.release(session, balance, claim.payable, claim_id=claim.id,
                        policy_id=claim.policy_id or policy.id, reason=f"rejected: {reason}")
+    audit.append(session, "claim.rejected", "claim", f"clm_{claim.id}",
+                 before={"status": claim.status, "reserved": claim.payable},
+                 after={"status": "rejected", "released": claim.payable, "reason": reason})
     claim.status, claim.payable = "rejected", 0
     claim.decided_at, claim.decision_reason = utcnow(), reason
     return claim

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from billing.models import ProviderInvoice
 from metering.models import Enterprise
+from voucher import audit
 from voucher.errors import ApiError
 
 
@@ -56,4 +57,6 @@ def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enter
                               tax_amount=tax_amount, issued_on=issued_on)
     session.add(invoice)
     session.flush()
+    audit.append(session, "provider_invoice.submitted", "provider_invoice", f"inv_{invoice.id}",
+                 after={"provider_id": provider_id, "invoice_no": invoice_no, **fields})
     return invoice, True

@@ -24,6 +24,7 @@ from billing.policy import Policy, compute_claim, in_window
 from metering.models import Enterprise, Provider, UsageRecord
 from metering.periods import SHANGHAI, parse_period
 from metering.registry import provider_listed
+from voucher import audit
 from voucher.db import utcnow
 
 Fen = int
@@ -186,6 +187,8 @@ def reconcile(session: Session, policy: Policy, period: str) -> tuple[Reconcilia
     run.last_run_at = now
     run.policy_id = policy.id
     run.summary = summarise(session, period, claims)
+    audit.append(session, "reconciliation.run", "reconciliation", f"rec_{period}",
+                 after={"run": run.runs, "policy_id": policy.id, "summary": run.summary})
     return run, first_time
 
 
@@ -249,6 +252,9 @@ def _claw_back_if_needed(session: Session, policy: Policy, claim: Claim, balance
                     reason=reason)
     session.add(ClaimAdjustment(claim_id=claim.id, period=claim.period, kind="clawback", amount=-cut,
                                 reason=reason, created_at=now))
+    audit.append(session, "claim.clawed_back", "claim", f"clm_{claim.id}",
+                 before={"granted": claim.payable, "clawed_back": claim.clawed_back},
+                 after={"granted": target, "clawed_back": claim.clawed_back + cut, "reason": reason})
     claim.payable = target
     claim.clawed_back += cut
 

@@ -28,8 +28,12 @@ class Settings:
     reconcile_cron: str = "0 2 1 * *"
     statements_cron: str = "0 4 1 * *"
     timezone: str = "Asia/Shanghai"
-    secret_key: str = ""
+    secret_key: str = ""  # signs console sessions; empty: generated once into var/secret_key
+    cookie_secure: bool = False  # console cookie only over HTTPS (set behind a TLS proxy)
     log_json: bool = True
+    # Failed authentications per client address before 429 (0: no limit), and the window.
+    auth_fail_limit: int = 20
+    auth_fail_window: int = 60  # seconds
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -46,10 +50,14 @@ class Settings:
             "VOUCHER_STATEMENTS_CRON": ("statements_cron", str),
             "VOUCHER_SECRET_KEY": ("secret_key", str),
             "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
+            "VOUCHER_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
+            "VOUCHER_AUTH_FAIL_WINDOW": ("auth_fail_window", int),
         }
         for var, (name, conv) in mapping.items():
             if env.get(var):
                 values[name] = conv(env[var])
+        if env.get("VOUCHER_COOKIE_SECURE"):
+            values["cookie_secure"] = env["VOUCHER_COOKIE_SECURE"].lower() in ("1", "true", "yes")
         if env.get("VOUCHER_LOG_JSON"):
             values["log_json"] = env["VOUCHER_LOG_JSON"].lower() not in ("0", "false", "no")
         values.update(overrides)

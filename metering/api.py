@@ -6,16 +6,32 @@ from datetime import timedelta
 
 from flask import Blueprint, current_app
 
+from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.periods import parse_period
 from metering.usage import get_record, list_records, parse_public_id, record_json, void_record
+from voucher import audit
 from voucher.auth import current_principal, db_session, requires
 from voucher.errors import ApiError, not_found
 from voucher.http import json_body, list_envelope, page_args, query_arg
+from voucher.openapi import PAGE, ListOf, doc, query
+from voucher.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 
 
+@doc("Push a batch of usage records",
+     description="Up to 5,000 records. Each is judged on its own and answered in input order: "
+                 "`accepted`, `duplicate` (same record_id, same content: an idempotent replay) or "
+                 "`rejected` with its error code (`conflict` when the record_id was stored with "
+                 "different content). Accepted records are durable when the answer is sent.",
+     request=UsageBatchIn, response=UsageBatch, tags=["usage records"],
+     errors={413: "More records than VOUCHER_MAX_BATCH_RECORDS"},
+     example={"records": [{"record_id": "job-4103947-1", "enterprise_uscc": "91330402MA2B7K3X13",
+                           "resource": "gpu.h800", "unit": "gpu_hour", "quantity": "12.5",
+                           "started_at": "2026-10-15T09:00:00+08:00",
+                           "ended_at": "2026-10-15T10:00:00+08:00", "amount": 600000,
+                           "currency": "CNY", "metadata": {"cluster": "jx-hpc"}}]})
 @bp.post("/usage-records")
 @requires("provider")
 def push_usage_records():
@@ -40,6 +56,7 @@ def push_usage_records():
     with session.begin():
         result = ingest_records(session, principal.subject, records,
                                 future_skew=timedelta(seconds=settings.future_skew_seconds))
+        record_batch(session, principal.subject, "api", result)
     current_app.extensions["voucher.events"].batch_ingested(principal.subject, result)
     return result.as_dict()
 
@@ -61,6 +78,12 @@ def _scope_filters() -> tuple[str | None, str | None]:
     return provider, enterprise
 
 
+@doc("List usage records",
+     description="A provider sees its own, an enterprise its own, finance all.",
+     response=ListOf(UsageRecord), tags=["usage records"],
+     query=[query("provider", "Provider id"), query("enterprise", "Enterprise USCC"),
+            query("period", "YYYY-MM (Asia/Shanghai)", example="2026-10"),
+            query("status", "active or void", enum=["active", "void"]), *PAGE])
 @bp.get("/usage-records")
 @requires("finance", "provider", "enterprise")
 def list_usage_records():
@@ -93,6 +116,8 @@ def _target_provider() -> str:
     return provider
 
 
+@doc("Read one usage record by the provider's record_id", response=UsageRecord,
+     tags=["usage records"], query=[query("provider", "Provider id (finance must name it)")])
 @bp.get("/usage-records/<path:record_id>")
 @requires("finance", "provider")
 def get_usage_record(record_id: str):
@@ -102,6 +127,12 @@ def get_usage_record(record_id: str):
     return record_json(record)
 
 
+@doc("Void a usage record",
+     description="A record is never edited or deleted; voiding is idempotent. A void after its "
+                 "claim was approved is clawed back at the next reconciliation.",
+     request=VoidIn, request_required=False, response=UsageRecord, tags=["usage records"],
+     example={"reason": "pushed twice under two record ids"},
+     query=[query("provider", "Provider id (finance must name it)")])
 @bp.delete("/usage-records/<path:record_id>")
 @requires("finance", "provider")
 def void_usage_record(record_id: str):
@@ -117,5 +148,10 @@ def void_usage_record(record_id: str):
             raise not_found("usage record", record_id)
         record, changed = void_record(session, record, reason)
         if changed:
+            audit.append(session, "usage_record.voided", "usage_record", f"ur_{record.id}",
+                         before={"status": "active"},
+                         after={"status": record.status, "reason": reason,
+                                "provider_id": record.provider_id, "record_id": record.record_id,
+                                "amount": record.amount})
             current_app.extensions["voucher.events"].record_voided(session, record)
     return record_json(record)

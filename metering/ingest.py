@@ -1,20 +1,26 @@
 """Batch ingestion: one transaction, set-based SQL, one result per record in input order.
 
-Per batch, whatever its size: one SELECT for the enterprises named, one multi-row
-INSERT … ON CONFLICT DO NOTHING RETURNING, and one SELECT for the record ids that
-already existed (to tell a replay from a conflict). No query per record.
+Per batch, whatever its size: one SELECT for the enterprises named, one bulk load of the
+new rows into a session-local staging table (PostgreSQL: COPY; SQLite: executemany), one
+INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING from it, and one SELECT for the record
+ids that already existed (to tell a replay from a conflict). No query per record.
+
+The staging table replaced a 1,000-row VALUES list with 15,000 placeholders, which psycopg
+re-parsed in Python on every batch (half the server's time per push; docs/BENCHMARKS.md).
+Values are converted as the column types convert them, so both databases store exactly the
+rows the ORM would write.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from metering.models import Enterprise, UsageRecord
@@ -25,6 +31,7 @@ from metering.records import (
     record_period,
     validate_record,
 )
+from voucher.db import MicroDecimal
 
 IN_CHUNK = 900  # keeps `IN (...)` lists under SQLite's variable limit
 
@@ -52,12 +59,81 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i : i + size]
 
 
-def _insert(session: Session):
+# PostgreSQL staging: a temporary table per database session, emptied by the statement
+# that reads it (so two batches in one transaction never mix) and again at commit.
+_STAGE_COLUMNS = (
+    ("record_id", "text"), ("enterprise_uscc", "text"), ("resource", "text"), ("unit", "text"),
+    ("quantity", "bigint"), ("started_at", "timestamptz"), ("ended_at", "timestamptz"),
+    ("period", "text"), ("amount", "bigint"), ("currency", "text"), ("metadata", "text"),
+    ("content_hash", "text"),
+)
+_STAGE_NAMES = ", ".join(name for name, _ in _STAGE_COLUMNS)
+_PG_STAGE = text(
+    "CREATE TEMPORARY TABLE IF NOT EXISTS usage_record_stage ("
+    + ", ".join(f"{name} {kind}" for name, kind in _STAGE_COLUMNS) + ") ON COMMIT DELETE ROWS"
+)
+_PG_COPY = f"COPY usage_record_stage ({_STAGE_NAMES}) FROM STDIN"
+_PG_MOVE = text(
+    "WITH staged AS (DELETE FROM usage_record_stage RETURNING *) "
+    f"INSERT INTO usage_record (provider_id, status, created_at, {_STAGE_NAMES}) "
+    "SELECT :provider_id, 'active', :created_at, "
+    + ", ".join(f"{name}::json" if name == "metadata" else name for name, _ in _STAGE_COLUMNS)
+    + " FROM staged ON CONFLICT (provider_id, record_id) DO NOTHING RETURNING record_id"
+)
+
+
+# SQLite staging: the same with a TEMP table, emptied after each batch. `WHERE true` lets
+# SQLite parse an ON CONFLICT clause after a SELECT.
+_SQLITE_STAGE = f"CREATE TEMP TABLE IF NOT EXISTS usage_record_stage ({_STAGE_NAMES})"
+_SQLITE_FILL = (f"INSERT INTO temp.usage_record_stage ({_STAGE_NAMES}) "
+                f"VALUES ({', '.join('?' for _ in _STAGE_COLUMNS)})")
+_SQLITE_MOVE = (
+    f"INSERT INTO main.usage_record (provider_id, status, created_at, {_STAGE_NAMES}) "
+    f"SELECT ?, 'active', ?, {_STAGE_NAMES} FROM temp.usage_record_stage WHERE true "
+    "ON CONFLICT (provider_id, record_id) DO NOTHING RETURNING record_id"
+)
+
+
+def _insert_rows(session: Session, provider_id: str, fresh: list[tuple[UsageRecordIn, str]],
+                 now: datetime) -> set[str]:
+    """Insert what is new; the record ids actually inserted (conflicts are skipped)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(UsageRecord)
+        session.execute(_PG_STAGE)
+        scale = MicroDecimal.SCALE
+        dbapi = session.connection().connection.dbapi_connection
+        with dbapi.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+            for rec, digest in fresh:
+                # What MicroDecimal and JSON would bind: integer millionths, the same JSON text.
+                copy.write_row((rec.record_id, rec.enterprise_uscc, rec.resource, rec.unit,
+                                int(rec.quantity * scale), rec.started_at, rec.ended_at,
+                                record_period(rec), rec.amount, rec.currency,
+                                json.dumps(rec.metadata), digest))
+        return set(session.scalars(_PG_MOVE, {"provider_id": provider_id, "created_at": now}))
     if dialect == "sqlite":
-        return sqlite.insert(UsageRecord)
+        conn = session.connection()
+        columns, dialect_ = UsageRecord.__table__.c, conn.dialect
+
+        def converter(column: str):
+            # The column type's own converter, so the rows are exactly what the ORM writes.
+            return columns[column].type.dialect_impl(dialect_).bind_processor(dialect_)
+
+        when, micros, as_json = converter("started_at"), converter("quantity"), converter("metadata")
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(_SQLITE_STAGE)
+            cursor.executemany(_SQLITE_FILL, [
+                (rec.record_id, rec.enterprise_uscc, rec.resource, rec.unit, micros(rec.quantity),
+                 when(rec.started_at), when(rec.ended_at), record_period(rec), rec.amount,
+                 rec.currency, as_json(rec.metadata), digest)
+                for rec, digest in fresh
+            ])
+            cursor.execute(_SQLITE_MOVE, (provider_id, when(now)))
+            inserted = {rid for (rid,) in cursor.fetchall()}
+            cursor.execute("DELETE FROM temp.usage_record_stage")
+        finally:
+            cursor.close()
+        return inserted
     raise RuntimeError(f"unsupported database {dialect}")
 
 
@@ -98,7 +174,7 @@ def ingest_records(
     # later ones are judged against it (same content: duplicate, else conflict).
     first_seen: dict[str, tuple[int, str]] = {}
     repeats: list[tuple[int, str, str]] = []
-    rows: list[dict[str, Any]] = []
+    fresh: list[tuple[UsageRecordIn, str]] = []
     for i, rec in valid:
         if rec.enterprise_uscc not in known:
             reject(i, RecordError("unknown_enterprise",
@@ -110,32 +186,9 @@ def ingest_records(
             repeats.append((i, rec.record_id, digest))
             continue
         first_seen[rec.record_id] = (i, digest)
-        rows.append({
-            "provider_id": provider_id,
-            "record_id": rec.record_id,
-            "enterprise_uscc": rec.enterprise_uscc,
-            "resource": rec.resource,
-            "unit": rec.unit,
-            "quantity": rec.quantity,
-            "started_at": rec.started_at,
-            "ended_at": rec.ended_at,
-            "period": record_period(rec),
-            "amount": rec.amount,
-            "currency": rec.currency,
-            "metadata_": rec.metadata,
-            "content_hash": digest,
-            "status": "active",
-            "created_at": now,
-        })
+        fresh.append((rec, digest))
 
-    inserted: set[str] = set()
-    if rows:
-        stmt = (
-            _insert(session)
-            .on_conflict_do_nothing(index_elements=["provider_id", "record_id"])
-            .returning(UsageRecord.record_id)
-        )
-        inserted = set(session.scalars(stmt, rows))
+    inserted = _insert_rows(session, provider_id, fresh, now) if fresh else set()
 
     existing: dict[str, str] = {}
     missing = [rid for rid in first_seen if rid not in inserted]

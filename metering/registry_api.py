@@ -14,9 +14,14 @@ from stdnum.cn import uscc as uscc_mod
 
 from metering.models import Enterprise, ModelFiling, Provider
 from metering.registry import apply_changes, enterprise_json, filing_json, filings_of, provider_json
+from voucher import audit
 from voucher.auth import current_principal, db_session, ensure_subject, requires
 from voucher.errors import ApiError, not_found
 from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
+from voucher.openapi import PAGE, ListOf, doc, query
+from voucher.schemas import Enterprise as EnterpriseOut
+from voucher.schemas import ModelFiling as FilingOut
+from voucher.schemas import Provider as ProviderOut
 
 bp = Blueprint("registry", __name__, url_prefix="/v1")
 
@@ -48,6 +53,14 @@ class ProviderIn(_Listing):
     listed_until: date | None = None
 
 
+def _not_null(value: object) -> object:
+    # Optional in a PATCH means "may be left out", not "may be set to null": these columns
+    # always hold a value (null would reach the database as a NOT NULL violation).
+    if value is None:
+        raise PydanticCustomError("invalid_null", "may be left out but not set to null")
+    return value
+
+
 class ProviderPatch(_Listing):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -55,6 +68,8 @@ class ProviderPatch(_Listing):
     county: str | None = Field(default=None, max_length=64)
     listed_from: date | None = None
     listed_until: date | None = None
+
+    _required_columns = field_validator("name", "kind")(_not_null)
 
 
 class EnterpriseIn(BaseModel):
@@ -76,6 +91,8 @@ class EnterprisePatch(BaseModel):
     county: str | None = Field(default=None, max_length=64)
     eligible: bool | None = None
 
+    _required_columns = field_validator("name", "eligible")(_not_null)
+
 
 class FilingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -88,19 +105,29 @@ def _page_after(model_col, starting_after):
     return (lambda stmt: stmt.where(model_col > starting_after)) if starting_after else (lambda s: s)
 
 
+@doc("Register a compute provider", request=ProviderIn, response=ProviderOut, status=201,
+     tags=["providers"], errors={409: "A provider with this id exists"},
+     example={"id": "jx-zhisuan", "name": "嘉兴智算中心", "kind": "intelligent_computing",
+              "county": "南湖区", "listed_from": "2025-05-13"})
 @bp.post("/providers")
 @requires("finance")
 def create_provider():
     body = parse_model(ProviderIn, json_body())
     session = db_session()
-    with session.begin():
-        if session.get(Provider, body.id) is not None:
-            raise ApiError(409, "resource_exists", f"Provider {body.id!r} already exists", "id")
-        provider = Provider(**body.model_dump())
-        session.add(provider)
+    exists = ApiError(409, "resource_exists", f"Provider {body.id!r} already exists", "id")
+    try:
+        with session.begin():
+            if session.get(Provider, body.id) is not None:
+                raise exists
+            provider = Provider(**body.model_dump())
+            session.add(provider)
+            audit.append(session, "provider.created", "provider", body.id, after=body.model_dump())
+    except IntegrityError:  # a concurrent registration of the same id committed first
+        raise exists from None
     return provider_json(provider), 201
 
 
+@doc("List providers", response=ListOf(ProviderOut), tags=["providers"], query=PAGE)
 @bp.get("/providers")
 @requires("finance")
 def list_providers():
@@ -111,6 +138,8 @@ def list_providers():
     return list_envelope([provider_json(p) for p in rows[:limit]], len(rows) > limit, "/v1/providers")
 
 
+@doc("Read a provider", description="A provider key reads only its own.",
+     response=ProviderOut, tags=["providers"])
 @bp.get("/providers/<provider_id>")
 @requires("finance", "provider")
 def get_provider(provider_id: str):
@@ -121,6 +150,8 @@ def get_provider(provider_id: str):
     return provider_json(provider)
 
 
+@doc("Change a provider (name, kind, county, catalogue listing)", request=ProviderPatch,
+     response=ProviderOut, tags=["providers"], example={"listed_until": "2026-12-31"})
 @bp.patch("/providers/<provider_id>")
 @requires("finance")
 def patch_provider(provider_id: str):
@@ -130,25 +161,38 @@ def patch_provider(provider_id: str):
         provider = session.get(Provider, provider_id)
         if provider is None:
             raise not_found("provider", provider_id)
-        apply_changes(provider, body.model_dump(exclude_unset=True))
+        changes = apply_changes(provider, body.model_dump(exclude_unset=True))
         if provider.listed_from and provider.listed_until and provider.listed_until < provider.listed_from:
             raise ApiError(422, "invalid_date_range", "listed_until is before listed_from", "listed_until")
+        if changes:
+            audit.append(session, "provider.updated", "provider", provider_id, *audit.diff(changes))
     return provider_json(provider)
 
 
+@doc("Register an enterprise", request=EnterpriseIn, response=EnterpriseOut, status=201,
+     tags=["enterprises"], errors={409: "An enterprise with this USCC exists"},
+     example={"uscc": "91330402MA2B7K3X13", "name": "某某智能科技有限公司", "county": "南湖区",
+              "eligible": True})
 @bp.post("/enterprises")
 @requires("finance")
 def create_enterprise():
     body = parse_model(EnterpriseIn, json_body())
     session = db_session()
-    with session.begin():
-        if session.get(Enterprise, body.uscc) is not None:
-            raise ApiError(409, "resource_exists", f"Enterprise {body.uscc} already exists", "uscc")
-        enterprise = Enterprise(**body.model_dump())
-        session.add(enterprise)
+    exists = ApiError(409, "resource_exists", f"Enterprise {body.uscc} already exists", "uscc")
+    try:
+        with session.begin():
+            if session.get(Enterprise, body.uscc) is not None:
+                raise exists
+            enterprise = Enterprise(**body.model_dump())
+            session.add(enterprise)
+            audit.append(session, "enterprise.created", "enterprise", body.uscc, after=body.model_dump())
+    except IntegrityError:  # a concurrent registration of the same USCC committed first
+        raise exists from None
     return enterprise_json(enterprise, []), 201
 
 
+@doc("List enterprises", response=ListOf(EnterpriseOut), tags=["enterprises"],
+     query=[query("county", "Only this county (区/县/市)", example="南湖区"), *PAGE])
 @bp.get("/enterprises")
 @requires("finance")
 def list_enterprises():
@@ -170,6 +214,9 @@ def _enterprise_or_404(session, uscc: str) -> Enterprise:
     return enterprise
 
 
+@doc("Read an enterprise with its model filings",
+     description="An enterprise key reads only its own.", response=EnterpriseOut,
+     tags=["enterprises"])
 @bp.get("/enterprises/<uscc>")
 @requires("finance", "enterprise")
 def get_enterprise(uscc: str):
@@ -178,6 +225,8 @@ def get_enterprise(uscc: str):
     return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
 
 
+@doc("Change an enterprise (name, county, eligibility)", request=EnterprisePatch,
+     response=EnterpriseOut, tags=["enterprises"], example={"eligible": False})
 @bp.patch("/enterprises/<uscc>")
 @requires("finance")
 def patch_enterprise(uscc: str):
@@ -185,10 +234,20 @@ def patch_enterprise(uscc: str):
     session = db_session()
     with session.begin():
         enterprise = _enterprise_or_404(session, uscc)
-        apply_changes(enterprise, body.model_dump(exclude_unset=True))
+        changes = apply_changes(enterprise, body.model_dump(exclude_unset=True))
+        if changes:
+            audit.append(session, "enterprise.updated", "enterprise", enterprise.uscc, *audit.diff(changes))
     return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
 
 
+@doc("Record a generative-AI model filing (生成式人工智能模型备案)",
+     description="Raises the enterprise's cap for the filing's year (policy). The same filing "
+                 "again answers 200; the same number with other content 409.",
+     request=FilingIn, response=FilingOut, status=201, tags=["enterprises"],
+     errors={409: "The filing number is recorded with different content"},
+     also={200: "The same filing again (idempotent)"},
+     example={"filing_no": "Zhejiang-JiaXing-202609-001", "model_name": "禾城大模型",
+              "obtained_on": "2026-09-18"})
 @bp.post("/enterprises/<uscc>/model-filings")
 @requires("finance")
 def create_filing(uscc: str):
@@ -207,11 +266,15 @@ def create_filing(uscc: str):
                                "with different content", "filing_no")
             filing = ModelFiling(enterprise_uscc=enterprise.uscc, **body.model_dump())
             session.add(filing)
+            session.flush()
+            audit.append(session, "model_filing.created", "model_filing", f"mf_{filing.id}",
+                         after={"enterprise_uscc": enterprise.uscc, **body.model_dump()})
     except IntegrityError:
         raise ApiError(409, "conflict", f"Filing {body.filing_no!r} already exists", "filing_no") from None
     return filing_json(filing), 201
 
 
+@doc("List an enterprise's model filings", response=ListOf(FilingOut), tags=["enterprises"])
 @bp.get("/enterprises/<uscc>/model-filings")
 @requires("finance", "enterprise")
 def list_filings(uscc: str):

@@ -3,7 +3,9 @@ again on PostgreSQL, each in a database the suite creates and drops itself."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -179,3 +181,33 @@ def pg(pg_url):
     world = World(pg_url)
     yield world
     world.db.dispose()
+
+
+# --- No API key in any log line of the whole session (docs/SECURITY.md). ---
+class KeyLeakWatch(logging.Handler):
+    """Remembers every log record whose message, arguments or extras hold an API key."""
+
+    KEY = re.compile(r"vch_[0-9a-f]{16}_[A-Za-z0-9_-]{16,}")
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.seen = 0
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen += 1
+        text = f"{record.getMessage()} {record.__dict__!r}"
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        if self.KEY.search(text):
+            self.leaks.append(f"{record.name}: {record.getMessage()[:200]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_logs():
+    watch = KeyLeakWatch()
+    root = logging.getLogger()
+    root.addHandler(watch)
+    yield watch
+    root.removeHandler(watch)
+    assert not watch.leaks, f"API keys were logged: {watch.leaks}"

@@ -9,19 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from metering.models import Enterprise, Provider
+from voucher import audit
 from voucher.auth import db_session, requires
 from voucher.errors import ApiError, not_found
 from voucher.http import json_body, parse_model
 from voucher.keys import issue_key, revoke_key
+from voucher.openapi import doc
+from voucher.schemas import ApiKey, Health, Ready
 
 bp = Blueprint("service", __name__)
 
 
+@doc("Liveness: the process answers", response=Health, tags=["operations"])
 @bp.get("/healthz")
 def healthz():
     return {"status": "ok"}
 
 
+@doc("Readiness: the database answers", response=Ready, tags=["operations"],
+     errors={503: "The database is unreachable"})
 @bp.get("/readyz")
 def readyz():
     try:
@@ -66,6 +72,11 @@ def check_subject(session, role: str, subject: str | None) -> str | None:
     return subject
 
 
+@doc("Issue an API key",
+     description="The key is in the answer once and stored only as a hash. A provider key names "
+                 "a registered provider, an enterprise key a registered USCC.",
+     request=ApiKeyIn, response=ApiKey, status=201, tags=["api keys"],
+     example={"role": "provider", "subject": "jx-zhisuan"})
 @bp.post("/v1/api-keys")
 @requires("finance")
 def create_api_key():
@@ -74,9 +85,12 @@ def create_api_key():
     with session.begin():
         subject = check_subject(session, body.role, body.subject)
         row, plain = issue_key(session, body.role, subject)
+        audit.append(session, "api_key.created", "api_key", row.id,
+                     after={"role": body.role, "subject": subject})
     return key_json(row, plain), 201
 
 
+@doc("Revoke an API key", response=ApiKey, tags=["api keys"])
 @bp.delete("/v1/api-keys/<key_id>")
 @requires("finance")
 def delete_api_key(key_id: str):
@@ -85,4 +99,7 @@ def delete_api_key(key_id: str):
         row = revoke_key(session, key_id)
         if row is None:
             raise not_found("api key", key_id)
+        if session.is_modified(row):  # revoking twice changes nothing
+            audit.append(session, "api_key.revoked", "api_key", key_id,
+                         before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
     return key_json(row)

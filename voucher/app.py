@@ -10,6 +10,9 @@ from voucher.db import Database
 from voucher.errors import register_error_handlers
 from voucher.events import Events
 from voucher.idempotency import init_idempotency
+from voucher.logging import configure_logging, init_request_logging
+from voucher.metrics import init_metrics
+from voucher.openapi import init_openapi
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
@@ -33,15 +36,29 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             session.close()
 
     register_error_handlers(app)
+    configure_logging(settings.log_json)
+    init_request_logging(app)  # first: its request id and timer wrap every other hook
+    init_metrics(app)
     init_idempotency(app)
 
     from billing.api import bp as billing_bp
+    from billing.reports_api import bp as reports_bp
     from metering.api import bp as usage_bp
     from metering.registry_api import bp as registry_bp
     from voucher.api import bp as service_bp
+    from voucher.audit_api import bp as audit_bp
+    from voucher.jobs_api import bp as jobs_bp
 
     app.register_blueprint(service_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(usage_bp)
     app.register_blueprint(billing_bp)
+    app.register_blueprint(reports_bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(audit_bp)
+    init_openapi(app)
+
+    from console import init_console
+
+    init_console(app)  # HTML pages under /console (blueprint "console": not part of the OpenAPI document)
     return app

@@ -9,6 +9,7 @@ from flask import current_app, g, request
 
 from voucher.errors import ApiError
 from voucher.keys import Principal, authenticate
+from voucher.ratelimit import limiter_of
 
 
 def db_session():
@@ -26,10 +27,18 @@ def current_principal() -> Principal:
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthenticated", "Missing bearer API key",
                            headers={"WWW-Authenticate": "Bearer"})
+        limiter = limiter_of(current_app)
+        address = request.remote_addr or "-"
+        wait = limiter.retry_after(address)
+        if wait is not None:
+            raise ApiError(429, "too_many_failed_authentications",
+                           f"Too many failed authentications from this address; retry in {wait} s",
+                           headers={"Retry-After": str(wait)})
         session = db_session()
         principal = authenticate(session, token.strip())
         session.rollback()  # end the read transaction before the handler's own unit of work
         if principal is None:
+            limiter.failed(address)
             raise ApiError(401, "unauthenticated", "Invalid or revoked API key",
                            headers={"WWW-Authenticate": "Bearer"})
         g.principal = principal

@@ -9,8 +9,11 @@ import click
 
 from config.settings import Settings
 from voucher.cli_adapters import COMMANDS as ADAPTER_COMMANDS
+from voucher.cli_audit import COMMANDS as AUDIT_COMMANDS
 from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
 from voucher.cli_demo import demo
+from voucher.cli_jobs import jobs, scheduler
+from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 
 
 def settings() -> Settings:
@@ -26,6 +29,10 @@ def database():
 @click.group()
 def main() -> None:
     """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
+    from voucher.audit import acting_as
+
+    # Changes made by commands are audited as the operator's CLI (until the command ends).
+    click.get_current_context().with_resource(acting_as("cli"))
 
 
 @main.group()
@@ -60,6 +67,7 @@ def keys() -> None:
 @click.option("--subject", default=None, help="provider id or enterprise USCC")
 def keys_create(role: str, subject: str | None) -> None:
     """Issue a key. It is shown once, on the last line, and stored only as a hash."""
+    from voucher import audit
     from voucher.api import check_subject
     from voucher.errors import ApiError
     from voucher.keys import issue_key
@@ -71,6 +79,8 @@ def keys_create(role: str, subject: str | None) -> None:
         except ApiError as exc:
             raise click.ClickException(exc.message) from None
         row, plain = issue_key(session, role, subject)
+        audit.append(session, "api_key.created", "api_key", row.id,
+                     after={"role": role, "subject": subject})
     click.echo(f"{row.id} role={role} subject={subject or '-'}")
     click.echo(plain)
 
@@ -79,11 +89,16 @@ def keys_create(role: str, subject: str | None) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by its id (key_…)."""
+    from voucher import audit
     from voucher.keys import revoke_key
 
     with database().session() as session, session.begin():
-        if revoke_key(session, key_id) is None:
+        row = revoke_key(session, key_id)
+        if row is None:
             raise click.ClickException(f"no such key: {key_id}")
+        if session.is_modified(row):  # revoking twice changes nothing
+            audit.append(session, "api_key.revoked", "api_key", key_id,
+                         before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
     click.echo(f"revoked {key_id}")
 
 
@@ -93,8 +108,10 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--workers", default=None, type=int, help="gunicorn workers (default 2 × cores)")
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the HTTP API under gunicorn (several workers), never Flask's dev server."""
-    from config.settings import CONFIG_DIR
+    from config.settings import CONFIG_DIR, REPO_ROOT
 
+    # Metrics from every worker (prometheus-client multiprocess mode); gunicorn empties it at start.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(REPO_ROOT / "var" / "prometheus-multiproc"))
     args = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG_DIR / "gunicorn.conf.py"),
             "-b", f"{host}:{port}"]
     if workers:
@@ -104,5 +121,7 @@ def serve(host: str, port: int, workers: int | None) -> None:
 
 
 main.add_command(demo)
-for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS):
+main.add_command(scheduler)
+main.add_command(jobs)
+for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("voucher.errors")
@@ -104,6 +104,15 @@ def register_error_handlers(app: Flask) -> None:
             ApiError(503, "database_unavailable", "The database is unavailable; retry shortly.",
                      headers={"Retry-After": "5"})
         )
+
+    @app.errorhandler(DataError)
+    def _unstorable(exc: DataError):
+        # A value PostgreSQL cannot hold (a NUL character, a number out of range) that no
+        # validator caught: the request is at fault, and its transaction stored nothing.
+        log.warning("database refused a value: %s", str(exc.orig).splitlines()[0])
+        return _respond(ApiError(400, "unstorable_value",
+                                 "The request holds a value the database cannot store (such as a "
+                                 "NUL character or an out-of-range number); nothing was stored."))
 
     @app.errorhandler(DBAPIError)
     def _db_error(exc: DBAPIError):

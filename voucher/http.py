@@ -21,6 +21,12 @@ DEFAULT_LIMIT = 100
 def json_body(required: bool = True) -> Any:
     """The request's JSON; numbers with a fraction parse as Decimal so nothing is rounded."""
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A chunked body (no Content-Length) is read up to the limit and cut there silently:
+        # one byte more behind it means the body was too large, not malformed.
+        if request.environ["wsgi.input"].read(1):
+            raise ApiError(413, "request_too_large", "Request body too large")
     if not raw:
         if required:
             raise ApiError(400, "bad_request", "Request body must be a JSON object")

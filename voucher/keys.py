@@ -40,6 +40,9 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_NO_SUCH_KEY = _hash("no such key")
+
+
 def issue_key(session: Session, role: str, subject: str | None) -> tuple[ApiKey, str]:
     """Create a key; the plain key is returned once and never stored."""
     key_id = "key_" + secrets.token_hex(8)
@@ -66,7 +69,9 @@ def authenticate(session: Session, plain: str) -> Principal | None:
             ApiKey.id == key_id
         )
     ).first()
-    expected = row.secret_hash if row else _hash("")  # same work whether or not the id exists
+    # An unknown id is compared against a fixed hash: one hash and one constant-time
+    # comparison whether or not the id exists, so timing tells nothing about which ids do.
+    expected = row.secret_hash if row else _NO_SUCH_KEY
     if not hmac.compare_digest(_hash(secret), expected) or row is None or row.revoked_at:
         return None
     return Principal(key_id=key_id, role=row.role, subject=row.subject)

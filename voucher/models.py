@@ -9,8 +9,11 @@ from billing.models import (  # noqa: F401
     QuotaBalance,
     Reconciliation,
 )
+from billing.statements import Statement  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
+from voucher.audit import AuditEvent  # noqa: F401
 from voucher.db import Base  # noqa: F401
 from voucher.idempotency import IdempotencyKey  # noqa: F401
+from voucher.jobs import JobRun  # noqa: F401
 from voucher.keys import ApiKey  # noqa: F401
