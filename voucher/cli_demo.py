@@ -598,6 +598,8 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
     click.echo(f"\nfinance key:    {finance_key}")
     click.echo(f"provider key:   {provider_key}   ({PROVIDERS[0].id})")
     click.echo(f"enterprise key: {enterprise_key}   ({key_enterprise})")
+    click.echo(f"\nWeb console: {base_url}/console/sign-in (sign in with any key above); "
+               f"API reference: {base_url}/docs")
     click.echo("\nPush a usage record (run it twice: the second answer is a duplicate):")
     body = json.dumps({"records": [record]}, ensure_ascii=False)
     click.echo(f"curl -s -X POST {base_url}/v1/usage-records -H 'Authorization: Bearer {provider_key}' "
