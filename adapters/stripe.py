@@ -149,13 +149,13 @@ def _require_fen(name: str, value: Any) -> Fen:
     return value
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def _retry_after_seconds(value: str | None) -> float | None:  # float ok: seconds, not money
     """`Retry-After` as delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(value))  # float ok: seconds, not money
     except ValueError:
         pass
     try:
@@ -195,12 +195,12 @@ class StripeClient:
         self,
         base_url: str,
         api_key: str,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # float ok: seconds, not money
         max_retries: int = 3,
         *,
-        backoff_base: float = 0.5,
-        backoff_max: float = 8.0,
-        retry_after_max: float = 60.0,
+        backoff_base: float = 0.5,  # float ok: seconds, not money
+        backoff_max: float = 8.0,  # float ok: seconds, not money
+        retry_after_max: float = 60.0,  # float ok: seconds, not money
         page_size: int = 100,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -271,7 +271,7 @@ class StripeClient:
         attempt = 0
         while True:
             attempt += 1
-            retry_after: float | None = None
+            retry_after: float | None = None  # float ok: seconds, not money
             try:
                 resp = self.session.request(method, url, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -313,7 +313,7 @@ class StripeClient:
             )
             self._sleep(delay)
 
-    def _backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int) -> float:  # float ok: seconds, not money
         """Exponential, capped, with jitter in [50%, 100%] so replicas do not retry in step."""
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
         return ceiling * (0.5 + 0.5 * self._random.random())
