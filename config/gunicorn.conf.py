@@ -4,7 +4,8 @@ import multiprocessing
 import os
 
 bind = os.environ.get("VOUCHER_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("VOUCHER_WORKERS", multiprocessing.cpu_count() * 2))
+# CPUs + 1: on 2 cores with PostgreSQL on the same machine 3 workers beat 4 (docs/BENCHMARKS.md).
+workers = int(os.environ.get("VOUCHER_WORKERS", multiprocessing.cpu_count() + 1))
 worker_class = "sync"
 timeout = 120
 graceful_timeout = 30

@@ -106,6 +106,18 @@ def parse_quantity(value: Any) -> Decimal:
     return q.quantize(QUANTITY_STEP)
 
 
+def _plain_json(value: Any) -> Any:
+    """Metadata as the JSON column stores it: fractional numbers (parsed as Decimal so money
+    stays exact) become plain JSON numbers; metadata is free-form and never money."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)  # float ok: metadata
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return value
+
+
 class UsageRecordIn(BaseModel):
     """One usage record as a provider pushes it (SPEC §6)."""
 
@@ -172,7 +184,7 @@ class UsageRecordIn(BaseModel):
             raise _fail("invalid_field", "must be an object")
         if metadata_too_big(v):
             raise _fail("invalid_field", f"must be at most {MAX_METADATA_BYTES} bytes")
-        return v
+        return _plain_json(v)
 
     @model_validator(mode="after")
     def _range(self) -> UsageRecordIn:

@@ -105,7 +105,7 @@ def keys_revoke(key_id: str) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=None, type=int, help="gunicorn workers (default 2 × cores)")
+@click.option("--workers", default=None, type=int, help="gunicorn workers (default cores + 1)")
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the HTTP API under gunicorn (several workers), never Flask's dev server."""
     from config.settings import CONFIG_DIR, REPO_ROOT

@@ -224,3 +224,12 @@ def test_failed_batch_leaves_nothing_behind(world, db):
             if db.dialect == "postgresql":
                 conn.execute(text("DROP FUNCTION refuse_boom()"))
     assert push(world["prov_a"], recs).json["accepted"] == 3000
+
+
+def test_metadata_with_fractional_numbers_is_stored(world):
+    rec = record(1, world["usccs"][0], metadata={"util": 0.93, "nodes": [1, 2.5], "gpus": 8})
+    r = push(world["prov_a"], [rec])
+    assert r.status_code == 200 and r.json["accepted"] == 1
+    assert push(world["prov_a"], [rec]).json["duplicates"] == 1
+    stored = world["prov_a"].get("/v1/usage-records").json["data"][0]["metadata"]
+    assert stored == {"util": 0.93, "nodes": [1, 2.5], "gpus": 8}
