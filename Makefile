@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint check-deploy bench bench-ingest clean
+.PHONY: venv run test test-fast lint check-deploy bench bench-ingest bench-reconcile clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) -m bench ingest $(BENCH_ARGS)
+
+bench-quota: $(STAMP)
+	$(PY) -m bench quota $(BENCH_ARGS)
+
+bench-reconcile: $(STAMP)
+	$(PY) -m bench reconcile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.db .pytest_cache

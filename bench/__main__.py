@@ -26,6 +26,7 @@ from types import ModuleType
 # name -> module; quota look-ups, reconciliation and reports slot in here.
 BENCHMARKS = {
     "ingest": "bench.ingest",
+    "quota": "bench.quota",
 }
 
 

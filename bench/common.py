@@ -178,7 +178,8 @@ class Server:
 
     def __init__(self, database_url: str, workers: int = 4, *, worker_class: str | None = None,
                  threads: int | None = None, env: dict[str, str] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, app: str = "voucher.wsgi:app",
+                 ready_path: str = "/readyz") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -187,6 +188,8 @@ class Server:
         self.env = {**os.environ, "VOUCHER_DATABASE_URL": database_url,
                     "VOUCHER_LOG_LEVEL": "warning", **(env or {})}
         self.log_path = log_path
+        self.app = app  # another WSGI app under the same settings (a benchmark's reference)
+        self.ready_path = ready_path
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -196,7 +199,7 @@ class Server:
             cmd += ["-k", self.worker_class]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
-        return cmd + ["voucher.wsgi:app"]
+        return cmd + [self.app]
 
     def start(self, timeout: float = 60) -> Server:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -212,7 +215,7 @@ class Server:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}"
                                    + (f"; see {self.log_path}" if self.log_path else ""))
             try:
-                if requests.get(f"{self.url}/readyz", timeout=3).status_code == 200:
+                if requests.get(f"{self.url}{self.ready_path}", timeout=3).status_code == 200:
                     return self
             except requests.RequestException:
                 pass

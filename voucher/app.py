@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask, g
+from flask.sessions import SecureCookieSessionInterface
 
 from billing.policy_file import load_policy
 from config.settings import Settings
@@ -15,9 +19,39 @@ from voucher.metrics import init_metrics
 from voucher.openapi import init_openapi
 
 
+class _CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions (the console's), except that a request without any
+    cookie (every API call) gets its empty session without a signer built for it first."""
+
+    def open_session(self, app, request):
+        if app.secret_key and not request.environ.get("HTTP_COOKIE"):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
+class VoucherFlask(Flask):
+    """Flask with the per-request costs of the hot paths trimmed (docs/BENCHMARKS.md)."""
+
+    session_interface = _CookieSessions()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # Flask asks for every hook and view of every request; the answer never changes.
+        try:
+            return self._sync[func]
+        except KeyError:
+            sync = self._sync[func] = super().ensure_sync(func)
+            return sync
+        except TypeError:  # unhashable callable
+            return super().ensure_sync(func)
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = VoucherFlask(__name__)
     app.config["VOUCHER_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False  # type: ignore[attr-defined]

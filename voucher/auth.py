@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import Any
 
 from flask import current_app, g, request
+from sqlalchemy import Select
+from sqlalchemy.engine import Row
 
 from voucher.errors import ApiError
-from voucher.keys import Principal, authenticate
+from voucher.hotread import hot_reads
+from voucher.keys import Principal, authenticate, check_key, parse_key
 from voucher.ratelimit import limiter_of
 
 
@@ -19,45 +23,101 @@ def db_session():
     return g.db_session
 
 
-def current_principal() -> Principal:
-    principal = g.get("principal")
+def _bearer_token() -> str:
+    """The request's key, once the failure limit admits its address (401 / 429 otherwise)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthenticated", "Missing bearer API key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    wait = limiter_of(current_app).retry_after(request.remote_addr or "-")
+    if wait is not None:
+        raise ApiError(429, "too_many_failed_authentications",
+                       f"Too many failed authentications from this address; retry in {wait} s",
+                       headers={"Retry-After": str(wait)})
+    return token.strip()
+
+
+def _admit(principal: Principal | None) -> Principal:
     if principal is None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthenticated", "Missing bearer API key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        limiter = limiter_of(current_app)
-        address = request.remote_addr or "-"
-        wait = limiter.retry_after(address)
-        if wait is not None:
-            raise ApiError(429, "too_many_failed_authentications",
-                           f"Too many failed authentications from this address; retry in {wait} s",
-                           headers={"Retry-After": str(wait)})
-        session = db_session()
-        principal = authenticate(session, token.strip())
-        session.rollback()  # end the read transaction before the handler's own unit of work
-        if principal is None:
-            limiter.failed(address)
-            raise ApiError(401, "unauthenticated", "Invalid or revoked API key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        g.principal = principal
+        limiter_of(current_app).failed(request.remote_addr or "-")
+        raise ApiError(401, "unauthenticated", "Invalid or revoked API key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    g.principal = principal
     return principal
 
 
-def requires(*roles: str) -> Callable:
-    """Admit only these roles; everyone else with a valid key gets 403."""
+def current_principal() -> Principal:
+    principal = g.get("principal")
+    if principal is None:
+        token = _bearer_token()
+        session = db_session()
+        principal = authenticate(session, token)
+        session.rollback()  # end the read transaction before the handler's own unit of work
+        principal = _admit(principal)
+    return principal
+
+
+def _check_role(principal: Principal, roles: tuple[str, ...]) -> None:
+    if principal.role not in roles:
+        raise ApiError(403, "forbidden", f"A {principal.role} key cannot do this")
+
+
+def _view_roles() -> tuple[str, ...]:
+    view = current_app.view_functions.get(request.endpoint or "")
+    roles = getattr(view, "roles", None)
+    if roles is None:
+        raise RuntimeError(f"{request.endpoint} is not a @requires(...) view")
+    return roles
+
+
+def authorised_principal() -> Principal:
+    """current_principal() with the view's role check: what @requires does before a view."""
+    principal = current_principal()
+    _check_role(principal, _view_roles())
+    return principal
+
+
+def authenticate_and_read(statement: Select, **params: Any) -> tuple[Principal, Row]:
+    """Authenticate the request's key and run the view's own read in the same statement.
+
+    For hot read paths (a view under `@requires(..., deferred=True)`): `statement` is
+    voucher.keys.key_select() with the view's columns and outer joins added, so the key and
+    the data arrive in one round trip (voucher.hotread: no pool pre-ping, no BEGIN, no
+    ROLLBACK on PostgreSQL). The key is judged exactly as
+    current_principal() judges it (same hash, same constant-time comparison, same failure
+    limit and answers), then the view's roles are checked. Returns the principal and the
+    row, whose first columns are the key's.
+    """
+    token = _bearer_token()
+    roles = _view_roles()
+    parsed = parse_key(token)
+    row = None
+    if parsed is not None:
+        row = hot_reads(current_app.extensions["voucher.db"]).first(
+            statement, {"key_id": parsed[0], **params})
+    principal = _admit(check_key(parsed[0], parsed[1], row) if parsed else None)
+    _check_role(principal, roles)
+    return principal, row  # type: ignore[return-value]  # a valid key always has its row
+
+
+def requires(*roles: str, deferred: bool = False) -> Callable:
+    """Admit only these roles; everyone else with a valid key gets 403.
+
+    deferred=True: the view authenticates itself with authenticate_and_read() (which checks
+    these same roles), so the key look-up can share its statement with the view's read.
+    """
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapper(*args, **kwargs):
-            principal = current_principal()
-            if principal.role not in roles:
-                raise ApiError(403, "forbidden",
-                               f"A {principal.role} key cannot do this")
+            if not deferred:
+                principal = current_principal()
+                _check_role(principal, roles)
             return view(*args, **kwargs)
 
         wrapper.roles = roles  # type: ignore[attr-defined]  # read by the authorisation matrix
+        wrapper.deferred = deferred  # type: ignore[attr-defined]
         return wrapper
 
     return decorator

@@ -426,14 +426,22 @@ def init_metrics(app: Flask) -> None:
     def _start_timer():
         g.metrics_started = time.perf_counter()
 
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled series, looked up once
+
     @app.after_request
     def _count(response):
         started = g.get("metrics_started")
-        route = route_of()
-        method = request.method if request.method in METHODS else "OTHER"
-        HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        rule = req.url_rule
+        key = (rule.rule if rule is not None else "<unmatched>",
+               req.method if req.method in METHODS else "OTHER", response.status_code)
+        series = children.get(key)
+        if series is None:
+            series = children[key] = (HTTP_REQUESTS.labels(key[0], key[1], str(key[2])),
+                                      HTTP_DURATION.labels(key[0], key[1]))
+        series[0].inc()
         if started is not None:
-            HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+            series[1].observe(time.perf_counter() - started)
         return response
 
     events = app.extensions["voucher.events"]
