@@ -144,8 +144,15 @@ def last_ended(db: Database, provider_id: str) -> datetime | None:
     return value
 
 
-def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = None) -> IngestSummary:
-    """One pull of one provider: resume from its latest record minus the overlap."""
+def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = None, *,
+                  progress: Callable[[int], None] | None = None,
+                  on_extracted: Callable[[int], None] | None = None) -> IngestSummary:
+    """One pull of one provider: resume from its latest record minus the overlap.
+
+    `on_extracted(n)` is told how many records the adapter extracted, before any is
+    ingested (to size a progress bar); `progress(k)` after each batch of k, as in
+    ingest_extracted.
+    """
     now = now or datetime.now(UTC)
     check_provider(db, config.provider_id)
     overlap = timedelta(seconds=int(config.settings.get("overlap_seconds", 86400)))
@@ -154,7 +161,9 @@ def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = N
     start = (last - overlap) if last else now - first
     try:
         extracted = make_adapter(config).extract(start, now)
-        summary = ingest_extracted(db, config.provider_id, extracted, source="pull")
+        if on_extracted is not None:
+            on_extracted(len(extracted.records))
+        summary = ingest_extracted(db, config.provider_id, extracted, progress, source="pull")
     except Exception:
         metrics.record_adapter_pull(config.provider_id, "failed")
         raise

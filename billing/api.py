@@ -34,7 +34,7 @@ from voucher.openapi import PAGE, ListOf, doc, query
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
 
-Period = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
 FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]
 

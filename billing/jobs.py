@@ -13,7 +13,15 @@ from voucher.db import Database
 
 
 class StatementsIncomplete(RuntimeError):
-    """Some statements of the period failed; the run is marked failed and can be re-run."""
+    """Some statements of the period are not issued (failed, or waiting for claim decisions).
+
+    The run is marked failed, with the summary kept as its result (`result`), so that
+    `voucher jobs rerun statements PERIOD` issues the rest once their cause is gone.
+    """
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def reconcile_job(db: Database, period: str) -> dict[str, Any]:
@@ -31,8 +39,9 @@ def reconcile_job(db: Database, period: str) -> dict[str, Any]:
 def statements_job(db: Database, period: str) -> dict[str, Any]:
     """Issue the statements of `period` through the configured Stripe-compatible API.
 
-    Raises StatementsIncomplete when any statement failed (after trying every one), so the
-    run is recorded as failed and a re-run resumes exactly the unfinished ones.
+    Raises StatementsIncomplete when any statement failed (after trying every one) or waits
+    for claims still undecided, so the run is recorded as failed and a re-run issues exactly
+    the missing ones (finalized statements are never touched again).
     """
     from adapters.stripe import StripeClient
     from billing.policy_file import load_policy
@@ -42,9 +51,23 @@ def statements_job(db: Database, period: str) -> dict[str, Any]:
     policy = load_policy(settings.policy_path)
     with StripeClient.from_settings(settings) as payments:
         summary = issue_statements(db, policy, period, payments)
+    if not summary["complete"]:
+        raise StatementsIncomplete(incomplete_message(summary), summary)
+    return summary
+
+
+def incomplete_message(summary: dict[str, Any]) -> str:
+    """Why a statement run left statements of its period unissued, and what to do."""
+    period = summary["period"]
+    missing = summary["failed"] + summary["not_attempted"] + summary["pending"]
+    parts = [f"{missing} of {summary['enterprises']} statements of {period} not issued"]
     if summary["failed"] or summary["not_attempted"]:
         first = summary["errors"][0]
-        raise StatementsIncomplete(
-            f"{summary['failed'] + summary['not_attempted']} of {summary['enterprises']} statements of "
-            f"{period} not issued; first: {first['enterprise_uscc']}: {first['message']}")
-    return summary
+        parts.append(f"failed {summary['failed']}, not attempted {summary['not_attempted']}; "
+                     f"first: {first['enterprise_uscc']}: {first['message']}")
+    if summary["pending"]:
+        first = summary["pending_claims"][0]
+        parts.append(f"pending {summary['pending']}: claims still undecided (submitted, verified "
+                     f"or flagged), e.g. {first['enterprise_uscc']}: {', '.join(first['claims'])}; "
+                     f"approve or reject them")
+    return "; ".join(parts) + f"; then `voucher jobs rerun statements {period}`"

@@ -27,7 +27,7 @@ USAGE_INVOICE_MISMATCH = "usage_invoice_mismatch"
 # SPEC §3: the provider kinds of the city's catalogue (智算, 超算).
 RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
 
-_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 
 
 class PolicyError(ValueError):

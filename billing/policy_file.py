@@ -23,7 +23,7 @@ from config.settings import Settings
 __all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_RATE = re.compile(r"^(\d+(\.\d+)?|\d+/[1-9]\d*)$")
+_RATE = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+/[1-9][0-9]*)$")
 
 # Policy field -> TOML key, so semantic errors raised by Policy name the key in the file.
 _KEYS = {

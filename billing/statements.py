@@ -5,6 +5,13 @@ Per enterprise and period with metered usage or approved claims: a Customer (met
 one negative item for the approved subsidy ("算力补贴 50%", the rate from the policy), then
 an invoice holding those items, finalized. Its total is spend − subsidy.
 
+A statement waits while any claim of the enterprise for the period is still undecided
+(submitted, verified or flagged): the subsidy it would show is not known yet, and a finalized
+statement is never changed. Such an enterprise is counted as `pending` in the run's summary
+(listing the claims it waits for) and nothing of it is sent; a later run, once finance has
+approved or rejected those claims, issues it. The scheduled job therefore issues the month
+before last (voucher.jobs), a month after that month's reconciliation.
+
 Every remote object is found again by a deterministic key (`stmt:{period}:{uscc}:{provider}`,
 `…:subsidy`, and `stmt:{period}:{uscc}` for the invoice) through the idempotent `ensure_*`
 calls of `adapters.stripe.Payments`, and the `statement` table records how far each one
@@ -27,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.stripe import Payments, StripeError
+from billing.claims import OPEN
 from billing.models import Claim
 from billing.policy import Policy
 from metering.models import Enterprise, Provider, UsageRecord
@@ -107,6 +115,12 @@ class StatementPlan:
     spend_by_provider: dict[str, Fen]
     subsidy: Fen
     lines: tuple[Line, ...]
+    undecided_claims: tuple[str, ...] = ()  # clm_… still submitted, verified or flagged
+
+    @property
+    def pending(self) -> bool:
+        """Not to be issued yet: some claim of the period awaits finance's decision."""
+        return bool(self.undecided_claims)
 
     @property
     def key(self) -> str:
@@ -128,19 +142,27 @@ class RunSummary:
     issued: int = 0
     resumed: int = 0
     skipped: int = 0
+    pending: int = 0  # waiting for claims still undecided; no statement yet
     failed: int = 0
     not_attempted: int = 0  # left after the payment API could not be reached at all
     spend: Fen = 0
     subsidy: Fen = 0
     total: Fen = 0  # of every finalized statement of the period, this run's and earlier ones
     errors: list[dict[str, str]] = field(default_factory=list)
+    pending_claims: list[dict[str, Any]] = field(default_factory=list)  # per pending enterprise
+
+    @property
+    def complete(self) -> bool:
+        """Every enterprise of the period has its finalized statement."""
+        return not (self.pending or self.failed or self.not_attempted)
 
     def as_dict(self) -> dict[str, Any]:
         return {"object": "statement_run", "period": self.period, "currency": "CNY",
                 "enterprises": self.enterprises, "issued": self.issued, "resumed": self.resumed,
-                "skipped": self.skipped, "failed": self.failed,
-                "not_attempted": self.not_attempted, "spend": self.spend,
-                "subsidy": self.subsidy, "total": self.total, "errors": self.errors}
+                "skipped": self.skipped, "pending": self.pending, "failed": self.failed,
+                "not_attempted": self.not_attempted, "complete": self.complete,
+                "spend": self.spend, "subsidy": self.subsidy, "total": self.total,
+                "errors": self.errors, "pending_claims": self.pending_claims}
 
 
 def statement_key(period: str, uscc: str) -> str:
@@ -157,7 +179,11 @@ def rate_percent(rate: Fraction) -> str:
 
 
 def plan_statements(session: Session, policy: Policy, period: str) -> list[StatementPlan]:
-    """One plan per enterprise with metered usage or approved claims in `period`, by USCC."""
+    """One plan per enterprise with metered usage or claims in `period`, by USCC.
+
+    A plan whose enterprise has undecided claims lists them (`pending`); its lines hold what
+    is known so far and are not to be issued.
+    """
     parse_period(period)
     spend: dict[str, dict[str, Fen]] = defaultdict(dict)
     for provider_id, uscc, amount in session.execute(
@@ -174,7 +200,13 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
             .group_by(Claim.enterprise_uscc))
         if total
     }
-    usccs = sorted(set(spend) | set(subsidy))
+    undecided: dict[str, list[str]] = defaultdict(list)
+    for uscc, claim_id in session.execute(
+        select(Claim.enterprise_uscc, Claim.id)
+        .where(Claim.period == period, Claim.status.in_(OPEN)).order_by(Claim.id)
+    ):
+        undecided[uscc].append(f"clm_{claim_id}")
+    usccs = sorted(set(spend) | set(subsidy) | set(undecided))
     if not usccs:
         return []
     names = dict(session.execute(select(Enterprise.uscc, Enterprise.name)
@@ -194,7 +226,7 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
             lines.append(Line(f"{statement_key(period, uscc)}:subsidy", -subsidy[uscc],
                               f"算力补贴 {percent}（{period}，{policy.document_no}）"))
         plans.append(StatementPlan(period, uscc, names.get(uscc, uscc), dict(spend[uscc]),
-                                   subsidy.get(uscc, 0), tuple(lines)))
+                                   subsidy.get(uscc, 0), tuple(lines), tuple(undecided[uscc])))
     return plans
 
 
@@ -203,6 +235,8 @@ def issue_statements(db: Database, policy: Policy, period: str, payments: Paymen
                      progress: Callable[[StatementPlan, str], None] | None = None) -> dict[str, Any]:
     """Issue (or resume, or skip) every statement of `period`; returns the run's summary.
 
+    A finalized statement is skipped, whatever happened since. An enterprise with undecided
+    claims is left pending (nothing is sent) until a later run.
     A statement that fails (payment API error, an item already posted with another amount,
     subsidy above spend, a half-done statement of another month on the same customer) is
     recorded with its error and counted in `failed`; the others go on. Running again
@@ -222,6 +256,11 @@ def issue_statements(db: Database, policy: Policy, period: str, payments: Paymen
         if plan.enterprise_uscc in finalized:
             summary.skipped += 1
             outcome = "skipped"
+        elif plan.pending:
+            summary.pending += 1
+            summary.pending_claims.append({"enterprise_uscc": plan.enterprise_uscc,
+                                           "claims": list(plan.undecided_claims)})
+            outcome = "pending"
         elif unreachable:
             summary.not_attempted += 1
             outcome = "not_attempted"

@@ -27,6 +27,7 @@ class Settings:
     pull_cron: str = "*/15 * * * *"
     reconcile_cron: str = "0 2 1 * *"
     statements_cron: str = "0 4 1 * *"
+    catch_up_periods: int = 12  # per job, at scheduler start: missed periods run, oldest first
     timezone: str = "Asia/Shanghai"
     secret_key: str = ""  # signs console sessions; empty: generated once into var/secret_key
     cookie_secure: bool = False  # console cookie only over HTTPS (set behind a TLS proxy)
@@ -36,7 +37,7 @@ class Settings:
     auth_fail_window: int = 60  # seconds
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
         env = dict(os.environ if env is None else env)
         values: dict = {}
         mapping = {
@@ -50,6 +51,7 @@ class Settings:
             "VOUCHER_STATEMENTS_CRON": ("statements_cron", str),
             "VOUCHER_SECRET_KEY": ("secret_key", str),
             "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
+            "VOUCHER_CATCH_UP_PERIODS": ("catch_up_periods", int),
             "VOUCHER_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
             "VOUCHER_AUTH_FAIL_WINDOW": ("auth_fail_window", int),
         }
@@ -63,5 +65,5 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -85,7 +85,7 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 
 NEAR_CAP = 0.9  # the share of the cap at which an enterprise is "near the cap" (as in /metrics)
 UPLOAD_FORMATS = ("csv", "jsonl")
-_YUAN = re.compile(r"^\d{1,13}(\.\d{1,2})?$")
+_YUAN = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
 
 
 class FormError(Exception):

@@ -1,9 +1,15 @@
-"""`voucher import` of a CSV export: good rows ingested, bad rows reported by line."""
+"""`voucher import` of a CSV export: good rows ingested, bad rows reported by line; `voucher
+pull` through a sacct adapter, with the same progress bar."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 from click.testing import CliRunner
 
+from adapters.config import load_provider_config
+from adapters.pull import pull_provider
 from tests.factories import make_uscc
 from voucher.cli import main
 
@@ -53,3 +59,65 @@ def test_import_for_an_unknown_provider_fails_clearly(database_url, tmp_path):
     r = CliRunner().invoke(main, ["import", "--provider", "ghost", "--format", "csv", str(export)],
                            env={"VOUCHER_DATABASE_URL": database_url, "VOUCHER_PROVIDERS_DIR": str(tmp_path)})
     assert r.exit_code == 1 and "ghost" in r.output
+
+
+# --- voucher pull ---------------------------------------------------------------------------
+
+SACCT_PROVIDER_FILE = """
+[adapter]
+type = "sacct"
+cluster = "jx-hpc"
+sacct = "{sacct}"
+
+[tenants]
+"lab-a" = "{uscc}"
+
+[prices]
+"gpu" = 800
+"""
+
+PULLED_JOBS = 2500  # three ingest batches of 1,000, 1,000 and 500
+
+
+def sacct_provider(finance, directory: Path, jobs: int = PULLED_JOBS) -> Path:
+    """Register jx-hpc, whose `sacct` is a script printing `jobs` finished one-GPU jobs."""
+    uscc = make_uscc(43)
+    finance.post("/v1/providers", json={"id": "jx-hpc", "name": "HPC", "kind": "supercomputing"})
+    finance.post("/v1/enterprises", json={"uscc": uscc, "name": "lab"})
+    ended = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    rows = [f"{1000 + i}|lab-a|alice|gpu|billing=8,cpu=8,gres/gpu:a100=1,gres/gpu=1,node=1|3600|"
+            f"{ended - timedelta(hours=1, seconds=i):%Y-%m-%dT%H:%M:%S}|"
+            f"{ended - timedelta(seconds=i):%Y-%m-%dT%H:%M:%S}|COMPLETED" for i in range(jobs)]
+    output = directory / "jobs.sacct"
+    output.write_text("\n".join(rows) + "\n")
+    sacct = directory / "sacct"
+    sacct.write_text(f"#!/bin/sh\ncat '{output}'\n")
+    sacct.chmod(0o755)
+    path = directory / "jx-hpc.toml"
+    path.write_text(SACCT_PROVIDER_FILE.format(sacct=sacct, uscc=uscc))
+    return path
+
+
+def test_pull_provider_reports_the_extracted_count_then_progress_per_batch(finance, db, tmp_path):
+    config = load_provider_config(sacct_provider(finance, tmp_path))
+    sizes, steps = [], []
+    summary = pull_provider(db, config, progress=steps.append, on_extracted=sizes.append)
+    assert sizes == [PULLED_JOBS] and steps == [1000, 1000, 500]
+    assert (summary.records, summary.accepted, summary.duplicates) == (PULLED_JOBS, PULLED_JOBS, 0)
+
+
+def test_pull_cli_shows_a_progress_bar_then_the_summary(finance, database_url, tmp_path, monkeypatch):
+    sacct_provider(finance, tmp_path)
+    # CliRunner's streams are no terminal, where click prints only the bar's label: pretend.
+    monkeypatch.setattr("click._termui_impl.isatty", lambda stream: True)
+    env = {"VOUCHER_DATABASE_URL": database_url, "VOUCHER_PROVIDERS_DIR": str(tmp_path)}
+    first = CliRunner().invoke(main, ["pull", "--provider", "jx-hpc"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "pulling jx-hpc" in first.stderr and f"{PULLED_JOBS}/{PULLED_JOBS}" in first.stderr
+    assert "1000/2500" in first.stderr  # drawn while it went, not only at the end
+    assert (f"jx-hpc: {PULLED_JOBS} records — accepted {PULLED_JOBS}, duplicates 0, rejected 0"
+            in first.stdout)
+    assert "pulling" not in first.stdout  # the summary alone on stdout, as for `voucher import`
+    again = CliRunner().invoke(main, ["pull", "--provider", "jx-hpc"], env=env)
+    assert again.exit_code == 0 and f"accepted 0, duplicates {PULLED_JOBS}" in again.stdout
+    assert f"{PULLED_JOBS}/{PULLED_JOBS}" in again.stderr

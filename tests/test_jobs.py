@@ -27,13 +27,21 @@ from voucher.jobs import (
     finish,
     get_run,
     minute_slot,
+    month_before_last,
     previous_month,
     process_gone,
     reap_stale,
     rerun,
     run_once,
 )
-from voucher.scheduler import build_scheduler, catch_up, cron_trigger, fire, last_fire_time
+from voucher.scheduler import (
+    build_scheduler,
+    catch_up,
+    cron_trigger,
+    fire,
+    last_fire_time,
+    missed_periods,
+)
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -260,7 +268,23 @@ def test_monthly_jobs_work_on_the_previous_shanghai_month():
     # 18:00 UTC on 30 November is already 1 December in Shanghai
     assert previous_month(datetime(2026, 11, 30, 18, 0, tzinfo=UTC)) == "2026-11"
     assert JOBS["reconcile"].period_for is previous_month
-    assert JOBS["statements"].period_for is previous_month
+
+
+def test_statements_work_on_the_month_before_last_reconciled_a_month_earlier():
+    """Statements fired on 1 December are October's: reconciled on 1 November and reviewed
+    since, not November's, reconciled two hours earlier with every claim still undecided."""
+    assert JOBS["statements"].period_for is month_before_last
+    assert month_before_last(datetime(2026, 12, 1, 4, 0, tzinfo=SH)) == "2026-10"
+    assert month_before_last(datetime(2026, 1, 1, 4, 0, tzinfo=SH)) == "2025-11"
+    assert month_before_last(datetime(2026, 2, 1, 4, 0, tzinfo=SH)) == "2025-12"
+    assert month_before_last(datetime(2026, 3, 31, 23, 59, tzinfo=SH)) == "2026-01"
+    assert month_before_last(datetime(2026, 11, 30, 20, 0, tzinfo=UTC)) == "2026-10"  # 1 Dec SH
+    fired = last_fire_time(cron_trigger(JOBS["statements"], Settings(), SH),
+                           datetime(2026, 12, 15, tzinfo=SH))
+    reconciled = last_fire_time(cron_trigger(JOBS["reconcile"], Settings(), SH),
+                                datetime(2026, 12, 15, tzinfo=SH))
+    assert JOBS["statements"].period_for(fired) == "2026-10"
+    assert JOBS["reconcile"].period_for(reconciled - timedelta(days=30)) == "2026-10"
 
 
 def test_pull_periods_are_the_fire_minute_in_shanghai():
@@ -339,6 +363,96 @@ def test_catch_up_runs_a_missed_period_once_and_leaves_failed_ones_for_rerun(db)
     assert seen == [("r", period)]
     assert {(r.job, r.status) for r in runs(db)} == {("reconcile", "succeeded"),
                                                      ("statements", "failed")}
+
+
+def _monthly(seen: list, name: str = "reconcile", period_for=previous_month) -> JobSpec:
+    return JobSpec(name, f"{name}_cron", lambda d, p: seen.append((name, p)), period_for,
+                   catch_up=True)
+
+
+def test_missed_periods_walk_back_to_the_newest_period_that_ran(db):
+    now = datetime(2026, 12, 15, 9, 0, tzinfo=SH)  # fires of 1 Dec, 1 Nov, 1 Oct... at 02:00/04:00
+    reconcile, statements = _monthly([]), _monthly([], "statements", month_before_last)
+    triggers = {s.name: cron_trigger(s, Settings(), SH) for s in (reconcile, statements)}
+    with db.session() as s:
+        finish(s, claim(s, "reconcile", "2026-08"))
+        fail(s, claim(s, "statements", "2026-08"), "RuntimeError: printer on fire")
+        missed, newest, cut = missed_periods(s, reconcile, triggers["reconcile"], now)
+        assert (missed, newest.period, cut) == (["2026-09", "2026-10", "2026-11"], "2026-08", False)
+        missed, newest, cut = missed_periods(s, statements, triggers["statements"], now)
+        assert (missed, newest.status, cut) == (["2026-09", "2026-10"], "failed", False)
+        missed, _, cut = missed_periods(s, reconcile, triggers["reconcile"], now, limit=2)
+        assert (missed, cut) == (["2026-10", "2026-11"], True)  # the newest two, oldest first
+        finish(s, claim(s, "reconcile", "2026-11"))
+        assert missed_periods(s, reconcile, triggers["reconcile"], now)[0] == []
+        # A job that never ran (a new deployment) has nothing older to recover.
+        fresh = JobSpec("fresh", "reconcile_cron", reconcile.target, previous_month, catch_up=True)
+        assert missed_periods(s, fresh, triggers["reconcile"], now)[:2] == (["2026-11"], None)
+
+
+def latest_fires(trigger, n: int) -> list[datetime]:
+    """The trigger's last n fire times before now, newest first."""
+    fires = [last_fire_time(trigger, datetime.now(UTC))]
+    while len(fires) < n:
+        fires.append(last_fire_time(trigger, fires[-1] - timedelta(seconds=1)))
+    return fires
+
+
+def test_catch_up_runs_every_month_missed_while_down_oldest_first_once_each(db):
+    """The scheduler was down across two monthly fires: both months run, each once."""
+    seen: list = []
+    jobs = {"reconcile": _monthly(seen), "statements": _monthly(seen, "statements", month_before_last)}
+    triggers = {n: cron_trigger(s, Settings(), SH) for n, s in jobs.items()}
+    periods = {n: [jobs[n].period_for(f) for f in latest_fires(triggers[n], 3)] for n in jobs}
+    with db.session() as s:  # both ran three fires ago; the two fires since were missed
+        finish(s, claim(s, "reconcile", periods["reconcile"][2]))
+        finish(s, claim(s, "statements", periods["statements"][2]))
+    catch_up(db, jobs, triggers, 15, timedelta(minutes=2))
+    catch_up(db, jobs, triggers, 15, timedelta(minutes=2))  # a second start: nothing new
+    expected = [(n, p) for n in ("reconcile", "statements") for p in periods[n][1::-1]]
+    assert seen == expected
+    assert [(r.job, r.period, r.status, r.attempt) for r in runs(db)][2:] == [
+        (n, p, "succeeded", 1) for n, p in expected]
+
+
+def test_schedulers_catching_up_together_run_each_missed_period_once(pg):
+    """Four schedulers start at once on PostgreSQL after a long outage: every period once."""
+    seen: list = []
+    jobs = {"reconcile": _monthly(seen)}
+    triggers = {"reconcile": cron_trigger(jobs["reconcile"], Settings(), SH)}
+    periods = [previous_month(f) for f in latest_fires(triggers["reconcile"], 6)]
+    with pg.db.session() as s:
+        finish(s, claim(s, "reconcile", periods[-1]))
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        catch_up(pg.db, jobs, triggers, 15, timedelta(minutes=2))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == [("reconcile", p) for p in sorted(periods[:-1])]
+    assert sorted((r.period, r.status, r.attempt) for r in runs(pg.db)) == sorted(
+        [(periods[-1], "succeeded", 1)] + [(p, "succeeded", 1) for p in periods[:-1]])
+
+
+def test_catch_up_is_bounded_by_the_catch_up_periods_setting(db):
+    seen: list = []
+    jobs = {"reconcile": _monthly(seen)}
+    triggers = {"reconcile": cron_trigger(jobs["reconcile"], Settings(), SH)}
+    with db.session() as s:
+        finish(s, claim(s, "reconcile", "2020-01"))  # years ago
+    catch_up(db, jobs, triggers, 15, timedelta(minutes=2), 3)
+    latest = previous_month(last_fire_time(triggers["reconcile"], datetime.now(UTC)))
+    assert len(seen) == 3 and seen[-1] == ("reconcile", latest)
+    assert [p for _, p in seen] == sorted(p for _, p in seen)
+    assert Settings.from_env(env={"VOUCHER_CATCH_UP_PERIODS": "5"}).catch_up_periods == 5
+    assert Settings().catch_up_periods == 12
+    sched = build_scheduler(Settings(catch_up_periods=4), db)
+    assert {j.id: j for j in sched.get_jobs()}["_catch_up"].args[-1] == 4
 
 
 # --- HTTP ---------------------------------------------------------------------------------

@@ -67,3 +67,13 @@ def test_non_finance_keys_cannot_manage_keys(finance, as_key):
     for api in (as_key("provider", "prov-a"), as_key("enterprise", usccs[0])):
         assert api.post("/v1/api-keys", json={"role": "finance"}).status_code == 403
         assert api.post("/v1/providers", json={}).status_code == 403
+
+
+@pytest.mark.parametrize("period", ["２０２６-07", "2026-０7", "٢٠٢٦-07"])
+def test_periods_take_ascii_digits_only(finance, period):
+    # Python's \d matches any Unicode digit; a full-width month must be refused, not stored.
+    r = finance.post("/v1/reconciliations", json={"period": period})
+    assert r.status_code == 422 and r.json["error"]["param"] == "period", r.json
+    listed = finance.get("/v1/usage-records", query_string={"period": period, "provider": "p"})
+    assert listed.status_code == 400 and listed.json["error"]["param"] == "period", listed.json
+    assert finance.get(f"/v1/reconciliations/{period}").status_code in (400, 404)

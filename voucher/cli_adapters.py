@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -55,12 +56,30 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
         click.echo(f"  … {len(summary.problems) - 20} more", err=True)
 
 
+def _pull_with_progress(db, cfg):
+    """pull_provider with a progress bar on stderr, as `voucher import` shows; the bar opens
+    once the adapter has extracted the records, when their number is known."""
+    from adapters.pull import pull_provider
+
+    bar = None
+    with ExitStack() as stack:
+        def sized(total: int) -> None:
+            nonlocal bar
+            bar = stack.enter_context(click.progressbar(
+                length=total, label=f"pulling {cfg.provider_id}", show_pos=True, file=sys.stderr))
+
+        def progress(n: int) -> None:
+            bar.update(n)
+
+        return pull_provider(db, cfg, progress=progress, on_extracted=sized)
+
+
 @click.command("pull")
 @click.option("--provider", "provider_id", default=None, help="only this provider")
 def pull_cmd(provider_id: str | None) -> None:
     """Pull usage from every provider with a pull adapter (sacct, slurmrestd, prometheus)."""
     from adapters.config import load_all
-    from adapters.pull import pull_provider, pullable
+    from adapters.pull import pullable
     from voucher.db import Database
 
     settings = Settings.from_env()
@@ -72,7 +91,7 @@ def pull_cmd(provider_id: str | None) -> None:
     failed = False
     for cfg in configs:
         try:
-            summary = pull_provider(db, cfg)
+            summary = _pull_with_progress(db, cfg)
         except Exception as exc:  # one provider failing must not hide the others' results
             failed = True
             click.echo(f"{cfg.provider_id}: FAILED {type(exc).__name__}: {exc}", err=True)

@@ -604,5 +604,6 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
     body = json.dumps({"records": [record]}, ensure_ascii=False)
     click.echo(f"curl -s -X POST {base_url}/v1/usage-records -H 'Authorization: Bearer {provider_key}' "
                f"-H 'Content-Type: application/json' -d '{body}'")
-    click.echo(f"\nIssue the statements of {plan.periods[-2]} through a Stripe-compatible API:\n"
+    click.echo(f"\nIssue the statements of {plan.periods[-2]} through a Stripe-compatible API"
+               " (an enterprise with claims still under review stays pending until they are decided):\n"
                f"  VOUCHER_STRIPE_API_BASE=… VOUCHER_STRIPE_API_KEY=… voucher statements --period {plan.periods[-2]}")

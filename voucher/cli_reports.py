@@ -59,8 +59,9 @@ def report(period: str, fmt: str, output: Path) -> None:
 def statements(period: str, as_json: bool) -> None:
     """Issue PERIOD's statements (Customer, items, invoice) via VOUCHER_STRIPE_API_BASE.
 
-    Re-running skips finalized statements and resumes half-done ones; exit status 1 when
-    any statement failed.
+    An enterprise whose claims of PERIOD are still undecided (submitted, verified, flagged)
+    is left pending: run again once finance has decided them. Re-running skips finalized
+    statements and resumes half-done ones; exit status 1 unless every statement is issued.
     """
     from adapters.stripe import StripeClient
     from billing.money import yuan
@@ -89,13 +90,16 @@ def statements(period: str, as_json: bool) -> None:
     else:
         click.echo(f"statements {period}: {summary['enterprises']} enterprises · issued {summary['issued']}"
                    f" (resumed {summary['resumed']}) · already issued {summary['skipped']}"
-                   f" · failed {summary['failed']}"
+                   f" · pending {summary['pending']} · failed {summary['failed']}"
                    + (f" · not attempted {summary['not_attempted']}" if summary["not_attempted"] else ""))
         click.echo(f"this run: spend ¥{yuan(summary['spend'])} − subsidy ¥{yuan(summary['subsidy'])};"
                    f" invoiced for {period} in all: ¥{yuan(summary['total'])}")
+    for held in summary["pending_claims"]:
+        click.echo(f"PENDING {held['enterprise_uscc']}: claims {', '.join(held['claims'])} undecided; "
+                   f"approve or reject them, then run again", err=True)
     for err in summary["errors"]:
         click.echo(f"FAILED {err['enterprise_uscc']}: {err['message']}", err=True)
-    if summary["failed"] or summary["not_attempted"]:
+    if not summary["complete"]:
         sys.exit(1)
 
 

@@ -65,7 +65,7 @@ class JobRun(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[Any | None] = mapped_column(JSON)  # what the job function returned
+    result: Mapped[Any | None] = mapped_column(JSON)  # what the job returned (or its exception carried)
 
     __table_args__ = (UniqueConstraint("job", "period"),)
 
@@ -99,13 +99,20 @@ def parse_public_id(value: str) -> int:
 
 # --- the registry -------------------------------------------------------------------------
 
-MONTH_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-MINUTE_KEY = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-[0-3]\dT[0-2]\d:[0-5]\d$")
+MONTH_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+MINUTE_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]$")
 
 
 def previous_month(fire_time: datetime) -> str:
     """Monthly jobs work on the month before the one they fire in (Asia/Shanghai)."""
     return previous_period(fire_time)
+
+
+def month_before_last(fire_time: datetime) -> str:
+    """Two months before the fire's month (Asia/Shanghai): statements fired on 1 December
+    are those of October, reconciled on 1 November and reviewed by finance since."""
+    local = fire_time.astimezone(SHANGHAI)
+    return previous_period(local.replace(day=1) - timedelta(days=1))
 
 
 def minute_slot(fire_time: datetime) -> str:
@@ -130,7 +137,7 @@ class JobSpec:
     target: str | JobFn
     period_for: Callable[[datetime], str]
     period_pattern: re.Pattern = MONTH_KEY
-    catch_up: bool = False  # on start, run the latest fire's period if it never ran
+    catch_up: bool = False  # on start, run the periods of fires missed while no scheduler ran
     description: str = ""
 
     def cron(self, settings: Any) -> str:
@@ -150,8 +157,8 @@ JOBS: dict[str, JobSpec] = {
                          previous_month, catch_up=True,
                          description="reconcile the previous month's claims"),
     "statements": JobSpec("statements", "statements_cron", "billing.jobs:statements_job",
-                          previous_month, catch_up=True,
-                          description="issue the previous month's statements"),
+                          month_before_last, catch_up=True,
+                          description="issue the statements of the month before last"),
 }
 
 
@@ -228,6 +235,16 @@ def get_run(session: Session, job: str, period: str) -> JobRun | None:
     return run
 
 
+def newest_run(session: Session, job: str) -> JobRun | None:
+    """The job's run of the latest period (period keys sort in time order), or None."""
+    run = session.scalars(
+        select(JobRun).where(JobRun.job == job).order_by(JobRun.period.desc()).limit(1)
+        .execution_options(populate_existing=True)).first()
+    session.expunge_all()
+    session.commit()  # end the read transaction
+    return run
+
+
 def _settle(session: Session, run: JobRun, status: str, error: str | None = None,
             result: Any = None) -> bool:
     """Record the outcome of this attempt; False if a rerun took the period over meanwhile.
@@ -254,8 +271,8 @@ def finish(session: Session, run: JobRun, result: Any = None) -> bool:
     return _settle(session, run, "succeeded", result=_jsonable(result))
 
 
-def fail(session: Session, run: JobRun, error: str) -> bool:
-    return _settle(session, run, "failed", error=error)
+def fail(session: Session, run: JobRun, error: str, result: Any = None) -> bool:
+    return _settle(session, run, "failed", error=error, result=_jsonable(result))
 
 
 def _jsonable(value: Any) -> Any:
@@ -357,7 +374,8 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
              heartbeat_every: float = HEARTBEAT_SECONDS) -> JobRun | None:
     """Claim (job, period), run fn(db, period), record the outcome. Never raises an Exception.
 
-    Returns the run as settled (`succeeded` or `failed`), or None when the period was not
+    Returns the run as settled (`succeeded` or `failed`; a failed run keeps the `result`
+    attribute of the exception, if it has one), or None when the period was not
     ours to run (claimed by another process before, or running now). With `again`, a failed
     run is taken back as a new attempt (with `force`, a succeeded one too).
     """
@@ -378,7 +396,8 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
         outcome = ("succeeded", None, func(db, period))
     except Exception as exc:
         log.exception("job %s period %s failed", job, period)
-        outcome = ("failed", f"{type(exc).__name__}: {exc}", None)
+        # An exception may carry what the job did get done (`result`): it is kept as well.
+        outcome = ("failed", f"{type(exc).__name__}: {exc}", getattr(exc, "result", None))
     finally:  # also on KeyboardInterrupt/SystemExit in a foreground run, which then propagates
         beat.stop.set()
         beat.join(timeout=30)  # its last UPDATE must not race the outcome's
@@ -387,7 +406,7 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
         try:
             with db.session() as session:
                 kept = (finish(session, run, result) if status == "succeeded"
-                        else fail(session, run, error or "failed"))
+                        else fail(session, run, error or "failed", result))
             if not kept:
                 log.warning("job %s period %s: attempt %d was taken over; its outcome (%s) "
                             "is not recorded", job, period, run.attempt, status)

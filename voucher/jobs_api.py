@@ -37,7 +37,8 @@ class JobRunOut(BaseModel):
     error: str | None = Field(description="Why the run failed (exception, or crash detected)")
     attempt: int = Field(ge=1, description="1, then +1 per `voucher jobs rerun`")
     heartbeat_at: datetime = Field(description="Refreshed while the run works")
-    result: Any = Field(default=None, description="What the job returned (a summary)")
+    result: Any = Field(default=None, description="What the job returned (a summary); on a "
+                        "failed run, what it got done if it says (statements: the counts)")
 
 
 def _run_id(value: str, param: str | None = None) -> int:

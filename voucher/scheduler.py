@@ -5,9 +5,14 @@ number of scheduler processes may run against one database, for availability: ev
 first claims its (job, period) row (voucher.jobs), so one process runs it and the others skip.
 
 A process keeps its schedule in memory, so fires missed while no scheduler was running are
-recovered by the catch-up pass at start: for each job marked `catch_up`, the period of its
-latest fire is run if it never was (a failed one waits for `voucher jobs rerun`). Within a
-running process, a late fire still runs (no misfire limit) and a backlog coalesces into one.
+recovered by the catch-up pass at start: for each job marked `catch_up`, it walks back through
+the cron fires from the latest one to the newest period the job already has a run for, and
+runs every period in between, oldest first (a scheduler down across two monthly fires runs
+both months). At most `catch_up_periods` periods per job (VOUCHER_CATCH_UP_PERIODS, default
+12; 0 turns catch-up off); a job that never ran at all (a new deployment) runs only its latest
+fire's period. Each period is still claimed once, so schedulers starting together run it once
+between them; a failed run is left for `voucher jobs rerun`. Within a running process, a late
+fire still runs (no misfire limit) and a backlog coalesces into one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.orm import Session
 
 from voucher.audit import acting_as
 from voucher.db import Database, utcnow
@@ -29,8 +35,9 @@ from voucher.jobs import (
     HEARTBEAT_SECONDS,
     JOBS,
     STALE_AFTER,
+    JobRun,
     JobSpec,
-    get_run,
+    newest_run,
     reap_stale,
     run_once,
 )
@@ -38,7 +45,9 @@ from voucher.jobs import (
 log = logging.getLogger("voucher.scheduler")
 
 REAP_EVERY_SECONDS = 60
+CATCH_UP_PERIODS = 12  # default of settings.catch_up_periods
 _HORIZON = timedelta(days=400)  # a crontab that fired in none of the last 400 days: no catch-up
+_MAX_FIRES = 10_000  # fires walked back per job (a dense crontab with long periods stops here)
 
 
 def cron_trigger(spec: JobSpec, settings: Any, tz: ZoneInfo) -> CronTrigger:
@@ -88,35 +97,67 @@ def reap(db: Database, stale_after: timedelta) -> None:
         log.exception("reaping stale job runs failed")
 
 
+def missed_periods(session: Session, spec: JobSpec, trigger: CronTrigger, now: datetime,
+                   limit: int = CATCH_UP_PERIODS) -> tuple[list[str], JobRun | None, bool]:
+    """The periods of `spec`'s fires up to `now` that have no run yet, oldest first.
+
+    Walks back fire by fire from the latest one until a period at or before the newest
+    period with a run (any status); returns (periods, that newest run, whether `limit` cut
+    the walk short). A job without any run gets only its latest fire's period.
+    """
+    newest = newest_run(session, spec.name)
+    missed: list[str] = []
+    fired = last_fire_time(trigger, now)
+    for _ in range(_MAX_FIRES):
+        if fired is None:
+            break
+        period = spec.period_for(fired)
+        if newest is not None and period <= newest.period:
+            break
+        if period not in missed:
+            if len(missed) == limit:
+                return missed[::-1], newest, True
+            missed.append(period)
+            if newest is None:  # a new deployment: nothing older to recover
+                break
+        fired = last_fire_time(trigger, fired - timedelta(seconds=1))
+    return missed[::-1], newest, False
+
+
 def catch_up(db: Database, jobs: Mapping[str, JobSpec], triggers: Mapping[str, CronTrigger],
-             heartbeat_every: float, stale_after: timedelta) -> None:
-    """Run each catch-up job's latest period if no process ever ran it (in registry order)."""
+             heartbeat_every: float, stale_after: timedelta,
+             max_periods: int = CATCH_UP_PERIODS) -> None:
+    """Run each catch-up job's missed periods (see missed_periods), oldest first, one job
+    after the other in registry order (reconcile's months before statements')."""
     reap(db, stale_after)
+    if max_periods < 1:
+        log.info("catch-up: disabled (VOUCHER_CATCH_UP_PERIODS=%d)", max_periods)
+        return
     now = utcnow()
     for name, spec in jobs.items():
         if not spec.catch_up:
             continue
-        fired = last_fire_time(triggers[name], now)
-        if fired is None:
-            continue
-        period = spec.period_for(fired)
         try:
             with db.session() as session:
-                existing = get_run(session, name, period)
+                periods, newest, cut = missed_periods(session, spec, triggers[name], now,
+                                                      max_periods)
         except Exception:
             log.exception("catch-up of job %s: cannot read its runs", name)
             continue
-        if existing is None:
-            log.info("catch-up: job %s period %s (fire of %s) never ran", name, period,
-                     fired.isoformat())
+        if newest is not None and newest.status == "failed":
+            log.warning("catch-up: job %s period %s failed (%s); run `voucher jobs rerun %s %s`",
+                        name, newest.period, newest.error, name, newest.period)
+        elif newest is not None:
+            log.info("catch-up: job %s latest run: period %s, %s (%s)", name, newest.period,
+                     newest.status, newest.process)
+        if cut:
+            log.warning("catch-up: job %s missed more than %d periods; running %s to %s only, "
+                        "older ones need `voucher jobs run %s PERIOD`", name, max_periods,
+                        periods[0], periods[-1], name)
+        for period in periods:
+            log.info("catch-up: job %s period %s never ran", name, period)
             with acting_as("scheduler"):
                 run_once(db, name, period, spec.target, heartbeat_every=heartbeat_every)
-        elif existing.status == "failed":
-            log.warning("catch-up: job %s period %s failed (%s); run `voucher jobs rerun %s %s`",
-                        name, period, existing.error, name, period)
-        else:
-            log.info("catch-up: job %s period %s is %s (%s)", name, period, existing.status,
-                     existing.process)
 
 
 def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | None = None, *,
@@ -142,7 +183,8 @@ def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | N
                           coalesce=True, misfire_grace_time=None, max_instances=1)
     scheduler.add_job(reap, "interval", seconds=reap_every, args=[db, stale_after],
                       id="_reap", name="mark crashed runs failed")
-    scheduler.add_job(catch_up, "date", args=[db, jobs, triggers, heartbeat_every, stale_after],
+    scheduler.add_job(catch_up, "date", args=[db, jobs, triggers, heartbeat_every, stale_after,
+                                              settings.catch_up_periods],
                       id="_catch_up", name="catch up fires missed while down",
                       misfire_grace_time=None)
     return scheduler

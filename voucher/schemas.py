@@ -113,10 +113,10 @@ class UsageRecord(BaseModel):
     enterprise_uscc: str
     resource: str
     unit: Literal["gpu_hour", "core_hour", "node_hour"]
-    quantity: str = Field(pattern=r"^\d+(\.\d{1,6})?$", description="Exact decimal string")
+    quantity: str = Field(pattern=r"^[0-9]+(\.[0-9]{1,6})?$", description="Exact decimal string")
     started_at: datetime
     ended_at: datetime
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+    period: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
                         description="YYYY-MM holding ended_at in Asia/Shanghai")
     amount: int = Field(description="Fen")
     currency: Literal["CNY"]

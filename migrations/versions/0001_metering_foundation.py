@@ -1,7 +1,7 @@
 """metering foundation
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 02:02:04.093193
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from alembic import op
 
 import voucher.db
-
 
 revision = '0001'
 down_revision = None

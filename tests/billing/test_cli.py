@@ -50,3 +50,21 @@ def test_ledger_verify_exit_code(scenario, database_url, db):
         conn.execute(text("UPDATE quota_balance SET reserved = reserved - 1"))
     bad = run(database_url, "ledger", "verify")
     assert bad.exit_code == 1 and "balance_mismatch" in bad.output
+
+
+@pytest.mark.tampers_with_ledger
+def test_ledger_verify_names_an_edited_posting(scenario, database_url, db):
+    assert run(database_url, "reconcile", "--period", "2026-10").exit_code == 0
+    assert run(database_url, "ledger", "verify").exit_code == 0
+    with db.engine.begin() as conn:
+        entry_id, posting_id = conn.execute(text(
+            "SELECT entry_id, id FROM ledger_posting WHERE kind = 'reserve' AND account = 'reserved'"
+        )).one()
+        # One leg of the reservation, edited in place: the balance row is left as it was.
+        conn.execute(text("UPDATE ledger_posting SET amount = amount + 1 WHERE id = :id"), {"id": posting_id})
+    bad = run(database_url, "ledger", "verify")
+    assert bad.exit_code == 1, bad.output
+    assert f"BREACH unbalanced_entry: entry {entry_id}: 2 legs sum to 1" in bad.output
+    assert "BREACH postings_do_not_balance: all postings sum to 1" in bad.output
+    assert "balance_mismatch" in bad.output and "reserved: row 20000 != postings 20001" in bad.output
+    assert "ledger ok" not in bad.output

@@ -419,7 +419,9 @@ class SlurmCluster:
         # Unfinished when sacct is read: one running; one pending behind it (it wants every
         # CPU); an array waiting behind that (a `_[1-3]` placeholder row); and one cancelled
         # while pending (ended, never started: Slurm gives it Start = End).
-        ids["running"] = self.sbatch("running", "ent-a", 0, 1, "", "sleep 300")
+        # It must outlive the whole test session (stop() cancels it): were it to end, the jobs
+        # queued behind it would run and finish inside the pull windows the tests compare.
+        ids["running"] = self.sbatch("running", "ent-a", 0, 1, "", "sleep 7200")
         self._wait(lambda: self._squeue_state(ids["running"]) == "RUNNING", 60, "job to run")
         ids["pending"] = self.sbatch("pending", "ent-b", 1, NODE_CPUS, "", "sleep 1")
         ids["pending_array"] = self.sbatch("pending_array", "ent-a", 0, 1, "--array=1-3", "true")
