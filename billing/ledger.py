@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from billing.models import LedgerPosting, QuotaBalance
 from billing.policy import Policy, cap_for
 from metering.models import Enterprise, ModelFiling
+from voucher.db import utcnow
 
 Fen = int
 
@@ -91,42 +92,122 @@ def post(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: int 
                      LedgerPosting(account=credit, amount=amount, **common)])
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """One transfer for post_many / apply_transfers."""
+
+    kind: str
+    enterprise_uscc: str
+    year: int
+    amount: Fen
+    claim_id: int | None
+    policy_id: str
+    reason: str
+
+
+def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
+    """Append the legs of many transfers with one multi-row INSERT (Core, no ORM objects)."""
+    rows = []
+    now = utcnow()
+    for t in transfers:
+        if t.amount <= 0:
+            raise ValueError(f"{t.kind}: transfer amount must be positive, got {t.amount}")
+        debit, credit = TRANSFERS[t.kind]
+        common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
+                      kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id, reason=t.reason,
+                      created_at=now)
+        rows += [dict(account=debit, amount=-t.amount, **common),
+                 dict(account=credit, amount=t.amount, **common)]
+    if rows:
+        session.execute(LedgerPosting.__table__.insert(), rows)
+
+
+# How each kind moves the balance row's columns: (reserved, granted) per fen transferred.
+_EFFECT = {"reserve": (1, 0), "release": (-1, 0), "grant": (-1, 1), "clawback": (0, -1)}
+
+
+def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
+    """Many reserve / release / grant / clawback transfers at once, for balances locked with
+    lock_balances() and already moved in Python (Balance) by the caller.
+
+    The balance rows get one conditional UPDATE each with the net change (one executemany);
+    a row whose result would leave the bounds — reserved or granted below 0, reserved +
+    granted above the cap — is refused as one-by-one reserve()/release() would refuse it.
+    """
+    net: dict[tuple[str, int], list[int]] = {}
+    for t in transfers:
+        dr, dg = _EFFECT[t.kind]
+        d = net.setdefault((t.enterprise_uscc, t.year), [0, 0])
+        d[0] += dr * t.amount
+        d[1] += dg * t.amount
+    params = [{"b_uscc": u, "b_year": y, "d_reserved": dr, "d_granted": dg}
+              for (u, y), (dr, dg) in net.items() if dr or dg]
+    if params:
+        q = QuotaBalance.__table__
+        dr, dg = bindparam("d_reserved"), bindparam("d_granted")
+        result = session.execute(
+            update(q)
+            .where(q.c.enterprise_uscc == bindparam("b_uscc"), q.c.year == bindparam("b_year"),
+                   q.c.reserved + dr >= 0, q.c.granted + dg >= 0,
+                   q.c.reserved + q.c.granted + dr + dg <= q.c.cap)
+            .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg),
+            params,
+        )
+        if result.rowcount != len(params):
+            raise CapExceeded(f"quota refused {len(params) - result.rowcount} of {len(params)} batched changes")
+    post_many(session, transfers)
+
+
 def _insert_ignore(session: Session):
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(
         QuotaBalance)
 
 
+LOCK_CHUNK = 1000  # balance rows per statement: a 10,000-row IN list of pairs overflows PostgreSQL's parser stack
+
+
 def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Balance]:
     """Create missing balance rows, bring caps up to date with the filings, and lock the rows.
 
-    Rows are locked in (uscc, year) order so concurrent reconciliations cannot deadlock.
+    Rows are locked in (uscc, year) order so concurrent reconciliations cannot deadlock; a
+    long list is taken in chunks of LOCK_CHUNK keys, still in that order. Core statements
+    throughout: a month's 10,000 enterprises never become ORM objects.
     """
     keys = sorted(set(keys))
     if not keys:
         return {}
-    filings = filing_dates(session, {u for u, _ in keys})
-    wanted = {k: cap_for(policy, k[1], filings.get(k[0], [])) for k in keys}
-    session.execute(
-        _insert_ignore(session).on_conflict_do_nothing(index_elements=["enterprise_uscc", "year"]),
-        [{"enterprise_uscc": u, "year": y, "cap": 0, "cap_basis": wanted[(u, y)][1], "reserved": 0,
-          "granted": 0, "policy_id": policy.id} for u, y in keys],
-    )
-    stmt = (select(QuotaBalance)
-            .where(tuple_(QuotaBalance.enterprise_uscc, QuotaBalance.year).in_(keys))
-            .order_by(QuotaBalance.enterprise_uscc, QuotaBalance.year)
-            .with_for_update()
-            .execution_options(populate_existing=True))
-    balances = {}
-    for row in session.scalars(stmt):
-        b = _snapshot(row)
-        cap, basis = wanted[(b.enterprise_uscc, b.year)]
-        if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
-            post(session, "open" if b.cap == 0 else "cap_change", b, cap - b.cap, claim_id=None,
-                 policy_id=policy.id, reason=f"cap {basis}: {cap} fen")
-            row.cap, row.cap_basis, row.policy_id = cap, basis, policy.id
-            b.cap, b.cap_basis = cap, basis
-        balances[(b.enterprise_uscc, b.year)] = b
-    session.flush()
+    q = QuotaBalance.__table__
+    balances: dict[tuple[str, int], Balance] = {}
+    for start in range(0, len(keys), LOCK_CHUNK):
+        chunk = keys[start:start + LOCK_CHUNK]
+        filings = filing_dates(session, {u for u, _ in chunk})
+        wanted = {k: cap_for(policy, k[1], filings.get(k[0], [])) for k in chunk}
+        session.execute(
+            _insert_ignore(session).on_conflict_do_nothing(index_elements=["enterprise_uscc", "year"]),
+            [{"enterprise_uscc": u, "year": y, "cap": 0, "cap_basis": wanted[(u, y)][1], "reserved": 0,
+              "granted": 0, "policy_id": policy.id} for u, y in chunk],
+        )
+        stmt = (select(q.c.enterprise_uscc, q.c.year, q.c.cap, q.c.cap_basis, q.c.reserved, q.c.granted,
+                       q.c.policy_id)
+                .where(tuple_(q.c.enterprise_uscc, q.c.year).in_(chunk))
+                .order_by(q.c.enterprise_uscc, q.c.year)
+                .with_for_update())
+        opened: list[Transfer] = []
+        raised: list[dict] = []
+        for row in session.execute(stmt):
+            b = Balance(*row)
+            cap, basis = wanted[(b.enterprise_uscc, b.year)]
+            if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
+                opened.append(Transfer("open" if b.cap == 0 else "cap_change", b.enterprise_uscc, b.year,
+                                       cap - b.cap, None, policy.id, f"cap {basis}: {cap} fen"))
+                raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "cap": cap,
+                               "cap_basis": basis, "policy_id": policy.id})
+                b.cap, b.cap_basis = cap, basis
+            balances[(b.enterprise_uscc, b.year)] = b
+        if raised:
+            session.execute(update(q).where(q.c.enterprise_uscc == bindparam("b_uscc"),
+                                            q.c.year == bindparam("b_year")), raised)
+            post_many(session, opened)
     return balances
 
 
@@ -287,6 +368,9 @@ def verify(session: Session) -> VerifyReport:
 __all__ = [
     "Balance",
     "CapExceeded",
+    "Transfer",
+    "apply_transfers",
+    "post_many",
     "balance_of_row",
     "VerifyReport",
     "clawback",

@@ -1,25 +1,35 @@
 """The monthly reconciliation (SPEC §7).
 
-Reads with a handful of aggregate queries (claims with items, invoices, metered sums,
-balances), evaluates each claim with pure functions, then adjusts reservations by the
-difference from what the claim already holds — so a re-run changes nothing and never
-reserves twice. Approved claims whose usage was voided afterwards are clawed back.
+Reads with a handful of aggregate queries (metered sums, invoices held by several claims,
+balances), then streams the claims in id order, a batch at a time with their items and
+invoices, evaluates each with pure functions and adjusts reservations by the difference from
+what the claim already holds — so a re-run changes nothing and never reserves twice. Each
+batch is written back with a few executemany statements; memory does not grow with the
+number of claims or usage records. Approved claims whose usage was voided afterwards are
+clawed back.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.claims import OPEN
-from billing.models import Claim, ClaimAdjustment, ProviderInvoice, Reconciliation
+from billing.models import (
+    Claim,
+    ClaimAdjustment,
+    ClaimItem,
+    ProviderInvoice,
+    QuotaBalance,
+    Reconciliation,
+)
 from billing.policy import Policy, compute_claim, in_window
 from metering.models import Enterprise, Provider, UsageRecord
 from metering.periods import SHANGHAI, parse_period
@@ -105,6 +115,13 @@ def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
                           "provider_id": pid,
                           "listed_from": p.listed_from.isoformat() if p and p.listed_from else None,
                           "listed_until": p.listed_until.isoformat() if p and p.listed_until else None})
+        elif p.kind not in policy.resource_kinds:
+            # Listed, but selling power this policy does not subsidise (智算/超算 only).
+            found.append({"code": "provider_not_listed",
+                          "message": f"Provider {pid} sells {p.kind} power, which policy "
+                                     f"{policy.id} does not subsidise",
+                          "provider_id": pid, "kind": p.kind,
+                          "resource_kinds": list(policy.resource_kinds)})
     return found
 
 
@@ -129,55 +146,152 @@ def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[st
     return {(p, e): (int(total), int(eligible)) for p, e, total, eligible in rows}
 
 
-def _facts_for(claim: Claim, invoices, metered, holder) -> list[ItemFacts]:
+BATCH = 500  # claims per batch: memory stays flat however many claims or usage records a month has
+
+
+@dataclass
+class _Item:
+    id: int
+    provider_id: str
+    invoice_no: str
+    amount_paid: Fen
+    invoice_amount: Fen | None
+    metered: Fen | None
+    base: Fen
+    discrepancies: list[dict[str, Any]]
+    invoiced: Fen | None  # the period's invoice (provider_id, invoice_no), if any
+    invoiced_to: str | None  # ... and whom it was issued to
+
+
+@dataclass
+class _Claim:
+    id: int
+    enterprise_uscc: str
+    period: str
+    status: str
+    other_subsidies: list[dict[str, Any]]
+    base: Fen
+    computed: Fen
+    payable_before_cap: Fen
+    payable: Fen
+    clawed_back: Fen
+    cap_reached: bool
+    discrepancies: list[dict[str, Any]]
+    policy_id: str | None
+    items: list[_Item] = field(default_factory=list)
+
+
+_CLAIM_COLUMNS = (Claim.id, Claim.enterprise_uscc, Claim.period, Claim.status, Claim.other_subsidies,
+                  Claim.base, Claim.computed, Claim.payable_before_cap, Claim.payable, Claim.clawed_back,
+                  Claim.cap_reached, Claim.discrepancies, Claim.policy_id)
+
+
+def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_Claim]]:
+    """The period's claims in id order, `batch` at a time, each with its items and invoices.
+
+    Keyset pages (id > last) rather than one open cursor, so the batch's own UPDATEs never
+    interleave with a half-read result on any database.
+    """
+    last = 0
+    while True:
+        claims = [_Claim(*row) for row in session.execute(
+            select(*_CLAIM_COLUMNS).where(Claim.period == period, Claim.id > last)
+            .order_by(Claim.id).limit(batch))]
+        if not claims:
+            return
+        by_id = {c.id: c for c in claims}
+        invoice_on = and_(ProviderInvoice.provider_id == ClaimItem.provider_id,
+                          ProviderInvoice.invoice_no == ClaimItem.invoice_no,
+                          ProviderInvoice.period == period)
+        for claim_id, *item in session.execute(
+            select(ClaimItem.claim_id, ClaimItem.id, ClaimItem.provider_id, ClaimItem.invoice_no,
+                   ClaimItem.amount_paid, ClaimItem.invoice_amount, ClaimItem.metered, ClaimItem.base,
+                   ClaimItem.discrepancies, ProviderInvoice.amount, ProviderInvoice.enterprise_uscc)
+            .outerjoin(ProviderInvoice, invoice_on)
+            .where(ClaimItem.claim_id.in_(list(by_id)))
+            .order_by(ClaimItem.claim_id, ClaimItem.position)
+        ):
+            by_id[claim_id].items.append(_Item(*item))
+        yield claims
+        last = claims[-1].id
+
+
+def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]:
+    """Who holds each invoice listed by more than one claim of the period: an approved claim
+    first, else the earliest claim not rejected (an invoice in one claim only is its own)."""
+    rows = session.execute(
+        select(ClaimItem.provider_id, ClaimItem.invoice_no,
+               func.min(case((Claim.status == "approved", Claim.id))), func.min(Claim.id))
+        .join(Claim, Claim.id == ClaimItem.claim_id)
+        .where(Claim.period == period, Claim.status != "rejected")
+        .group_by(ClaimItem.provider_id, ClaimItem.invoice_no)
+        .having(func.count(func.distinct(Claim.id)) > 1)
+    )
+    return {(p, n): approved if approved is not None else first for p, n, approved, first in rows}
+
+
+def _facts_for(claim: _Claim, metered, holder) -> list[ItemFacts]:
     facts = []
     for item in claim.items:
-        inv = invoices.get((item.provider_id, item.invoice_no))
-        if inv is not None and inv.enterprise_uscc != claim.enterprise_uscc:
-            inv = None
+        invoiced = item.invoiced if item.invoiced_to == claim.enterprise_uscc else None
         owner = holder.get((item.provider_id, item.invoice_no))
         total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
-        facts.append(ItemFacts(item.provider_id, item.invoice_no, item.amount_paid,
-                               inv.amount if inv else None, total,
+        facts.append(ItemFacts(item.provider_id, item.invoice_no, item.amount_paid, invoiced, total,
                                owner if owner is not None and owner != claim.id else None, eligible))
     return facts
 
 
-def reconcile(session: Session, policy: Policy, period: str) -> tuple[Reconciliation, bool]:
-    """Run §7 for one period inside the caller's transaction. Returns (run, first_time)."""
+def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BATCH
+              ) -> tuple[Reconciliation, bool]:
+    """Run §7 for one period inside the caller's transaction. Returns (run, first_time).
+
+    Aggregate queries for what every claim needs (metered sums per provider and enterprise,
+    invoices held by several claims); the claims themselves stream past in id order, `batch`
+    at a time: evaluated in Python, then written back with one executemany per table and one
+    for the quota rows (net change per enterprise) and ledger postings. Only clawbacks, which
+    are rare, go through the ORM one claim at a time.
+    """
     parse_period(period)
     year = int(period[:4])
-    claims = list(session.scalars(
-        select(Claim).where(Claim.period == period).order_by(Claim.enterprise_uscc, Claim.id)))
-    usccs = sorted({c.enterprise_uscc for c in claims})
-    invoices = {(i.provider_id, i.invoice_no): i for i in session.scalars(
-        select(ProviderInvoice).where(ProviderInvoice.period == period))}
+    usccs = list(session.scalars(select(Claim.enterprise_uscc).where(Claim.period == period)
+                                 .distinct().order_by(Claim.enterprise_uscc)))
     metered = metered_sums(session, policy, period)
-    enterprises = {e.uscc: e for e in session.scalars(select(Enterprise).where(Enterprise.uscc.in_(usccs)))} \
-        if usccs else {}
     providers = {p.id: p for p in session.scalars(select(Provider))}
-
-    # Who holds each invoice: an approved claim first, else the earliest claim not rejected.
-    holder: dict[tuple[str, str], int] = {}
-    for c in sorted(claims, key=lambda c: (c.status != "approved", c.id)):
-        if c.status == "rejected":
-            continue
-        for item in c.items:
-            holder.setdefault((item.provider_id, item.invoice_no), c.id)
-
+    holder = invoice_holders(session, period)
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
     now = utcnow()
-    for claim in sorted(claims, key=lambda c: c.id):
-        if claim.status in OPEN:
-            _evaluate_open(session, policy, claim, balances[(claim.enterprise_uscc, year)],
-                           _facts_for(claim, invoices, metered, holder),
-                           claim_level(policy, period, enterprises.get(claim.enterprise_uscc),
-                                       providers, [i.provider_id for i in claim.items]), now)
-        elif claim.status == "approved":
-            _claw_back_if_needed(session, policy, claim, balances[(claim.enterprise_uscc, year)],
-                                 metered, now)
+    totals = _Summary()
+    for claims in _claim_batches(session, period, batch):
+        eligible = dict(session.execute(select(Enterprise.uscc, Enterprise.eligible).where(
+            Enterprise.uscc.in_({c.enterprise_uscc for c in claims}))).all())
+        transfers: list[ledger.Transfer] = []
+        claim_rows: list[dict[str, Any]] = []
+        item_rows: list[dict[str, Any]] = []
+        for claim in claims:
+            balance = balances[(claim.enterprise_uscc, year)]
+            if claim.status in OPEN:
+                enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
+                    if claim.enterprise_uscc in eligible else None
+                _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder),
+                               claim_level(policy, period, enterprise, providers,
+                                           [i.provider_id for i in claim.items]),
+                               now, transfers, claim_rows, item_rows)
+            elif claim.status == "approved":
+                _claw_back_if_needed(session, policy, claim, balance, metered, now)
+            totals.add(claim)
+        ledger.apply_transfers(session, transfers)
+        if claim_rows:
+            c = Claim.__table__
+            session.execute(update(c).where(c.c.id == bindparam("b_id")), claim_rows)
+        if item_rows:
+            i = ClaimItem.__table__
+            session.execute(update(i).where(i.c.id == bindparam("b_id")), item_rows)
 
-    session.flush()
+    # Rows changed with Core statements: ORM copies the caller may hold would be stale.
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, (Claim, ClaimItem, QuotaBalance)) and obj not in session.dirty:
+            session.expire(obj)
+
     run = session.get(Reconciliation, period)
     first_time = run is None
     if run is None:
@@ -186,14 +300,21 @@ def reconcile(session: Session, policy: Policy, period: str) -> tuple[Reconcilia
     run.runs += 1
     run.last_run_at = now
     run.policy_id = policy.id
-    run.summary = summarise(session, period, claims)
+    run.summary = totals.result()
     audit.append(session, "reconciliation.run", "reconciliation", f"rec_{period}",
                  after={"run": run.runs, "policy_id": policy.id, "summary": run.summary})
     return run, first_time
 
 
-def _evaluate_open(session: Session, policy: Policy, claim: Claim, balance: ledger.Balance,
-                   facts: list[ItemFacts], claim_codes: list[dict[str, Any]], now: datetime) -> None:
+@dataclass(frozen=True)
+class _Eligibility:
+    eligible: bool
+
+
+def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
+                   claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
+                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]]) -> None:
+    """Evaluate one open claim; move `balance` at once and queue the writes for the batch."""
     outcomes = [evaluate_item(policy, f) for f in facts]
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
@@ -209,16 +330,20 @@ def _evaluate_open(session: Session, policy: Policy, claim: Claim, balance: ledg
                               "payable": amounts.payable})
     delta = amounts.payable - held
     if delta > 0:
-        ledger.reserve(session, balance, delta, claim_id=claim.id, policy_id=policy.id,
-                       reason=f"reconciliation {claim.period}")
+        if delta > balance.remaining:
+            raise ledger.CapExceeded(f"quota {balance.enterprise_uscc}/{balance.year} refused the change")
+        balance.reserved += delta
+        transfers.append(ledger.Transfer("reserve", balance.enterprise_uscc, balance.year, delta, claim.id,
+                                         policy.id, f"reconciliation {claim.period}"))
     elif delta < 0:
-        ledger.release(session, balance, -delta, claim_id=claim.id, policy_id=policy.id,
-                       reason=f"reconciliation {claim.period}: payable lowered")
+        balance.reserved += delta
+        transfers.append(ledger.Transfer("release", balance.enterprise_uscc, balance.year, -delta, claim.id,
+                                         policy.id, f"reconciliation {claim.period}: payable lowered"))
     for item, fact, outcome, base in zip(claim.items, facts, outcomes, bases, strict=True):
-        item.invoice_amount = fact.invoice_amount
-        item.metered = fact.metered
-        item.base = base
+        item.invoice_amount, item.metered, item.base = fact.invoice_amount, fact.metered, base
         item.discrepancies = outcome.discrepancies
+        item_rows.append({"b_id": item.id, "invoice_amount": item.invoice_amount, "metered": item.metered,
+                          "base": base, "discrepancies": item.discrepancies})
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
     claim.status = "flagged" if flagged else "verified"
     claim.base, claim.computed = amounts.base, amounts.computed
@@ -226,10 +351,13 @@ def _evaluate_open(session: Session, policy: Policy, claim: Claim, balance: ledg
     claim.cap_reached = amounts.cap_reached
     claim.discrepancies = discrepancies
     claim.policy_id = policy.id
-    claim.reconciled_at = now
+    claim_rows.append({"b_id": claim.id, "status": claim.status, "base": claim.base,
+                       "computed": claim.computed, "payable_before_cap": claim.payable_before_cap,
+                       "payable": claim.payable, "cap_reached": claim.cap_reached,
+                       "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now})
 
 
-def _claw_back_if_needed(session: Session, policy: Policy, claim: Claim, balance: ledger.Balance,
+def _claw_back_if_needed(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,
                          metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime) -> None:
     """Usage voided after approval lowers what the claim may keep; never raises a grant."""
     bases = []
@@ -255,20 +383,33 @@ def _claw_back_if_needed(session: Session, policy: Policy, claim: Claim, balance
     audit.append(session, "claim.clawed_back", "claim", f"clm_{claim.id}",
                  before={"granted": claim.payable, "clawed_back": claim.clawed_back},
                  after={"granted": target, "clawed_back": claim.clawed_back + cut, "reason": reason})
+    c = Claim.__table__
+    session.execute(update(c).where(c.c.id == claim.id)
+                    .values(payable=target, clawed_back=claim.clawed_back + cut))
     claim.payable = target
     claim.clawed_back += cut
 
 
-def summarise(session: Session, period: str, claims: list[Claim]) -> dict[str, Any]:
-    by_status = Counter(c.status for c in claims)
-    codes: Counter = Counter()
-    totals = defaultdict(int)
-    for c in claims:
+class _Summary:
+    """The run's summary, added up claim by claim as the batches stream past."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self.by_status: Counter = Counter()
+        self.codes: Counter = Counter()
+        self.totals: dict[str, int] = defaultdict(int)
+        self.cap_reached = 0
+
+    def add(self, c) -> None:
+        """`c`: a Claim or a _Claim, with its items."""
+        self.claims += 1
+        self.by_status[c.status] += 1
+        totals = self.totals
         for d in c.discrepancies or []:
-            codes[d["code"]] += 1
+            self.codes[d["code"]] += 1
         for item in c.items:
             for d in item.discrepancies or []:
-                codes[d["code"]] += 1
+                self.codes[d["code"]] += 1
             totals["amount_paid"] += item.amount_paid
             totals["invoiced"] += item.invoice_amount or 0
             totals["metered"] += item.metered or 0
@@ -280,15 +421,28 @@ def summarise(session: Session, period: str, claims: list[Claim]) -> dict[str, A
             totals["granted"] += c.payable
         totals["clawed_back"] += c.clawed_back
         totals["payable"] += c.payable
-    return {
-        "claims": len(claims),
-        "by_status": {s: by_status.get(s, 0) for s in ("submitted", "verified", "flagged", "approved", "rejected")},
-        "discrepancies": dict(sorted(codes.items())),
-        "cap_reached": sum(1 for c in claims if c.cap_reached),
-        "totals": {k: totals[k] for k in ("amount_paid", "invoiced", "metered", "base", "computed",
-                                          "payable", "reserved", "granted", "clawed_back")},
-        "currency": "CNY",
-    }
+        if c.cap_reached:
+            self.cap_reached += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "claims": self.claims,
+            "by_status": {s: self.by_status.get(s, 0)
+                          for s in ("submitted", "verified", "flagged", "approved", "rejected")},
+            "discrepancies": dict(sorted(self.codes.items())),
+            "cap_reached": self.cap_reached,
+            "totals": {k: self.totals[k] for k in ("amount_paid", "invoiced", "metered", "base", "computed",
+                                                   "payable", "reserved", "granted", "clawed_back")},
+            "currency": "CNY",
+        }
+
+
+def summarise(session: Session, period: str, claims: Iterable[Claim]) -> dict[str, Any]:
+    """The summary of `claims` (ORM objects with their items), shaped as a run's summary."""
+    s = _Summary()
+    for c in claims:
+        s.add(c)
+    return s.result()
 
 
 def adjustments_of(session: Session, period: str) -> list[ClaimAdjustment]:

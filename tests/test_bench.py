@@ -132,3 +132,47 @@ def test_profiler_reports_where_a_push_spends_its_time(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ingest_records" in out and "1,000 records in" in out
     assert (tmp_path / "profile-ingest-sqlite.html").stat().st_size > 0
+
+
+def test_reconcile_benchmark_runs_the_cli_and_checks_its_figures(tmp_path):
+    from bench import reconcile
+
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n<!-- bench:reconcile-tiny:start -->\nstale\n"
+                    "<!-- bench:reconcile-tiny:end -->\n\nafter\n")
+    base = {"median": {"seconds": 1000.0}, "date": "2026-11-29T00:00:00+00:00", "commit": "abc",
+            "params": {"records": 1}}
+    (tmp_path / "reconcile-base-20261129T000000Z.json").write_text(json.dumps(base))
+    params = replace(reconcile.SCENARIOS["reconcile-pg-1m"], **reconcile.TINY)
+    params = replace(params, max_seconds=600, max_rss_mb=2000, max_growth=12,
+                     growth_base="reconcile-base")
+
+    result = reconcile.run_scenario("reconcile-tiny", params, docs=True, results_dir=tmp_path,
+                                    docs_path=docs, admin=ADMIN, log=quiet)
+
+    assert all(result["checks"].values()) and len(result["checks"]) == 7
+    assert len(result["runs"]) == len(result["reports"]) == 2
+    summary = result["summary"]
+    assert summary["claims"] == 150 and summary["by_status"]["submitted"] == 0
+    assert summary["totals"]["reserved"] == summary["totals"]["payable"] > 0
+    # every kind of fault the data plants is found
+    assert {"invoice_amount_mismatch", "invoice_not_found", "invoice_claimed_twice",
+            "usage_invoice_mismatch", "enterprise_not_eligible"} <= set(summary["discrepancies"])
+    for run in result["runs"] + result["reports"]:
+        assert run["seconds"] > 0 and 20 < run["peak_rss_mb"] < 2000
+    assert result["growth"]["ratio"] == round(result["median"]["seconds"] / 1000.0, 2)
+    assert {k: t["met"] for k, t in result["targets"].items()} == \
+        {"seconds": True, "peak_rss_mb": True, "growth": True}
+
+    saved = json.loads(Path(result["result_path"]).read_text())
+    assert saved["benchmark"] == "reconcile-tiny" and saved["params"]["records"] == 3000
+    assert saved["seeded"]["records"] == 3000 and saved["seeded"]["claims"] == 150
+    text = docs.read_text()
+    assert "stale" not in text and text.endswith("after\n")
+    assert "| 3,000 | 150 / " in text and "✅" in text and saved["commit"] in text
+
+
+def test_runner_lists_the_reconcile_scenarios(capsys):
+    assert bench_main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "reconcile-pg-100k" in out and "reconcile-pg-1m" in out

@@ -362,3 +362,81 @@ def test_first_month_counts_only_usage_inside_the_window(w):
     assert c["status"] == "verified" and codes(c) == []
     assert c["items"][0]["metered"] == 100_000
     assert c["base"] == 70_000 and c["payable"] == 35_000
+
+
+def test_claims_in_batches_of_one_give_what_one_batch_gives(w, db):
+    """The reconciliation streams claims in batches; the quota, the invoice holders and the
+    ledger must carry across batch boundaries exactly as in one pass."""
+    from sqlalchemy import select
+
+    from billing.models import Claim, ClaimItem, LedgerPosting, QuotaBalance
+    from billing.reconciliation import reconcile as run
+
+    u0, u1, u2 = w["usccs"]
+    big = w["policy"].cap_standard * 3 // 2  # one month's subsidy is three quarters of the cap
+    for key, p in (("a", "prov-a"), ("b", "prov-b")):
+        usage(w[key], u0, big)
+        invoice(w[key], f"{p}-1", u0, big)
+    usage(w["a"], u1, 80_000)
+    invoice(w["a"], "A-U1", u1, 80_000)
+    claim(w["e0"], [("prov-a", "prov-a-1", big)])
+    claim(w["e1"], [("prov-a", "A-U1", 80_000)], others=[10_000])
+    claim(w["e0"], [("prov-b", "prov-b-1", big)])  # reaches the cap
+    claim(w["e0"], [("prov-a", "prov-a-1", big)])  # claimed twice
+    claim(w["e2"], [("prov-a", "A-404", 5_000)])  # no such invoice
+
+    def state(s):
+        return {
+            "claims": s.execute(select(Claim.id, Claim.status, Claim.base, Claim.computed,
+                                       Claim.payable_before_cap, Claim.payable, Claim.cap_reached,
+                                       Claim.discrepancies).order_by(Claim.id)).all(),
+            "items": s.execute(select(ClaimItem.id, ClaimItem.invoice_amount, ClaimItem.metered,
+                                      ClaimItem.base, ClaimItem.discrepancies)
+                               .order_by(ClaimItem.id)).all(),
+            "postings": s.execute(select(LedgerPosting.enterprise_uscc, LedgerPosting.account,
+                                         LedgerPosting.kind, LedgerPosting.claim_id,
+                                         LedgerPosting.amount, LedgerPosting.reason)
+                                  .order_by(LedgerPosting.id)).all(),
+            "balances": s.execute(select(QuotaBalance.enterprise_uscc, QuotaBalance.cap,
+                                         QuotaBalance.reserved, QuotaBalance.granted)
+                                  .order_by(QuotaBalance.enterprise_uscc)).all(),
+        }
+
+    seen = []
+    for batch in (1000, 1, 2):
+        with db.session() as s:
+            s.begin()
+            result, _ = run(s, w["policy"], "2026-10", batch=batch)
+            seen.append((result.summary, state(s)))
+            s.rollback()
+    assert seen[0] == seen[1] == seen[2]
+    summary, st = seen[0]
+    assert summary["by_status"] == {"submitted": 0, "verified": 3, "flagged": 2, "approved": 0,
+                                    "rejected": 0}
+    assert summary["cap_reached"] == 1
+    assert [c.payable for c in st["claims"]] == [big // 2, 30_000, w["policy"].cap_standard - big // 2,
+                                                 0, 0]
+
+
+def test_provider_of_a_kind_the_policy_does_not_subsidise(w, app, as_key):
+    # The Jiaxing file lists both kinds; a policy of 智算 only must refuse 超算 spend.
+    import dataclasses
+
+    app.extensions["voucher.policy"] = dataclasses.replace(
+        w["policy"], resource_kinds=("intelligent_computing",))
+    r = w["finance"].post("/v1/providers", json={"id": "hpc-c", "name": "HPC", "kind": "supercomputing",
+                                                   "listed_from": "2025-05-13"})
+    assert r.status_code == 201, r.json
+    hpc = as_key("provider", "hpc-c")
+    u = w["usccs"][0]
+    usage(w["a"], u, 40_000)
+    invoice(w["a"], "A-1", u, 40_000)
+    usage(hpc, u, 20_000)
+    invoice(hpc, "C-1", u, 20_000)
+    mixed = claim(w["e0"], [("prov-a", "A-1", 40_000), ("hpc-c", "C-1", 20_000)])
+    reconcile(w)
+    c = get_claim(w, mixed)
+    assert codes(c) == ["provider_not_listed"] and c["payable"] == 0
+    found = c["discrepancies"][0]
+    assert (found["provider_id"], found["kind"], found["resource_kinds"]) == \
+        ("hpc-c", "supercomputing", ["intelligent_computing"])
