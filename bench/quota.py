@@ -68,7 +68,9 @@ class Params:
     connections: int = 32
     threads: int = 2  # wrk threads (python tool: processes)
     duration: float = 10.0  # seconds of load per measurement
-    warmup: float = 2.0  # seconds of load before the first measurement of each server
+    # seconds of load before the first measurement of each server: every worker connects,
+    # prepares its statements and warms its caches, as a long-running server has
+    warmup: float = 5.0
     # config/gunicorn.conf.py's default on this machine (CPUs + 1): the production settings.
     workers: int = field(default_factory=lambda: (os.cpu_count() or 1) + 1)
     runs: int = 3

@@ -3,15 +3,17 @@
 A pooled SQLAlchemy checkout costs a round trip of its own before the query (the pool's
 pre-ping), and a transaction adds BEGIN and ROLLBACK; for a read that is one statement
 those are two to four round trips around one. On PostgreSQL a hot read here runs on one
-long-lived autocommit psycopg connection per thread instead: the statement alone goes to
-the server (prepared there after a few uses, psycopg's default). Robustness is what the
-pre-ping gave: a read that fails because the connection broke (a database restart, an
-idle timeout) reconnects and runs again once; if the database is down, the error is
-SQLAlchemy's OperationalError, which the app answers with 503 like any other.
+long-lived autocommit connection per thread instead, as a server-side prepared statement
+executed through libpq itself (psycopg's `pq` layer: `PQexecPrepared`), which skips
+psycopg's per-query Python machinery — the largest cost left on the quota path when
+profiled (docs/BENCHMARKS.md). Robustness is what the pre-ping gave: a read that fails
+because the connection broke (a database restart, an idle timeout) reconnects, prepares
+again and runs once more; if the database is down, the error is SQLAlchemy's
+OperationalError, which the app answers with 503 like any other.
 
-Rows are psycopg named tuples of the driver's own values: strings, integers, timestamps
-(only tested for NULL), so keep hot reads to such columns. On SQLite, where there is no
-network round trip, reads go through the engine as usual.
+Rows are named tuples of text-format values: integers (int2/4/8) as int, everything else as
+str, NULL as None — so keep hot reads to such columns (timestamps only tested for NULL).
+On SQLite, where there is no network round trip, reads go through the engine as usual.
 
 The connections belong to the Database: closed when its engine is disposed, or when the
 Database is garbage collected; a process forked after a read makes its own.
@@ -20,8 +22,11 @@ Database is garbage collected; a process forked after a read makes its own.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import weakref
+from collections import namedtuple
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Executable, event
@@ -37,7 +42,7 @@ class HotReads:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[Any] = []
-        self._sql: dict[int, tuple[Executable, str]] = {}  # id(statement) -> (statement, SQL)
+        self._plans: dict[int, _Plan] = {}  # id(statement) -> its prepared form
         self._pid = os.getpid()
 
     def first(self, statement: Executable, params: dict[str, Any]):
@@ -46,30 +51,32 @@ class HotReads:
             with self.engine.connect() as conn:
                 return conn.execute(statement, params).first()
         import psycopg
-        from psycopg.rows import namedtuple_row
 
-        cached = self._sql.get(id(statement))
-        if cached is None:
-            cached = self._sql[id(statement)] = (statement, str(statement.compile(dialect=self.engine.dialect)))
-        sql = cached[1]
+        plan = self._plans.get(id(statement))
+        if plan is None:
+            plan = self._plans[id(statement)] = _Plan.of(statement, self.engine.dialect,
+                                                         len(self._plans))
+        values = [None if params[n] is None else str(params[n]).encode() for n in plan.names]
         for attempt in (1, 2):
             conn = None
             try:
-                conn, cur = self._connection(namedtuple_row)
-                cur.execute(sql, params)
-                return cur.fetchone()
+                conn, prepared = self._connection()
+                pgconn = conn.pgconn
+                if plan.name not in prepared:
+                    _check(pgconn, pgconn.prepare(plan.name, plan.sql), plan.text, params)
+                    prepared.add(plan.name)
+                res = _check(pgconn, pgconn.exec_prepared(plan.name, values), plan.text, params)
+                return plan.row(res) if res.ntuples else None
             except psycopg.OperationalError as exc:
                 if conn is not None:
                     self._discard(conn)
                 if attempt == 2 or conn is None:
-                    raise DBAPIError.instance(sql, params, exc, psycopg.Error,
+                    raise DBAPIError.instance(plan.text, params, exc, psycopg.Error,
                                               connection_invalidated=True) from exc
-            except psycopg.Error as exc:  # the statement failed; the connection is fine
-                raise DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
         raise AssertionError("unreachable")
 
-    def _connection(self, row_factory):
-        """This thread's connection and its cursor (reused: one statement at a time)."""
+    def _connection(self):
+        """This thread's connection and the names prepared on it (one statement at a time)."""
         if os.getpid() != self._pid:  # forked: the parent's connections are not ours to use
             self._local, self._open, self._pid = threading.local(), [], os.getpid()
         conn = getattr(self._local, "conn", None)
@@ -78,13 +85,13 @@ class HotReads:
             fairy.detach()  # ours from now on, not the pool's
             conn = fairy.dbapi_connection
             conn.autocommit = True
-            self._local.conn, self._local.cur = conn, conn.cursor(row_factory=row_factory)
+            self._local.conn, self._local.prepared = conn, set()
             with self._lock:
                 self._open.append(conn)
-        return conn, self._local.cur
+        return conn, self._local.prepared
 
     def _discard(self, conn) -> None:
-        self._local.conn = self._local.cur = None
+        self._local.conn = self._local.prepared = None
         with self._lock:
             if conn in self._open:
                 self._open.remove(conn)
@@ -104,6 +111,69 @@ class HotReads:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+_INTEGER_OIDS = {20, 21, 23}  # int8, int2, int4: answered as int, every other type as str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A statement compiled once for libpq: $n placeholders, the parameter names in order,
+    and the row type its results are read into."""
+
+    statement: Executable  # kept alive: plans are found by id(statement)
+    name: bytes
+    sql: bytes
+    text: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, statement: Executable, dialect, n: int) -> _Plan:
+        text = str(statement.compile(dialect=dialect))
+        names: list[str] = []
+
+        def number(m: re.Match) -> str:
+            if m.group(1) not in names:
+                names.append(m.group(1))
+            return f"${names.index(m.group(1)) + 1}"
+
+        sql = re.sub(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s", number, text)
+        return cls(statement, f"voucher_hot_{n}".encode(), sql.encode(), text, tuple(names))
+
+    def row(self, res):
+        fields = range(res.nfields)
+        cls = _row_class(tuple(res.fname(i).decode() for i in fields))
+        ints = [res.ftype(i) in _INTEGER_OIDS for i in fields]
+        values = []
+        for i in fields:
+            v = res.get_value(0, i)
+            values.append(None if v is None else int(v) if ints[i] else v.decode())
+        return cls(*values)
+
+
+_ROW_CLASSES: dict[tuple[str, ...], type] = {}
+
+
+def _row_class(names: tuple[str, ...]) -> type:
+    cls = _ROW_CLASSES.get(names)
+    if cls is None:
+        cls = _ROW_CLASSES[names] = namedtuple("HotRow", names)  # type: ignore[misc]
+    return cls
+
+
+def _check(pgconn, res, text: str, params: dict[str, Any]):
+    """The result when it succeeded; a broken connection raises psycopg.OperationalError
+    (the caller reconnects once), a failed statement SQLAlchemy's DBAPIError."""
+    import psycopg
+    from psycopg import pq
+
+    if res.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        return res
+    message = (res.error_message or pgconn.error_message or b"").decode(errors="replace")
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError(message or "connection lost")
+    exc = psycopg.DatabaseError(message)
+    raise DBAPIError.instance(text, params, exc, psycopg.Error) from exc
 
 
 _BY_DATABASE: weakref.WeakKeyDictionary[Database, HotReads] = weakref.WeakKeyDictionary()
