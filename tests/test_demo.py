@@ -39,9 +39,8 @@ def demo_run(tmp_path_factory):
     db.dispose()
 
 
-def test_demo_finishes_and_reports_its_time(demo_run, record_property):
+def test_demo_finishes_and_reports_its_time(demo_run):
     # Acceptance: `voucher demo` on a fresh database finishes in under 60 s on this machine.
-    record_property("demo_seconds", round(demo_run["seconds"], 2))
     print(f"\nvoucher demo took {demo_run['seconds']:.1f} s")
     assert "usage records" in demo_run["output"]
     assert demo_run["seconds"] < 60, f"voucher demo took {demo_run['seconds']:.1f} s (acceptance: < 60 s)"
