@@ -76,6 +76,9 @@ class Params:
     runs: int = 3
     year: int = 2026
     tool: str = "auto"  # wrk when available (installed if possible), else python
+    # VOUCHER_LOG_LEVEL of both servers: at `warning` the service writes no line per request
+    # (the bare app never does); `info` is the production default, measured with --log-level
+    log_level: str = "warning"
     seed: int = 20261101
     min_ratio: float | None = None  # acceptance targets, reported beside the figures
     max_p99_ms: float | None = None
@@ -387,9 +390,11 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
         random.Random(params.seed).shuffle(pairs)
         load = Load(params, pairs, Path(tmp), log)
         meta["tool"] = load.tool
-        service = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "service.log")
+        env = {"VOUCHER_LOG_LEVEL": params.log_level}
+        service = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "service.log",
+                         env=env)
         bare = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "bare.log",
-                      app="bench.bare_app:app")
+                      app="bench.bare_app:app", env=env)
         with service, bare:
             checks = check_answers(service.url, qs)
             if not all(checks.values()):
@@ -459,7 +464,8 @@ def render(result: dict[str, Any]) -> str:
     loads = ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["runs"])
     return (f"{table}\n\n{p['connections']} connections, {p['duration']:g} s per measurement, "
             f"{p['runs']} runs, {p['workers']} gunicorn sync workers, load tool `{result['tool']}` "
-            f"({p['threads']} threads), {p['enterprises']:,} enterprises and keys in rotation.\n"
+            f"({p['threads']} threads), {p['enterprises']:,} enterprises and keys in rotation, "
+            f"VOUCHER_LOG_LEVEL={p.get('log_level', 'warning')}.\n"
             f"Runs (service vs reference requests/s): {per_run}.\n{provenance_line(result)} "
             f"1-minute load average before each run: {loads}.")
 
@@ -549,6 +555,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, help="gunicorn workers")
     ap.add_argument("--runs", type=int)
     ap.add_argument("--tool", choices=["auto", "wrk", "python"])
+    ap.add_argument("--log-level", dest="log_level", choices=["warning", "info"],
+                    help="VOUCHER_LOG_LEVEL of both servers (default warning: no request lines)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile the request path instead")
     ap.add_argument("--no-docs", action="store_true")
@@ -562,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = SCENARIOS["quota-pg"]
     overrides = {k: getattr(args, k) for k in ("enterprises", "connections", "threads", "duration",
-                                               "workers", "runs", "tool") if getattr(args, k)}
+                                               "workers", "runs", "tool", "log_level")
+                 if getattr(args, k)}
     if args.tiny:
         params = replace(params, **TINY)
     params = replace(params, **overrides)

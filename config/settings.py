@@ -14,6 +14,9 @@ def _default_db_url() -> str:
     return f"sqlite:///{REPO_ROOT / 'var' / 'voucher.db'}"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(default_factory=_default_db_url)
@@ -32,6 +35,8 @@ class Settings:
     secret_key: str = ""  # signs console sessions; empty: generated once into var/secret_key
     cookie_secure: bool = False  # console cookie only over HTTPS (set behind a TLS proxy)
     log_json: bool = True
+    # The service's log level (and gunicorn's): `warning` drops the per-request line.
+    log_level: str = "info"
     # Failed authentications per client address before 429 (0: no limit), and the window.
     auth_fail_limit: int = 20
     auth_fail_window: int = 60  # seconds
@@ -60,6 +65,12 @@ class Settings:
                 values[name] = conv(env[var])
         if env.get("VOUCHER_COOKIE_SECURE"):
             values["cookie_secure"] = env["VOUCHER_COOKIE_SECURE"].lower() in ("1", "true", "yes")
+        if env.get("VOUCHER_LOG_LEVEL"):
+            level = env["VOUCHER_LOG_LEVEL"].strip().lower()
+            if level not in LOG_LEVELS:
+                raise ValueError(f"VOUCHER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                                 f"got {env['VOUCHER_LOG_LEVEL']!r}")
+            values["log_level"] = level
         if env.get("VOUCHER_LOG_JSON"):
             values["log_json"] = env["VOUCHER_LOG_JSON"].lower() not in ("0", "false", "no")
         values.update(overrides)

@@ -140,3 +140,30 @@ def test_gunicorn_writes_only_json_lines_one_per_request(db, database_url, tmp_p
     assert [line["request_id"] for line in pushes] == sent
     assert {line["logger"] for line in lines} <= {"voucher.request", "gunicorn.error", "voucher.metrics"}
     assert key not in raw
+
+
+def test_log_level_setting_governs_the_request_line(db, settings):
+    from voucher.app import create_app
+
+    quiet = create_app(settings.with_(log_level="warning"))
+    assert logging.getLogger().level == logging.WARNING  # create_app applied the setting
+    stream = io.StringIO()
+    configure_logging(True, level="WARNING", stream=stream)
+    try:
+        assert quiet.test_client().get("/healthz").status_code == 200
+        assert stream.getvalue() == ""  # no line per request at warning
+        configure_logging(True, level="INFO", stream=stream)
+        assert quiet.test_client().get("/healthz").status_code == 200
+        (line,) = requests_logged(json.loads(x) for x in stream.getvalue().splitlines())
+        assert line["path"] == "/healthz"
+    finally:
+        configure_logging(True)
+
+
+def test_log_level_is_read_from_the_environment_and_checked():
+    from config.settings import Settings
+
+    assert Settings.from_env(env={"VOUCHER_LOG_LEVEL": "WARNING"}).log_level == "warning"
+    assert Settings.from_env(env={}).log_level == "info"
+    with pytest.raises(ValueError, match="VOUCHER_LOG_LEVEL"):
+        Settings.from_env(env={"VOUCHER_LOG_LEVEL": "loud"})

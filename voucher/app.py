@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             session.close()
 
     register_error_handlers(app)
-    configure_logging(settings.log_json)
+    configure_logging(settings.log_json, settings.log_level.upper())
     init_request_logging(app)  # first: its request id and timer wrap every other hook
     init_metrics(app)
     init_idempotency(app)
