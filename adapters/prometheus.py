@@ -339,7 +339,7 @@ class PrometheusAdapter:
                 url,
                 data=form,
                 headers=self.headers(),
-                timeout=float(self.config.settings.get("timeout", 60)),
+                timeout=float(self.config.settings.get("timeout", 60)),  # float ok: seconds, not money
             )
         except requests.RequestException as exc:
             raise PrometheusError(f"prometheus {url}: {exc}") from exc

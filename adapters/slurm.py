@@ -417,7 +417,7 @@ class SacctAdapter:
                 env=self.environment(),
                 capture_output=True,
                 text=True,
-                timeout=float(self.config.settings.get("timeout", 300)),
+                timeout=float(self.config.settings.get("timeout", 300)),  # float ok: seconds, not money
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SlurmError(f"{cmd[0]}: {exc}") from exc
@@ -553,7 +553,7 @@ class SlurmrestdAdapter:
                 self.url(),
                 headers=self.headers(),
                 params=params,
-                timeout=float(self.config.settings.get("timeout", 60)),
+                timeout=float(self.config.settings.get("timeout", 60)),  # float ok: seconds, not money
             )
         except requests.RequestException as exc:
             raise SlurmError(f"slurmrestd {self.url()}: {exc}") from exc

@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -356,3 +356,24 @@ def update_docs(name: str, body: str, docs_path: Path | None = None) -> Path:
 
 def fmt_int(x: float) -> str:
     return f"{round(x):,}"
+
+
+class BenchFailure(AssertionError):
+    """Lost, doubled or wrong answers, failed requests: the figure would be meaningless."""
+
+
+def run_meta(name: str) -> dict[str, Any]:
+    """What every result records about its run: benchmark, date, commit, machine."""
+    return {"benchmark": name, "date": now_utc().isoformat(), "commit": git_commit(),
+            "machine": machine_info()}
+
+
+def scenario_plan(chosen: dict[str, Any], overrides: dict[str, Any], *, tiny: bool,
+                  no_docs: bool) -> list[tuple[str, Any, bool]]:
+    """(name, params, update docs?) per scenario: only standard ones at full size touch docs."""
+    out = []
+    for name, params in chosen.items():
+        custom = bool(overrides) or name.endswith("-custom")
+        out.append((name + ("-tiny" if tiny else ""), replace(params, **overrides),
+                    not custom and not no_docs))
+    return out

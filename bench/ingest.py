@@ -28,7 +28,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -38,16 +38,16 @@ import requests
 
 from bench.common import (
     BenchDatabase,
+    BenchFailure,
     Server,
     fmt_int,
-    git_commit,
     libpq,
-    machine_info,
     markdown_table,
     median,
-    now_utc,
     percentile,
     provenance_line,
+    run_meta,
+    scenario_plan,
     seed_registry,
     update_docs,
     write_result,
@@ -292,18 +292,13 @@ def replay(url: str, key: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: body[k] for k in ("accepted", "duplicates", "rejected")}
 
 
-class BenchFailure(AssertionError):
-    """The service lost, doubled or refused records: the figure would be meaningless."""
-
-
 # --- one scenario ----------------------------------------------------------------------------
 
 
 def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: Path | None = None,
                  docs_path: Path | None = None, admin: str | None = None,
                  log: Any = print) -> dict[str, Any]:
-    meta = {"benchmark": name, "date": now_utc().isoformat(), "commit": git_commit(),
-            "machine": machine_info()}
+    meta = run_meta(name)
     runs: list[dict[str, Any]] = []
     with BenchDatabase.create(params.backend, admin) as bdb, \
             tempfile.TemporaryDirectory(prefix="voucher-bench-ingest-") as tmp:
@@ -436,12 +431,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Params, bool]]:
                   Params(backend=backend)}
     else:
         chosen = dict(SCENARIOS)
-    out = []
-    for name, params in chosen.items():
-        custom = bool(overrides) or name.endswith("-custom")
-        out.append((name + ("-tiny" if args.tiny else ""), replace(params, **overrides),
-                    not custom and not args.no_docs))
-    return out
+    return scenario_plan(chosen, overrides, tiny=args.tiny, no_docs=args.no_docs)
 
 
 def main(argv: list[str] | None = None) -> int:

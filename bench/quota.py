@@ -46,15 +46,14 @@ import requests
 
 from bench.common import (
     BenchDatabase,
+    BenchFailure,
     Server,
     fmt_int,
-    git_commit,
-    machine_info,
     markdown_table,
     median,
-    now_utc,
     percentile,
     provenance_line,
+    run_meta,
     seed_registry,
     update_docs,
     write_result,
@@ -366,18 +365,13 @@ class Load:
         return run_python(url, self.pairs, self.params, seconds)
 
 
-class BenchFailure(AssertionError):
-    """Wrong answers or failed requests: the figure would be meaningless."""
-
-
 # --- one scenario ----------------------------------------------------------------------------
 
 
 def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: Path | None = None,
                  docs_path: Path | None = None, admin: str | None = None,
                  log: Any = print) -> dict[str, Any]:
-    meta = {"benchmark": name, "date": now_utc().isoformat(), "commit": git_commit(),
-            "machine": machine_info()}
+    meta = run_meta(name)
     runs: list[dict[str, Any]] = []
     with BenchDatabase.create(params.backend, admin) as bdb, \
             tempfile.TemporaryDirectory(prefix="voucher-bench-quota-") as tmp:

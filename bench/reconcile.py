@@ -46,13 +46,13 @@ import requests
 from bench.common import (
     RESULTS_DIR,
     BenchDatabase,
+    BenchFailure,
     Server,
-    git_commit,
-    machine_info,
     markdown_table,
     median,
-    now_utc,
     provenance_line,
+    run_meta,
+    scenario_plan,
     seed_registry,
     update_docs,
     write_result,
@@ -96,10 +96,6 @@ SIX = Decimal("0.000001")
 USAGE_COLUMNS = ("provider_id", "record_id", "enterprise_uscc", "resource", "unit", "quantity",
                  "started_at", "ended_at", "period", "amount", "currency", "metadata",
                  "content_hash", "status", "voided_at", "void_reason", "created_at")
-
-
-class BenchFailure(AssertionError):
-    """Runs disagreed, a re-run changed something, or the report does not add up."""
 
 
 # --- realistic data --------------------------------------------------------------------------
@@ -446,8 +442,7 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
                  log: Any = print) -> dict[str, Any]:
     if params.backend != "postgresql":
         raise ValueError("the reconciliation benchmark seeds with COPY: PostgreSQL only")
-    meta = {"benchmark": name, "date": now_utc().isoformat(), "commit": git_commit(),
-            "machine": machine_info()}
+    meta = run_meta(name)
     runs: list[dict[str, Any]] = []
     reports: list[dict[str, Any]] = []
     with BenchDatabase.create(params.backend, admin) as bdb, \
@@ -662,12 +657,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Params, bool]]:
         chosen = {"reconcile-pg-custom": Params(max_growth=None)}
     else:
         chosen = dict(SCENARIOS)
-    out = []
-    for name, params in chosen.items():
-        custom = bool(overrides) or name.endswith("-custom")
-        out.append((name + ("-tiny" if args.tiny else ""), replace(params, **overrides),
-                    not custom and not args.no_docs))
-    return out
+    return scenario_plan(chosen, overrides, tiny=args.tiny, no_docs=args.no_docs)
 
 
 def main(argv: list[str] | None = None) -> int:
