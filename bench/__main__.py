@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
+from bench.common import unmet_targets
+
 # name -> module; quota look-ups, reconciliation and reports slot in here.
 BENCHMARKS = {
     "ingest": "bench.ingest",
@@ -79,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         result = module.run_scenario(name + ("-tiny" if args.tiny else ""), params,
                                      docs=not (args.tiny or args.no_docs),
                                      results_dir=args.results_dir)
-        unmet += [f"{name}: {key} {result['median'].get(key)} "
-                  + (f"below {t['min']}" if "min" in t else f"above {t['max']}")
-                  for key, t in result.get("targets", {}).items() if not t["met"]]
+        unmet += unmet_targets(name, result)
     for line in unmet:
         print(f"target not met: {line}", file=sys.stderr)
     return 0

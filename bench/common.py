@@ -377,3 +377,10 @@ def scenario_plan(chosen: dict[str, Any], overrides: dict[str, Any], *, tiny: bo
         out.append((name + ("-tiny" if tiny else ""), replace(params, **overrides),
                     not custom and not no_docs))
     return out
+
+
+def unmet_targets(name: str, result: dict[str, Any]) -> list[str]:
+    """One line per target a scenario missed (targets are a minimum or a maximum)."""
+    return [f"{name}: {key} {result['median'].get(key)} "
+            + (f"below {t['min']}" if "min" in t else f"above {t['max']}")
+            for key, t in result.get("targets", {}).items() if not t["met"]]

@@ -55,6 +55,7 @@ from bench.common import (
     provenance_line,
     run_meta,
     seed_registry,
+    unmet_targets,
     update_docs,
     write_result,
 )
@@ -576,9 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "quota-pg" + ("-tiny" if args.tiny else "-custom" if custom else "")
     result = run_scenario(name, params, docs=not (custom or args.no_docs),
                           results_dir=args.results_dir)
-    for key, t in result["targets"].items():
-        if not t["met"]:
-            print(f"target not met: {key} {result['median'][key]}", file=sys.stderr)
+    for line in unmet_targets(name, result):
+        print(f"target not met: {line}", file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,7 @@ from bench.common import (
     run_meta,
     scenario_plan,
     seed_registry,
+    unmet_targets,
     update_docs,
     write_result,
 )
@@ -669,8 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name, params, docs in plan(args):
         result = run_scenario(name, params, docs=docs, results_dir=args.results_dir)
-        failed += [f"{name}: {k} {result['median'].get(k)} above {t['max']}"
-                   for k, t in result["targets"].items() if not t["met"]]
+        failed += unmet_targets(name, result)
     for line in failed:
         print(f"target not met: {line}", file=sys.stderr)
     return 0

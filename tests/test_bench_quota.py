@@ -82,3 +82,14 @@ def test_render_marks_targets():
     assert "**0.60** (target ≥ 0.5 ✅)" in met and "40.0 (target ≤ 50 ✅)" in met
     missed = render({**base, "targets": {"ratio": {"min": 0.7, "met": False}}})
     assert "❌ not met" in missed
+
+
+def test_unmet_targets_name_minimums_and_maximums():
+    from bench.common import unmet_targets
+
+    result = {"median": {"ratio": 0.4, "p99_ms": 61.0, "seconds": 20.0},
+              "targets": {"ratio": {"min": 0.5, "met": False}, "p99_ms": {"max": 50, "met": False},
+                          "seconds": {"max": 60, "met": True}}}
+    assert unmet_targets("quota-pg", result) == ["quota-pg: ratio 0.4 below 0.5",
+                                                 "quota-pg: p99_ms 61.0 above 50"]
+    assert unmet_targets("x", {"median": {}, "targets": {}}) == []
