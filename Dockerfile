@@ -17,6 +17,10 @@ RUN groupadd --system --gid 10001 voucher \
 
 # The project installs in place (editable) so that migrations/ and config/ stay beside the
 # code, where `voucher db upgrade` and gunicorn's config file find them.
+# Dependencies first, from the lock (exact versions, hashes checked), so code changes reuse the layer.
+COPY requirements/runtime.txt ./requirements/runtime.txt
+RUN pip install --require-hashes -r requirements/runtime.txt
+
 COPY pyproject.toml alembic.ini ./
 COPY voucher ./voucher
 COPY metering ./metering
@@ -25,7 +29,7 @@ COPY adapters ./adapters
 COPY config ./config
 COPY console ./console
 COPY migrations ./migrations
-RUN pip install -e . \
+RUN pip install --no-deps --no-build-isolation -e . \
  && mkdir -p /app/var \
  && chown voucher:voucher /app/var
 

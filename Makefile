@@ -3,15 +3,27 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint check-deploy bench bench-ingest bench-reconcile clean
+.PHONY: venv lock run test test-fast lint check-deploy bench bench-ingest bench-reconcile clean
 
-$(STAMP): pyproject.toml
+# Installs come from the lock (exact versions, hashes checked); pyproject.toml keeps the ranges.
+LOCK     := requirements/dev.txt
+LOCK_RT  := requirements/runtime.txt
+LOCK_CMD := $(VENV)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## Re-resolve requirements/*.txt from pyproject.toml's ranges (newest versions that fit), then
+## reinstall. The runtime lock is resolved first and constrains the dev lock, so both agree.
+lock: $(STAMP)
+	$(LOCK_CMD) --upgrade pyproject.toml requirements/build.in -o $(LOCK_RT)
+	$(LOCK_CMD) --upgrade pyproject.toml requirements/build.in --extra dev -c $(LOCK_RT) -o $(LOCK)
+	$(MAKE) venv
 
 ## Fresh clone -> venv, migrate, demo data on SQLite, server on http://127.0.0.1:8000
 run: $(STAMP)

@@ -97,6 +97,10 @@ def test_dockerfile_is_slim_non_root_gunicorn_with_a_healthcheck():
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/healthz" in text
     assert 'CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "voucher.wsgi:app"]' in text
+    # Dependencies from the lock with hashes checked; the project itself adds none of its own.
+    assert re.search(r"^COPY requirements/runtime\.txt ", text, re.M)
+    assert "pip install --require-hashes -r requirements/runtime.txt" in text
+    assert "pip install --no-deps --no-build-isolation -e ." in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "var"} <= set(ignored)
     # Every package of the project (pyproject's list) and the migrations are in the image.
