@@ -19,11 +19,13 @@ RUN groupadd --system --gid 10001 voucher \
 # code, where `voucher db upgrade` and gunicorn's config file find them.
 COPY pyproject.toml alembic.ini ./
 COPY voucher ./voucher
-COPY metering ./metering
-COPY billing ./billing
-COPY adapters ./adapters
-COPY config ./config
 COPY console ./console
+COPY api ./api
+COPY adapters ./adapters
+COPY billing ./billing
+COPY metering ./metering
+COPY kernel ./kernel
+COPY config ./config
 COPY migrations ./migrations
 RUN pip install -e . \
  && mkdir -p /app/var \

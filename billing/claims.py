@@ -7,14 +7,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.errors import ApiError
 from billing import ledger
 from billing.models import Claim, ClaimItem
 from billing.policy import Policy
+from kernel import audit
+from kernel.db import utcnow
+from kernel.periods import current_period, parse_period
 from metering.models import Provider
-from metering.periods import current_period, parse_period
-from voucher import audit
-from voucher.db import utcnow
-from voucher.errors import ApiError
 
 OPEN = ("submitted", "verified", "flagged")
 

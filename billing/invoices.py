@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.errors import ApiError
 from billing.models import ProviderInvoice
+from kernel import audit
 from metering.models import Enterprise
-from voucher import audit
-from voucher.errors import ApiError
 
 
 def invoice_json(inv: ProviderInvoice) -> dict[str, Any]:

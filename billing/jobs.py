@@ -1,4 +1,4 @@
-"""Billing job entry points, called as fn(db, period) by `voucher.jobs.run_once` (SPEC §8).
+"""Billing job entry points, called as fn(db, period) by `kernel.jobruns.run_once` (SPEC §8).
 
 Each loads its configuration through `config.settings` when it runs (the scheduler process
 builds nothing for them) and returns a JSON-able summary, stored on the job run.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from config.settings import Settings
-from voucher.db import Database
+from kernel.db import Database
 
 
 class StatementsIncomplete(RuntimeError):

@@ -10,7 +10,7 @@ A statement waits while any claim of the enterprise for the period is still unde
 statement is never changed. Such an enterprise is counted as `pending` in the run's summary
 (listing the claims it waits for) and nothing of it is sent; a later run, once finance has
 approved or rejected those claims, issues it. The scheduled job therefore issues the month
-before last (voucher.jobs), a month after that month's reconciliation.
+before last (kernel.jobruns), a month after that month's reconciliation.
 
 Every remote object is found again by a deterministic key (`stmt:{period}:{uscc}:{provider}`,
 `…:subsidy`, and `stmt:{period}:{uscc}` for the invoice) through the idempotent `ensure_*`
@@ -37,10 +37,10 @@ from adapters.stripe import Payments, StripeError
 from billing.claims import OPEN
 from billing.models import Claim
 from billing.policy import Policy
+from kernel import audit
+from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.periods import parse_period
 from metering.models import Enterprise, Provider, UsageRecord
-from metering.periods import parse_period
-from voucher import audit
-from voucher.db import Base, BigId, Database, UTCDateTime, utcnow
 
 Fen = int
 

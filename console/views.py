@@ -31,6 +31,8 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
+from api.auth import db_session
+from api.errors import ApiError
 from billing import claims as claims_svc
 from billing import ledger
 from billing.models import (
@@ -73,12 +75,10 @@ from console.words import (
     money,
     word,
 )
+from kernel.keys import authenticate
+from kernel.periods import SHANGHAI, current_period, parse_period, previous_period
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
-from metering.periods import SHANGHAI, current_period, parse_period, previous_period
-from voucher.auth import db_session
-from voucher.errors import ApiError
-from voucher.keys import authenticate
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static")
@@ -227,7 +227,7 @@ def index():
 
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in():
-    from voucher.ratelimit import limiter_of
+    from api.ratelimit import limiter_of
 
     error, status = None, 200
     target = safe_next(request.values.get("next"))
@@ -773,7 +773,7 @@ def registry():
 @bp.get("/jobs")
 @login_required("finance")
 def jobs():
-    from voucher.jobs import recent_runs
+    from kernel.jobruns import recent_runs
 
     return render_template("console/jobs.html", runs=recent_runs(db_session(), limit=100),
                            active="jobs")

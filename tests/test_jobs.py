@@ -14,9 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from config.settings import Settings
-from tests import jobs_fixture
-from voucher.cli import main
-from voucher.jobs import (
+from kernel.jobruns import (
     JOBS,
     MINUTE_KEY,
     JobRun,
@@ -34,6 +32,8 @@ from voucher.jobs import (
     rerun,
     run_once,
 )
+from tests import jobs_fixture
+from voucher.cli import main
 from voucher.scheduler import (
     build_scheduler,
     catch_up,

@@ -2,7 +2,7 @@
 
 Web workers never run jobs (APScheduler inside gunicorn would fire once per worker). Any
 number of scheduler processes may run against one database, for availability: every fire
-first claims its (job, period) row (voucher.jobs), so one process runs it and the others skip.
+first claims its (job, period) row (kernel.jobruns), so one process runs it and the others skip.
 
 A process keeps its schedule in memory, so fires missed while no scheduler was running are
 recovered by the catch-up pass at start: for each job marked `catch_up`, it walks back through
@@ -29,9 +29,9 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session
 
-from voucher.audit import acting_as
-from voucher.db import Database, utcnow
-from voucher.jobs import (
+from kernel.audit import acting_as
+from kernel.db import Database, utcnow
+from kernel.jobruns import (
     HEARTBEAT_SECONDS,
     JOBS,
     STALE_AFTER,
@@ -166,7 +166,7 @@ def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | N
                     reap_every: float = REAP_EVERY_SECONDS) -> BlockingScheduler:
     """The scheduler with one cron job per registry entry, the reaper and the catch-up pass.
 
-    `jobs` defaults to voucher.jobs.JOBS; schedules come from settings (VOUCHER_*_CRON), in
+    `jobs` defaults to kernel.jobruns.JOBS; schedules come from settings (VOUCHER_*_CRON), in
     settings.timezone (Asia/Shanghai). A bad crontab raises ValueError naming its variable.
     """
     jobs = JOBS if jobs is None else jobs
@@ -212,7 +212,7 @@ def run_forever(scheduler: BlockingScheduler) -> None:
 
 
 def configure_logging(json_lines: bool) -> None:
-    from voucher.logging import configure_logging as configure
+    from kernel.logging import configure_logging as configure
 
     configure(json_lines)
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # ours log each run

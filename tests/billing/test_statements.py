@@ -27,10 +27,10 @@ from billing.statements import (
     plan_statements,
     rate_percent,
 )
+from kernel.jobruns import JobRun, run_once
 from tests.factories import claim, invoice, setup_programme, usage
 from tests.integration.localstripe_compat import start_localstripe, stop_server
 from voucher.cli import main
-from voucher.jobs import JobRun, run_once
 
 PERIOD = "2026-10"
 API_KEY = "sk_test_statements"

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, String, event, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from voucher.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key for the chain head: any constant the app uses for nothing else.

@@ -10,10 +10,10 @@ from flask import current_app, g, request
 from sqlalchemy import Select
 from sqlalchemy.engine import Row
 
-from voucher.errors import ApiError
-from voucher.hotread import hot_reads
-from voucher.keys import Principal, authenticate, check_key, parse_key
-from voucher.ratelimit import limiter_of
+from api.errors import ApiError
+from api.hotread import hot_reads
+from api.ratelimit import limiter_of
+from kernel.keys import Principal, authenticate, check_key, parse_key
 
 
 def db_session():
@@ -82,8 +82,8 @@ def authenticate_and_read(statement: Select, **params: Any) -> tuple[Principal, 
     """Authenticate the request's key and run the view's own read in the same statement.
 
     For hot read paths (a view under `@requires(..., deferred=True)`): `statement` is
-    voucher.keys.key_select() with the view's columns and outer joins added, so the key and
-    the data arrive in one round trip (voucher.hotread: no pool pre-ping, no BEGIN, no
+    kernel.keys.key_select() with the view's columns and outer joins added, so the key and
+    the data arrive in one round trip (api.hotread: no pool pre-ping, no BEGIN, no
     ROLLBACK on PostgreSQL). The key is judged exactly as
     current_principal() judges it (same hash, same constant-time comparison, same failure
     limit and answers), then the view's roles are checked. Returns the principal and the

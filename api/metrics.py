@@ -9,7 +9,7 @@ Without the variable (tests, CLI, the scheduler) the default registry is used.
 Where the numbers come from:
 - request hooks (`init_metrics`) count every HTTP request by route template;
 - events on the app's Events hub (`batch_ingested`, `record_voided`) count usage records,
-  and `voucher.jobs` "job_finished" events count the job runs of this process;
+  and `kernel.jobruns` "job_finished" events count the job runs of this process;
 - `record_batch` / `record_adapter_pull` for adapters that ingest outside the app;
 - the database, read when Prometheus scrapes (`ScrapeCollector`, one aggregate query per
   source): subsidy reserved/released/granted/clawed back (sums of the append-only ledger, so
@@ -174,11 +174,11 @@ _jobs_hooked = False
 
 
 def hook_jobs() -> None:
-    """Count the runs this process executes (`voucher.jobs` "job_finished"); idempotent."""
+    """Count the runs this process executes (`kernel.jobruns` "job_finished"); idempotent."""
     global _jobs_hooked
     if _jobs_hooked:
         return
-    from voucher.jobs import events as job_events
+    from kernel.jobruns import events as job_events
 
     job_events.on("job_finished", lambda job, status, duration: record_job_run(
         job, status, duration=duration))
@@ -305,7 +305,7 @@ def previous_period_reconciliation_runs(session: Any) -> list[Sample]:
     from sqlalchemy import select
 
     from billing.models import Reconciliation
-    from metering.periods import previous_period
+    from kernel.periods import previous_period
 
     period = previous_period(datetime.now(UTC))
     runs = session.scalar(select(Reconciliation.runs).where(Reconciliation.period == period))
@@ -333,7 +333,7 @@ def job_runs(session: Any) -> dict[str, list[Sample]]:
     """From `job_run`: rows by job and status, and per job the last success and failure."""
     from sqlalchemy import func, select
 
-    from voucher.jobs import JobRun
+    from kernel.jobruns import JobRun
 
     stmt = (select(JobRun.job, JobRun.status, func.count(), func.max(JobRun.finished_at))
             .group_by(JobRun.job, JobRun.status))
@@ -460,7 +460,7 @@ def init_metrics(app: Flask) -> None:
     def metrics_view():
         return Response(exposition(current_app), mimetype=CONTENT_TYPE_LATEST)
 
-    from voucher.openapi import doc
+    from api.openapi import doc
 
     doc(summary="Prometheus metrics",
         description="Text exposition of every `voucher_*` series, summed over all gunicorn workers. "

@@ -36,9 +36,9 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from metering.periods import SHANGHAI, previous_period
-from voucher.db import Base, BigId, Database, UTCDateTime, utcnow
-from voucher.events import Events
+from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.events import Events
+from kernel.periods import SHANGHAI, previous_period
 
 log = logging.getLogger("voucher.jobs")
 
