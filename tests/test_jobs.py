@@ -15,7 +15,6 @@ from sqlalchemy import select, update
 
 from config.settings import Settings
 from kernel.jobruns import (
-    JOBS,
     MINUTE_KEY,
     JobRun,
     JobSpec,
@@ -35,6 +34,7 @@ from kernel.jobruns import (
 from tests import jobs_fixture
 from voucher.cli import main
 from voucher.scheduler import (
+    JOBS,
     build_scheduler,
     catch_up,
     cron_trigger,

@@ -15,8 +15,9 @@ STALE_SECONDS = int(STALE_AFTER.total_seconds())
 
 
 def registry() -> dict[str, JobSpec]:
-    """The job registry: kernel.jobruns.JOBS, or "module:NAME" from VOUCHER_JOBS_MODULE (tests)."""
-    from kernel.jobruns import JOBS, load_registry
+    """The job registry: voucher.scheduler.JOBS, or "module:NAME" from VOUCHER_JOBS_MODULE (tests)."""
+    from kernel.jobruns import load_registry
+    from voucher.scheduler import JOBS
 
     # Read here rather than in Settings: it is a test seam, not deployment configuration.
     path = os.environ.get("VOUCHER_JOBS_MODULE")
