@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import select
 
-from api.errors import ApiError
 from billing import claims as claims_svc
 from billing import ledger
 from billing.invoices import submit_invoice
@@ -42,6 +41,7 @@ from billing.reconciliation import reconcile
 from config.settings import Settings
 from kernel.audit import AuditEvent
 from kernel.db import Database
+from kernel.errors import DomainError
 from kernel.periods import current_period
 from metering.ingest import ingest_records
 from metering.models import Enterprise, Provider, UsageRecord
@@ -214,7 +214,7 @@ class Billing(RuleBasedStateMachine):
                     claims_svc.approve(s, self.policy, c, "ok")
                 else:
                     claims_svc.reject(s, self.policy, c, "no")
-        except ApiError:
+        except DomainError:
             self.assert_unchanged(before, "approval" if approve else "rejection")
 
     # --- operations the service must refuse, each leaving everything as it was -------------
