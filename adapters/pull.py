@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from adapters.base import Extracted
 from adapters.config import ProviderConfig, load_all
-from api import metrics
+from kernel import metrics
 from kernel.db import Database
 from metering.batches import record_batch
 from metering.ingest import ingest_records
