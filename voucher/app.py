@@ -8,15 +8,18 @@ from typing import Any
 from flask import Flask, g
 from flask.sessions import SecureCookieSessionInterface
 
+from api.auth import request_actor
 from api.errors import register_error_handlers
 from api.idempotency import init_idempotency
 from api.metrics import init_metrics
 from api.openapi import init_openapi
+from api.requestlog import init_request_logging
 from billing.policy_file import load_policy
 from config.settings import Settings
+from kernel import audit
 from kernel.db import Database
 from kernel.events import Events
-from kernel.logging import configure_logging, init_request_logging
+from kernel.logging import configure_logging
 
 
 class _CookieSessions(SecureCookieSessionInterface):
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     register_error_handlers(app)
     configure_logging(settings.log_json, settings.log_level.upper())
     init_request_logging(app)  # first: its request id and timer wrap every other hook
+    audit.set_request_actor_source(request_actor)  # who acts in a request, for the audit trail
     init_metrics(app)
     init_idempotency(app)
 
