@@ -23,11 +23,13 @@ RUN pip install --require-hashes -r requirements/runtime.txt
 
 COPY pyproject.toml alembic.ini ./
 COPY voucher ./voucher
-COPY metering ./metering
-COPY billing ./billing
-COPY adapters ./adapters
-COPY config ./config
 COPY console ./console
+COPY api ./api
+COPY adapters ./adapters
+COPY billing ./billing
+COPY metering ./metering
+COPY kernel ./kernel
+COPY config ./config
 COPY migrations ./migrations
 RUN pip install --no-deps --no-build-isolation -e . \
  && mkdir -p /app/var \

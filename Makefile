@@ -36,10 +36,13 @@ test: $(STAMP)
 	@# Real components the integration tests drive (Slurm, Prometheus, Chromium, LibreOffice):
 	@# Debian packages installed when missing, quick when present.
 	@for s in scripts/ensure-*.sh; do bash $$s || exit 1; done
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+## ruff, and the import contracts of pyproject.toml [tool.importlinter] (layers, no web below the edges)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ## Deployment files without a Docker engine: compose schema, promtool checks and rule tests,
 ## Grafana and alert queries against the metrics the app exports.

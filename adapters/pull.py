@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 
 from adapters.base import Extracted
 from adapters.config import ProviderConfig, load_all
+from kernel import metrics
+from kernel.db import Database
 from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.models import Provider, UsageRecord
-from voucher import metrics
-from voucher.db import Database
 
 BATCH = 1000
 FORMATS = ("sacct", "slurmrestd", "csv", "jsonl")

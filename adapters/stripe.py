@@ -1,7 +1,8 @@
 """Pay-side client for a Stripe-compatible API (Stripe itself, or localstripe in tests).
 
-The statements service depends on the small `Payments` protocol below, never on HTTP;
-`StripeClient` is the real implementation. What a caller must know:
+The statements service depends on the small `Payments` port that billing owns
+(`billing.settlement`), never on HTTP; `StripeClient` is the real implementation, and its
+`StripeError` is a `billing.settlement.PaymentError`. What a caller must know:
 
 - Amounts are `Fen` (int, the currency's smallest unit) and may be negative for credits;
   a float anywhere in a request raises `TypeError` before anything is sent.
@@ -27,16 +28,16 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self
+from typing import Any, Self
 from urllib.parse import quote, urlencode
 
 import requests
 
+from billing.settlement import Fen, PaymentError
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Fen = int
 StripeObject = dict[str, Any]
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -44,10 +45,11 @@ META_USCC = "uscc"
 META_STATEMENT_KEY = "statement_key"
 
 
-class StripeError(Exception):
+class StripeError(PaymentError):
     """A non-2xx answer (or no answer at all), with the fields of Stripe's error object.
 
-    `status` is None when the server could not be reached (`type` "api_connection_error").
+    `status` is None when the server could not be reached (`type` "api_connection_error"):
+    the port's `unreachable`.
     """
 
     def __init__(
@@ -60,7 +62,7 @@ class StripeError(Exception):
         *,
         request_id: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, unreachable=status is None)
         self.status = status
         self.type = type
         self.code = code
@@ -79,30 +81,6 @@ class IdempotencyConflict(StripeError):
 
     def __init__(self, message: str, param: str) -> None:
         super().__init__(409, "idempotency_error", "statement_key_conflict", message, param)
-
-
-class Payments(Protocol):
-    """What the statements service needs from the payment system (metadata-idempotent)."""
-
-    def ensure_customer(self, uscc: str, name: str, *, email: str | None = None) -> StripeObject:
-        """The customer whose metadata `uscc` matches, created if missing."""
-        ...
-
-    def ensure_invoice_item(
-        self, customer: str, key: str, amount: Fen, description: str, currency: str = "cny"
-    ) -> StripeObject:
-        """The invoice item whose metadata `statement_key` is `key`, created if missing."""
-        ...
-
-    def ensure_invoice(self, customer: str, statement_key: str) -> StripeObject:
-        """The invoice with metadata `statement_key`, created (draft, pending items) if missing."""
-        ...
-
-    def finalize_invoice(self, invoice_id: str) -> StripeObject: ...
-
-    def retrieve_invoice(self, invoice_id: str) -> StripeObject: ...
-
-    def list_invoices(self, customer: str) -> list[StripeObject]: ...
 
 
 def encode_form(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -189,7 +167,7 @@ def _error_from_response(resp: requests.Response) -> StripeError:
 
 
 class StripeClient:
-    """`Payments` over HTTP: one `requests.Session`, form-encoded bodies, retries."""
+    """`billing.settlement.Payments` over HTTP: one `requests.Session`, form bodies, retries."""
 
     def __init__(
         self,

@@ -136,10 +136,10 @@ class Seed:
 
 def seed_registry(url: str, providers: int, enterprises: int) -> Seed:
     """Providers, eligible enterprises and one key per provider, written through the ORM."""
+    from kernel.db import Database
+    from kernel.keys import issue_key
     from metering.models import Enterprise, Provider
     from voucher.cli_demo import make_uscc
-    from voucher.db import Database
-    from voucher.keys import issue_key
 
     counties = ["南湖区", "秀洲区", "嘉善县", "平湖市", "海盐县", "海宁市", "桐乡市"]
     pids = [f"bench-prov-{i + 1}" for i in range(providers)]

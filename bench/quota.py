@@ -111,8 +111,8 @@ def seed_quota(url: str, enterprises: int, year: int, seed: int = 1) -> QuotaSee
     from billing.models import Claim
     from billing.policy_file import load_policy
     from config.settings import Settings
-    from voucher.db import Database
-    from voucher.keys import issue_key
+    from kernel.db import Database
+    from kernel.keys import issue_key
 
     base = seed_registry(url, providers=2, enterprises=enterprises)
     policy = load_policy(Settings.from_env(env={}).policy_path)

@@ -604,7 +604,7 @@ def profile(params: Params, out_dir: Path) -> None:
     from billing.policy_file import load_policy
     from billing.reconciliation import reconcile
     from config.settings import Settings
-    from voucher.db import Database
+    from kernel.db import Database
 
     with BenchDatabase.create(params.backend) as bdb:
         seed_month(bdb, params)

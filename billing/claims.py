@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.models import Claim, ClaimItem
 from billing.policy import Policy
+from kernel import audit
+from kernel.db import utcnow
+from kernel.errors import Conflict, Invalid
+from kernel.periods import current_period, parse_period
 from metering.models import Provider
-from metering.periods import current_period, parse_period
-from voucher import audit
-from voucher.db import utcnow
-from voucher.errors import ApiError
 
 OPEN = ("submitted", "verified", "flagged")
 
@@ -73,20 +73,20 @@ def parse_claim_id(value: str) -> int:
 def submit_claim(session: Session, enterprise_uscc: str, period: str, items: list[dict[str, Any]],
                  other_subsidies: list[dict[str, Any]]) -> Claim:
     if period >= current_period():
-        raise ApiError(422, "period_not_closed", f"Claims are for past months only; {period} is not over",
-                       "period")
+        raise Invalid("period_not_closed", f"Claims are for past months only; {period} is not over",
+                      "period")
     parse_period(period)
     seen: dict[tuple[str, str], int] = {}
     provider_ids = {it["provider_id"] for it in items}
     known = set(session.scalars(select(Provider.id).where(Provider.id.in_(provider_ids))))
     for n, it in enumerate(items):
         if it["provider_id"] not in known:
-            raise ApiError(422, "unknown_provider", f"No such provider: {it['provider_id']!r}",
-                           f"items[{n}].provider_id")
+            raise Invalid("unknown_provider", f"No such provider: {it['provider_id']!r}",
+                          f"items[{n}].provider_id")
         key = (it["provider_id"], it["invoice_no"])
         if key in seen:
-            raise ApiError(422, "duplicate_item", f"Invoice {key[1]!r} is listed twice (items[{seen[key]}])",
-                           f"items[{n}].invoice_no")
+            raise Invalid("duplicate_item", f"Invoice {key[1]!r} is listed twice (items[{seen[key]}])",
+                          f"items[{n}].invoice_no")
         seen[key] = n
     claim = Claim(enterprise_uscc=enterprise_uscc, period=period, status="submitted",
                   other_subsidies=other_subsidies, items=[
@@ -119,7 +119,7 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
     if claim.status == "approved":
         return claim  # idempotent
     if claim.status not in ("verified", "flagged"):
-        raise ApiError(409, "claim_not_reconciled" if claim.status == "submitted" else "claim_decided",
+        raise Conflict("claim_not_reconciled" if claim.status == "submitted" else "claim_decided",
                        f"A {claim.status} claim cannot be approved; "
                        + ("run the reconciliation of its period first" if claim.status == "submitted" else
                           "it was already decided"), "status")
@@ -138,7 +138,7 @@ def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim
     if claim.status == "rejected":
         return claim
     if claim.status not in OPEN:
-        raise ApiError(409, "claim_decided", f"An {claim.status} claim cannot be rejected", "status")
+        raise Conflict("claim_decided", f"An {claim.status} claim cannot be rejected", "status")
     if claim.payable:
         balance = _balance_for(session, policy, claim)
         ledger.release(session, balance, claim.payable, claim_id=claim.id,

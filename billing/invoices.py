@@ -11,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.models import ProviderInvoice
+from kernel import audit
+from kernel.errors import Conflict, Invalid
 from metering.models import Enterprise
-from voucher import audit
-from voucher.errors import ApiError
 
 
 def invoice_json(inv: ProviderInvoice) -> dict[str, Any]:
@@ -47,11 +47,11 @@ def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enter
     if existing is not None:
         if existing.content_hash == digest:
             return existing, False
-        raise ApiError(409, "conflict", f"Invoice {invoice_no!r} was already submitted with different "
+        raise Conflict("conflict", f"Invoice {invoice_no!r} was already submitted with different "
                        "content; invoices are never overwritten", "invoice_no")
     if session.get(Enterprise, enterprise_uscc) is None:
-        raise ApiError(422, "unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
-                       "enterprise_uscc")
+        raise Invalid("unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
+                      "enterprise_uscc")
     invoice = ProviderInvoice(provider_id=provider_id, invoice_no=invoice_no, content_hash=digest,
                               enterprise_uscc=enterprise_uscc, period=period, amount=amount,
                               tax_amount=tax_amount, issued_on=issued_on)

@@ -1,15 +1,21 @@
-"""Billing job entry points, called as fn(db, period) by `voucher.jobs.run_once` (SPEC §8).
+"""Billing job entry points, run by `kernel.jobruns.run_once` (SPEC §8).
 
-Each loads its configuration through `config.settings` when it runs (the scheduler process
-builds nothing for them) and returns a JSON-able summary, stored on the job run.
+Each returns a JSON-able summary, stored on the job run. `reconcile_job(db, period)` is a job
+function as it stands (it loads the policy through `config.settings` when it runs);
+`statements_job(db, period, payments, policy)` receives its collaborators, the payment
+back-end (the `billing.settlement.Payments` port) among them, which the composition root
+builds from the settings (`voucher.scheduler.statements_job`): billing never builds a
+payment client.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from billing.policy import Policy
+from billing.settlement import Payments
 from config.settings import Settings
-from voucher.db import Database
+from kernel.db import Database
 
 
 class StatementsIncomplete(RuntimeError):
@@ -36,21 +42,16 @@ def reconcile_job(db: Database, period: str) -> dict[str, Any]:
                 "policy_id": run.policy_id, **run.summary}
 
 
-def statements_job(db: Database, period: str) -> dict[str, Any]:
-    """Issue the statements of `period` through the configured Stripe-compatible API.
+def statements_job(db: Database, period: str, payments: Payments, policy: Policy) -> dict[str, Any]:
+    """Issue the statements of `period` under `policy` through `payments` (the back-end).
 
     Raises StatementsIncomplete when any statement failed (after trying every one) or waits
     for claims still undecided, so the run is recorded as failed and a re-run issues exactly
     the missing ones (finalized statements are never touched again).
     """
-    from adapters.stripe import StripeClient
-    from billing.policy_file import load_policy
     from billing.statements import issue_statements
 
-    settings = Settings.from_env()
-    policy = load_policy(settings.policy_path)
-    with StripeClient.from_settings(settings) as payments:
-        summary = issue_statements(db, policy, period, payments)
+    summary = issue_statements(db, policy, period, payments)
     if not summary["complete"]:
         raise StatementsIncomplete(incomplete_message(summary), summary)
     return summary

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from billing.models import LedgerPosting, QuotaBalance
 from billing.policy import Policy, cap_for
+from kernel.db import utcnow
 from metering.models import Enterprise, ModelFiling
-from voucher.db import utcnow
 
 Fen = int
 
@@ -273,7 +273,7 @@ def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balanc
 
 
 def quota_with_key(key_select: Select) -> Select:
-    """The quota read joined to the key look-up (voucher.keys.key_select()), for the hot path
+    """The quota read joined to the key look-up (kernel.keys.key_select()), for the hot path
     `GET /v1/enterprises/{uscc}/quota`: bind parameters `uscc` and `year`; the row carries
     the balance row's columns (NULL without one) and `enterprise` (NULL when unregistered)."""
     uscc, year = bindparam("uscc"), bindparam("year")

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from voucher.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 CLAIM_STATUSES = ("submitted", "verified", "flagged", "approved", "rejected")
 

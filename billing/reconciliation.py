@@ -31,11 +31,11 @@ from billing.models import (
     Reconciliation,
 )
 from billing.policy import Policy, compute_claim, in_window
+from kernel import audit
+from kernel.db import utcnow
+from kernel.periods import SHANGHAI, parse_period
 from metering.models import Enterprise, Provider, UsageRecord
-from metering.periods import SHANGHAI, parse_period
 from metering.registry import provider_listed
-from voucher import audit
-from voucher.db import utcnow
 
 Fen = int
 UNBOUNDED: Fen = 10**18

@@ -13,7 +13,7 @@ the payable column add up and lets the report total it by provider.
 CSV: integer fen, English header, UTF-8 with a byte-order mark (so Excel reads the Chinese).
 XLSX: openpyxl in write-only (streaming) mode, so a month of 10,000 claims is written in
 bounded memory (lxml, when installed, makes that streaming about twice as fast); amounts are
-yuan as exact Decimals (`billing.money.yuan_decimal`, never a float made from fen) in cells
+yuan as exact Decimals (`kernel.money.yuan_decimal`, never a float made from fen) in cells
 formatted `#,##0.00`, written as decimal text that is exact up to 16 significant digits;
 Chinese headers with English below, frozen, column widths set. Streaming has one visible
 cost: sheets carry no `<dimension>`, so openpyxl's read-only mode must count rows itself.
@@ -38,9 +38,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.models import Claim, ClaimAdjustment, ClaimItem, Reconciliation
-from billing.money import yuan_decimal
+from kernel.money import yuan_decimal
+from kernel.periods import parse_period
 from metering.models import Enterprise, Provider
-from metering.periods import parse_period
 
 Fen = int
 

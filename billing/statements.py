@@ -10,12 +10,13 @@ A statement waits while any claim of the enterprise for the period is still unde
 statement is never changed. Such an enterprise is counted as `pending` in the run's summary
 (listing the claims it waits for) and nothing of it is sent; a later run, once finance has
 approved or rejected those claims, issues it. The scheduled job therefore issues the month
-before last (voucher.jobs), a month after that month's reconciliation.
+before last (voucher.scheduler), a month after that month's reconciliation.
 
 Every remote object is found again by a deterministic key (`stmt:{period}:{uscc}:{provider}`,
 `…:subsidy`, and `stmt:{period}:{uscc}` for the invoice) through the idempotent `ensure_*`
-calls of `adapters.stripe.Payments`, and the `statement` table records how far each one
-got: a re-run skips finalized statements and resumes half-done ones, creating nothing twice.
+calls of the payments port (`billing.settlement.Payments`), and the `statement` table records
+how far each one got: a re-run skips finalized statements and resumes half-done ones, creating
+nothing twice.
 No database transaction is held open across a call to the payment API.
 """
 
@@ -33,14 +34,14 @@ from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueCons
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from adapters.stripe import Payments, StripeError
 from billing.claims import OPEN
 from billing.models import Claim
 from billing.policy import Policy
+from billing.settlement import PaymentError, Payments
+from kernel import audit
+from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.periods import parse_period
 from metering.models import Enterprise, Provider, UsageRecord
-from metering.periods import parse_period
-from voucher import audit
-from voucher.db import Base, BigId, Database, UTCDateTime, utcnow
 
 Fen = int
 
@@ -304,11 +305,11 @@ def _issue_one(db: Database, payments: Payments, plan: StatementPlan, summary: R
         if invoice.get("total") != plan.total:  # e.g. a stray pending item swallowed by the invoice
             raise StatementError(f"invoice {invoice['id']} totals {invoice.get('total')} fen, "
                                  f"expected {plan.total} fen (spend {plan.spend} − subsidy {plan.subsidy})")
-    except (StripeError, StatementError) as exc:
+    except (PaymentError, StatementError) as exc:
         _update(db, row_id, last_error=str(exc))
         summary.failed += 1
         summary.errors.append({"enterprise_uscc": plan.enterprise_uscc, "message": str(exc)})
-        return UNREACHABLE if isinstance(exc, StripeError) and exc.status is None else "failed"
+        return UNREACHABLE if isinstance(exc, PaymentError) and exc.unreachable else "failed"
     with db.session() as session, session.begin():
         row = session.get(Statement, row_id)
         row.status, row.total, row.stripe_status = FINALIZED, int(invoice["total"]), invoice.get("status")

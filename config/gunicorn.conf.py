@@ -44,7 +44,7 @@ def child_exit(server, worker):
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "voucher.logging.JsonFormatter"}},
+    "formatters": {"json": {"()": "kernel.logging.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
     "root": {"level": "INFO", "handlers": []},  # each worker's app installs its own handler

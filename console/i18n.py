@@ -19,7 +19,7 @@ from pathlib import Path
 from flask import Flask, request, session
 from flask_babel import Babel, get_locale, gettext, lazy_gettext  # noqa: F401  (re-exported)
 
-from metering.periods import SHANGHAI
+from kernel.periods import SHANGHAI
 
 HERE = Path(__file__).resolve().parent
 TRANSLATIONS = HERE / "translations"

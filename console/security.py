@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 from flask import abort, current_app, g, redirect, request, session, url_for
 from sqlalchemy import select
 
-from voucher.auth import db_session
-from voucher.keys import ApiKey, Principal
+from api.auth import db_session
+from kernel.keys import ApiKey, Principal
 
 CSRF_FIELD = "csrf_token"
 

@@ -31,6 +31,8 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
+from api.auth import db_session
+from api.errors import ApiError, from_domain
 from billing import claims as claims_svc
 from billing import ledger
 from billing.models import (
@@ -73,12 +75,11 @@ from console.words import (
     money,
     word,
 )
+from kernel.errors import DomainError
+from kernel.keys import authenticate
+from kernel.periods import SHANGHAI, current_period, parse_period, previous_period
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
-from metering.periods import SHANGHAI, current_period, parse_period, previous_period
-from voucher.auth import db_session
-from voucher.errors import ApiError
-from voucher.keys import authenticate
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static")
@@ -193,6 +194,11 @@ def _api_error(exc: ApiError):
     return _error_page(exc.status, _("无法完成"), exc.message)
 
 
+@bp.errorhandler(DomainError)
+def _domain_error(exc: DomainError):
+    return _api_error(from_domain(exc))
+
+
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
     status = exc.code or 500
@@ -227,7 +233,7 @@ def index():
 
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in():
-    from voucher.ratelimit import limiter_of
+    from api.ratelimit import limiter_of
 
     error, status = None, 200
     target = safe_next(request.values.get("next"))
@@ -376,7 +382,7 @@ SERVICE_ERRORS = {
 }
 
 
-def service_error(exc: ApiError) -> str:
+def service_error(exc: ApiError | DomainError) -> str:
     """The service's refusal in the reader's language (its English message as a fallback)."""
     text = SERVICE_ERRORS.get(exc.code)
     return str(text) if text else exc.message
@@ -447,7 +453,7 @@ def new_claim(uscc: str):
                 with database().session() as ws, ws.begin():
                     claim = claims_svc.submit_claim(ws, uscc, period, items, others)
                     claim_id = claim.id
-            except ApiError as exc:
+            except (ApiError, DomainError) as exc:
                 errors.append(service_error(exc))
             else:
                 public_id = f"clm_{claim_id}"
@@ -514,7 +520,7 @@ def _decide(claim_id: str, action: str):
                 claims_svc.reject(ws, policy(), c, reason)
     except FormError as exc:
         flash(str(exc), "error")
-    except ApiError as exc:
+    except (ApiError, DomainError) as exc:
         flash(service_error(exc), "error")
     else:
         if action == "approve":
@@ -773,7 +779,7 @@ def registry():
 @bp.get("/jobs")
 @login_required("finance")
 def jobs():
-    from voucher.jobs import recent_runs
+    from kernel.jobruns import recent_runs
 
     return render_template("console/jobs.html", runs=recent_runs(db_session(), limit=100),
                            active="jobs")

@@ -7,7 +7,7 @@ from typing import Any
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-from billing.money import yuan
+from kernel.money import yuan
 
 ROLES = {"finance": _l("财政局"), "provider": _l("算力服务商"), "enterprise": _l("企业")}
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from voucher.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 SOURCES = ("api", "import", "pull", "console")
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from kernel.db import MicroDecimal
 from metering.models import Enterprise, UsageRecord
 from metering.records import (
     RecordError,
@@ -31,7 +32,6 @@ from metering.records import (
     record_period,
     validate_record,
 )
-from voucher.db import MicroDecimal
 
 IN_CHUNK = 900  # keeps `IN (...)` lists under SQLite's variable limit
 

@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from voucher.db import Base, BigId, MicroDecimal, UTCDateTime, utcnow
+from kernel.db import Base, BigId, MicroDecimal, UTCDateTime, utcnow
 
 PROVIDER_KINDS = ("intelligent_computing", "supercomputing")
 

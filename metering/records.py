@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from stdnum.cn import uscc as uscc_mod
 
-from metering.periods import period_of
+from kernel.periods import period_of
 
 UNITS = ("gpu_hour", "core_hour", "node_hour")
 CURRENCIES = ("CNY",)

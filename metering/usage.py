@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kernel.db import utcnow
 from metering.models import UsageRecord
-from voucher.db import utcnow
 
 
 def record_json(r: UsageRecord) -> dict[str, Any]:

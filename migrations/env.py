@@ -4,7 +4,7 @@ from alembic import context
 
 import voucher.models  # noqa: F401  (registers every table)
 from config.settings import Settings
-from voucher.db import Base, make_engine
+from kernel.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

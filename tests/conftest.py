@@ -14,9 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from config.settings import Settings
+from kernel.db import Base, Database
+from kernel.keys import issue_key
 from voucher.app import create_app
-from voucher.db import Base, Database
-from voucher.keys import issue_key
 from voucher.migrate import upgrade
 
 PG_URL = os.environ.get("VOUCHER_TEST_DATABASE_URL")

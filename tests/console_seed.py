@@ -18,12 +18,12 @@ from billing.claims import submit_claim
 from billing.invoices import submit_invoice
 from billing.policy_file import load_policy
 from billing.reconciliation import reconcile
+from kernel.db import Database
+from kernel.keys import issue_key
 from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.models import Enterprise, ModelFiling, Provider
 from voucher.cli_demo import make_uscc
-from voucher.db import Database
-from voucher.keys import issue_key
 
 PERIOD = "2026-10"
 YEAR = 2026

@@ -15,8 +15,8 @@ import time
 
 from sqlalchemy import text
 
-from voucher.db import Database
-from voucher.jobs import MINUTE_KEY, JobSpec, minute_slot, previous_month
+from kernel.db import Database
+from kernel.jobruns import MINUTE_KEY, JobSpec, minute_slot, previous_month
 
 TABLES = ("test_job_started", "test_job_effect")
 

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
+from kernel import audit
+from kernel.audit import GENESIS, AuditEvent, verify_chain
 from metering.models import Provider
 from tests.conftest import Api
 from tests.factories import claim, invoice, setup_programme, usage
-from voucher import audit
-from voucher.audit import GENESIS, AuditEvent, verify_chain
 from voucher.cli import main as cli
 
 

@@ -201,7 +201,7 @@ def world(db, settings):
            "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"]}
     assert finance.post("/v1/reconciliations", json={"period": PERIOD}).status_code == 201
 
-    from voucher import jobs
+    from kernel import jobruns as jobs
 
     with db.session() as s:
         ids["job_run"] = jobs.job_run_json(jobs.claim(s, "reconcile", PERIOD, "test"))["id"]

@@ -56,7 +56,7 @@ def test_seeded_balances_are_the_ledgers(tmp_path):
         qs = seed_quota(bdb.url, 6, 2026)
         assert len(qs.pairs) == 6 and len({k for _u, k in qs.pairs}) == 6
         from billing import ledger
-        from voucher.db import Database
+        from kernel.db import Database
 
         db = Database(bdb.url)
         try:

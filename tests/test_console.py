@@ -25,10 +25,10 @@ from console import charts, secret_key_file
 from console.i18n import MO_FILE, PO_FILE, extract_catalog, read_po
 from console.views import parse_yuan
 from console.words import money
+from kernel.keys import revoke_key
 from metering.batches import IngestBatch
 from tests.conftest import Api
 from tests.console_seed import JX, PERIOD, WZ, YEAR, provider_file, seed
-from voucher.keys import revoke_key
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
@@ -475,7 +475,7 @@ def test_quota_page_puts_the_enterprises_near_the_cap_first(console, world):
 
 
 def test_registry_and_job_pages(console, world, db):
-    from voucher.jobs import claim as claim_job
+    from kernel.jobruns import claim as claim_job
 
     with db.session() as s:
         claim_job(s, "reconcile", "2026-10", process="test:1")

@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 
 from billing.models import Claim, ClaimAdjustment, Reconciliation
 from config.settings import Settings
+from kernel.db import Database
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
 from voucher.app import create_app
 from voucher.cli import main
 from voucher.cli_demo import CODES, make_uscc
-from voucher.db import Database
 
 
 @pytest.fixture(scope="module")

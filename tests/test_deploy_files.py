@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from voucher import metrics
+from api import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "config" / "prometheus"

@@ -1,4 +1,4 @@
-"""The quota hot path (voucher.hotread): one statement for key and balance, on PostgreSQL.
+"""The quota hot path (api.hotread): one statement for key and balance, on PostgreSQL.
 
 It bypasses the pool and the ORM, so these check what the pool used to give for free:
 fresh figures after every write, a revoked key refused at once, and recovery when the
@@ -10,10 +10,10 @@ from __future__ import annotations
 import psycopg
 from sqlalchemy import event
 
+from api.hotread import hot_reads
+from kernel.keys import parse_key
 from tests.conftest import new_key
 from tests.factories import claim, invoice, make_uscc, setup_programme, usage
-from voucher.hotread import hot_reads
-from voucher.keys import parse_key
 
 
 def _programme(pg):

@@ -14,10 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from config.settings import Settings
-from tests import jobs_fixture
-from voucher.cli import main
-from voucher.jobs import (
-    JOBS,
+from kernel.jobruns import (
     MINUTE_KEY,
     JobRun,
     JobSpec,
@@ -34,7 +31,10 @@ from voucher.jobs import (
     rerun,
     run_once,
 )
+from tests import jobs_fixture
+from voucher.cli import main
 from voucher.scheduler import (
+    JOBS,
     build_scheduler,
     catch_up,
     cron_trigger,

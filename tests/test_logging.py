@@ -11,11 +11,11 @@ from datetime import date
 import pytest
 import requests
 
+from kernel.logging import JsonFormatter, configure_logging
 from metering.models import Enterprise, Provider
 from tests.conftest import new_key
 from tests.factories import make_uscc, record
 from tests.server import Server
-from voucher.logging import JsonFormatter, configure_logging
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -65,7 +65,7 @@ def test_one_json_line_per_request_with_the_key_id_and_never_the_key(client, db,
         session.add(Provider(id="prov-log", name="P", kind="supercomputing", listed_from=date(2025, 5, 13)))
         session.add(Enterprise(uscc=make_uscc(1), name="E", eligible=True))
     provider = as_key("provider", "prov-log")
-    from voucher.keys import authenticate
+    from kernel.keys import authenticate
 
     with db.session() as session:
         key_id = authenticate(session, provider.key).key_id

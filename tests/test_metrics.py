@@ -15,14 +15,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import metrics
 from billing.models import QuotaBalance, Reconciliation
+from kernel.jobruns import JobRun
+from kernel.periods import previous_period
 from metering.models import Enterprise, Provider
-from metering.periods import previous_period
 from tests.conftest import new_key
 from tests.factories import claim, invoice, make_uscc, record, setup_programme, usage
 from tests.server import ROOT, Server
-from voucher import metrics
-from voucher.jobs import JobRun
 
 PROVIDER = "prov-metrics"
 UNKNOWN_USCC = make_uscc(900)  # valid check digit, never registered
@@ -200,7 +200,7 @@ def test_counts_of_a_killed_worker_survive_and_new_workers_add_to_them(db, datab
 def test_metrics_directory_is_emptied_when_gunicorn_starts(db, database_url, multiproc_dir, tmp_path):
     # A previous run's file: a process that counted 1000 accepted records, then died.
     subprocess.run(
-        [sys.executable, "-c", "from voucher import metrics; "
+        [sys.executable, "-c", "from api import metrics; "
          f"metrics.USAGE_RECORDS.labels({PROVIDER!r}, 'accepted', '').inc(1000)"],
         env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}, cwd=ROOT, check=True)
     assert list(multiproc_dir.glob("counter_*.db"))
@@ -321,7 +321,7 @@ def test_subsidy_and_discrepancies_are_read_from_the_ledger_and_the_reconciliati
 
 
 def test_job_finished_events_of_the_scheduler_are_counted(client):
-    from voucher.jobs import events as job_events
+    from kernel.jobruns import events as job_events
 
     before = scrape(client)
     job_events.emit("job_finished", "statements", "failed", 0.7)
@@ -388,8 +388,8 @@ def test_previous_period_not_reconciled_reads_zero(client, db):
 
 
 def test_scheduler_serves_its_job_counts_on_its_own_port():
+    from kernel.jobruns import events as job_events
     from tests.server import free_port
-    from voucher.jobs import events as job_events
 
     port = free_port()
     server, _thread = metrics.start_metrics_server(port, "127.0.0.1")

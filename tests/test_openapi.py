@@ -8,11 +8,11 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
+from api.openapi import build_spec, excluded, openapi_path, operation_doc, undocumented
+from api.registry import EnterpriseIn, FilingIn, ProviderIn
+from api.schemas import UsageBatchIn
 from metering.records import UsageRecordIn
-from metering.registry_api import EnterpriseIn, FilingIn, ProviderIn
 from voucher.app import create_app
-from voucher.openapi import build_spec, excluded, openapi_path, operation_doc, undocumented
-from voucher.schemas import UsageBatchIn
 
 EXAMPLE_USCC = "91330402MA2B7K3X13"
 
@@ -45,7 +45,7 @@ def test_document_is_valid_openapi_3_1(spec):
 
 
 def test_every_route_is_documented_with_a_summary(app, spec):
-    assert undocumented(app) == [], "add @doc(...) (voucher.openapi) or a docstring to these views"
+    assert undocumented(app) == [], "add @doc(...) (api.openapi) or a docstring to these views"
     for rule in app.url_map.iter_rules():
         if excluded(app, rule.endpoint):  # static files and the HTML console only
             assert rule.endpoint.endswith("static") or rule.rule.startswith("/console"), rule.rule
@@ -209,7 +209,7 @@ def test_document_is_built_once_per_app(app):
 
 
 def test_html_blueprints_can_be_left_out_of_the_document(app):
-    from voucher.openapi import exclude_blueprints
+    from api.openapi import exclude_blueprints
 
     assert "/v1/providers" in build_spec(app)["paths"]
     exclude_blueprints(app, "registry")

@@ -8,13 +8,13 @@ import re
 
 import requests
 
+from api.ratelimit import FailureLimiter
+from kernel import keys as keys_mod
+from kernel.keys import authenticate
 from tests.conftest import Api, new_key
 from tests.factories import make_uscc, record, setup_programme
 from tests.server import Server
-from voucher import keys as keys_mod
 from voucher.app import create_app
-from voucher.keys import authenticate
-from voucher.ratelimit import FailureLimiter
 
 U0 = make_uscc(100)  # the first enterprise setup_programme registers
 KEY_RE = re.compile(r"vch_[0-9a-f]{16}_[A-Za-z0-9_-]{16,}")

@@ -45,7 +45,7 @@ def test_key_lifecycle(client, finance, db):
     assert finance.delete(f"/v1/api-keys/{key_id}").status_code == 200
     assert api.get("/v1/usage-records").status_code == 401
     with db.session() as s:
-        from voucher.keys import ApiKey
+        from kernel.keys import ApiKey
         row = s.get(ApiKey, key_id)
         assert key not in (row.secret_hash, row.id)
 

@@ -8,15 +8,18 @@ from typing import Any
 from flask import Flask, g
 from flask.sessions import SecureCookieSessionInterface
 
+from api.auth import request_actor
+from api.errors import register_error_handlers
+from api.idempotency import init_idempotency
+from api.metrics import init_metrics
+from api.openapi import init_openapi
+from api.requestlog import init_request_logging
 from billing.policy_file import load_policy
 from config.settings import Settings
-from voucher.db import Database
-from voucher.errors import register_error_handlers
-from voucher.events import Events
-from voucher.idempotency import init_idempotency
-from voucher.logging import configure_logging, init_request_logging
-from voucher.metrics import init_metrics
-from voucher.openapi import init_openapi
+from kernel import audit
+from kernel.db import Database
+from kernel.events import Events
+from kernel.logging import configure_logging
 
 
 class _CookieSessions(SecureCookieSessionInterface):
@@ -72,16 +75,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     register_error_handlers(app)
     configure_logging(settings.log_json, settings.log_level.upper())
     init_request_logging(app)  # first: its request id and timer wrap every other hook
+    audit.set_request_actor_source(request_actor)  # who acts in a request, for the audit trail
     init_metrics(app)
     init_idempotency(app)
 
-    from billing.api import bp as billing_bp
-    from billing.reports_api import bp as reports_bp
-    from metering.api import bp as usage_bp
-    from metering.registry_api import bp as registry_bp
-    from voucher.api import bp as service_bp
-    from voucher.audit_api import bp as audit_bp
-    from voucher.jobs_api import bp as jobs_bp
+    from api.audit import bp as audit_bp
+    from api.billing import bp as billing_bp
+    from api.jobs import bp as jobs_bp
+    from api.registry import bp as registry_bp
+    from api.reports import bp as reports_bp
+    from api.service import bp as service_bp
+    from api.usage import bp as usage_bp
 
     app.register_blueprint(service_bp)
     app.register_blueprint(registry_bp)

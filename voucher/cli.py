@@ -21,7 +21,7 @@ def settings() -> Settings:
 
 
 def database():
-    from voucher.db import Database
+    from kernel.db import Database
 
     return Database(settings().database_url)
 
@@ -29,7 +29,7 @@ def database():
 @click.group()
 def main() -> None:
     """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
-    from voucher.audit import acting_as
+    from kernel.audit import acting_as
 
     # Changes made by commands are audited as the operator's CLI (until the command ends).
     click.get_current_context().with_resource(acting_as("cli"))
@@ -67,10 +67,10 @@ def keys() -> None:
 @click.option("--subject", default=None, help="provider id or enterprise USCC")
 def keys_create(role: str, subject: str | None) -> None:
     """Issue a key. It is shown once, on the last line, and stored only as a hash."""
-    from voucher import audit
-    from voucher.api import check_subject
-    from voucher.errors import ApiError
-    from voucher.keys import issue_key
+    from api.errors import ApiError
+    from api.service import check_subject
+    from kernel import audit
+    from kernel.keys import issue_key
 
     database_ = database()
     with database_.session() as session, session.begin():
@@ -89,8 +89,8 @@ def keys_create(role: str, subject: str | None) -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by its id (key_…)."""
-    from voucher import audit
-    from voucher.keys import revoke_key
+    from kernel import audit
+    from kernel.keys import revoke_key
 
     with database().session() as session, session.begin():
         row = revoke_key(session, key_id)

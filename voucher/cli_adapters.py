@@ -33,7 +33,7 @@ def _config(provider_id: str, fmt: str | None):
 def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     """Ingest a provider export FILE through the push path (idempotent: re-imports are duplicates)."""
     from adapters.pull import check_provider, ingest_extracted, parse_file
-    from voucher.db import Database
+    from kernel.db import Database
 
     config = _config(provider_id, fmt)
     db = Database(Settings.from_env().database_url)
@@ -80,7 +80,7 @@ def pull_cmd(provider_id: str | None) -> None:
     """Pull usage from every provider with a pull adapter (sacct, slurmrestd, prometheus)."""
     from adapters.config import load_all
     from adapters.pull import pullable
-    from voucher.db import Database
+    from kernel.db import Database
 
     settings = Settings.from_env()
     db = Database(settings.database_url)

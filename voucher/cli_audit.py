@@ -24,8 +24,8 @@ def audit_verify(anchor: str | None) -> None:
     Prints the head (seq:hash) on its last line: keep it somewhere the database's operators
     cannot write, and pass it back as --anchor next time.
     """
-    from voucher.audit import verify_anchor, verify_chain
-    from voucher.db import Database
+    from kernel.audit import verify_anchor, verify_chain
+    from kernel.db import Database
 
     database = Database(Settings.from_env().database_url)
     try:

@@ -12,7 +12,7 @@ from config.settings import Settings
 
 def _db_and_policy():
     from billing.policy_file import load_policy
-    from voucher.db import Database
+    from kernel.db import Database
 
     settings = Settings.from_env()
     return Database(settings.database_url), load_policy(settings.policy_path)
@@ -23,9 +23,9 @@ def _db_and_policy():
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def reconcile(period: str, as_json: bool) -> None:
     """Run the reconciliation of PERIOD (idempotent: a re-run changes nothing)."""
-    from billing.money import yuan
     from billing.reconciliation import reconcile as run
-    from metering.periods import parse_period
+    from kernel.money import yuan
+    from kernel.periods import parse_period
 
     try:
         parse_period(period)

@@ -164,7 +164,7 @@ def shift(period: str, months: int) -> str:
 
 def demo_periods(policy, now: datetime) -> list[str]:
     """The last three complete months (clamped to the policy window's end)."""
-    from metering.periods import previous_period
+    from kernel.periods import previous_period
 
     last = min(previous_period(now), f"{policy.effective_until:%Y-%m}")
     return [shift(last, -2), shift(last, -1), last]
@@ -175,7 +175,7 @@ def half_up(x: Decimal) -> int:
 
 
 def month_bounds(period: str) -> tuple[datetime, datetime]:
-    from metering.periods import SHANGHAI
+    from kernel.periods import SHANGHAI
 
     y, m = map(int, period.split("-"))
     start = datetime(y, m, 1, tzinfo=SHANGHAI)
@@ -404,8 +404,8 @@ def _decide(db, policy, period: str, plan: Plan) -> None:
 
 
 def _void_duplicate(db, plan: Plan) -> None:
+    from kernel import audit
     from metering.usage import get_record, void_record
-    from voucher import audit
 
     pid, rid = plan.duplicate
     with db.session() as session, session.begin():
@@ -447,7 +447,7 @@ def _pad(text: str, width: int, right: bool = False) -> str:
 
 def print_reconciliations(db, periods: list[str]) -> None:
     from billing.models import Reconciliation
-    from billing.money import yuan
+    from kernel.money import yuan
 
     with db.session() as session:
         for period in periods:
@@ -484,7 +484,7 @@ def discrepancy_table(db, usccs: list[str]) -> Counter:
 
 def quota_table(db, policy, usccs: list[str], year: int) -> None:
     from billing.ledger import read_quota
-    from billing.money import yuan
+    from kernel.money import yuan
     from metering.models import Enterprise
 
     click.echo(f"\nQuota {year} (CNY): cap · granted · reserved · remaining")
@@ -537,9 +537,9 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
     """
     from billing.models import Reconciliation
     from billing.policy_file import load_policy
+    from kernel.db import Database
+    from kernel.keys import issue_key
     from metering.models import Provider
-    from voucher.db import Database
-    from voucher.keys import issue_key
 
     settings = Settings.from_env()
     db = Database(settings.database_url)

@@ -1,4 +1,4 @@
-"""`voucher scheduler` and `voucher jobs list|run|rerun|reap`: thin commands over voucher.jobs."""
+"""`voucher scheduler` and `voucher jobs list|run|rerun|reap`: thin commands over kernel.jobruns."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from datetime import timedelta
 import click
 
 from config.settings import Settings
-from voucher.jobs import STALE_AFTER, JobSpec
+from kernel.jobruns import STALE_AFTER, JobSpec
 
 STALE_SECONDS = int(STALE_AFTER.total_seconds())
 
 
 def registry() -> dict[str, JobSpec]:
-    """The job registry: voucher.jobs.JOBS, or "module:NAME" from VOUCHER_JOBS_MODULE (tests)."""
-    from voucher.jobs import JOBS, load_registry
+    """The job registry: voucher.scheduler.JOBS, or "module:NAME" from VOUCHER_JOBS_MODULE (tests)."""
+    from kernel.jobruns import load_registry
+    from voucher.scheduler import JOBS
 
     # Read here rather than in Settings: it is a test seam, not deployment configuration.
     path = os.environ.get("VOUCHER_JOBS_MODULE")
@@ -36,7 +37,7 @@ def _spec(job: str, period: str | None = None) -> JobSpec:
 
 
 def _database():
-    from voucher.db import Database
+    from kernel.db import Database
 
     return Database(Settings.from_env().database_url)
 
@@ -55,7 +56,7 @@ def scheduler(heartbeat: float, stale_after: int, metrics_port: int | None) -> N
     settings = Settings.from_env()
     configure_logging(settings.log_json)
     if metrics_port:
-        from voucher.metrics import start_metrics_server
+        from api.metrics import start_metrics_server
 
         start_metrics_server(metrics_port)
     try:
@@ -76,7 +77,7 @@ def jobs() -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 def jobs_list(job: str | None, limit: int) -> None:
     """The latest runs, newest first."""
-    from voucher.jobs import recent_runs
+    from kernel.jobruns import recent_runs
 
     with _database().session() as session:
         runs = recent_runs(session, limit, job)
@@ -90,7 +91,7 @@ def jobs_list(job: str | None, limit: int) -> None:
 
 
 def _run(job: str, period: str, again: bool, force: bool = False) -> None:
-    from voucher.jobs import get_run, run_once
+    from kernel.jobruns import get_run, run_once
 
     spec = _spec(job, period)
     db = _database()
@@ -128,7 +129,7 @@ def jobs_run(job: str, period: str) -> None:
               help="seconds without a heartbeat before a running run counts as crashed")
 def jobs_rerun(job: str, period: str, force: bool, stale_after: int) -> None:
     """Run a failed (or crashed) period again, in the foreground, as a new attempt."""
-    from voucher.jobs import reap_stale
+    from kernel.jobruns import reap_stale
 
     _spec(job, period)
     with _database().session() as session:
@@ -141,7 +142,7 @@ def jobs_rerun(job: str, period: str, force: bool, stale_after: int) -> None:
 @click.option("--stale-after", default=STALE_SECONDS, show_default=True, type=int)
 def jobs_reap(stale_after: int) -> None:
     """Mark failed the running runs whose process died or whose heartbeat stopped."""
-    from voucher.jobs import reap_stale
+    from kernel.jobruns import reap_stale
 
     with _database().session() as session:
         reaped = reap_stale(session, timedelta(seconds=stale_after))

@@ -12,7 +12,7 @@ from config.settings import Settings
 
 
 def _period(ctx, param, value: str) -> str:
-    from metering.periods import parse_period
+    from kernel.periods import parse_period
 
     try:
         parse_period(value)
@@ -29,9 +29,9 @@ def _period(ctx, param, value: str) -> str:
 def report(period: str, fmt: str, output: Path) -> None:
     """Write the monthly report of PERIOD: one row per claim item, clawbacks, a summary."""
     from billing.models import Reconciliation
-    from billing.money import yuan
     from billing.reports import write_report
-    from voucher.db import Database
+    from kernel.db import Database
+    from kernel.money import yuan
 
     db = Database(Settings.from_env().database_url)
     try:
@@ -64,10 +64,10 @@ def statements(period: str, as_json: bool) -> None:
     statements and resumes half-done ones; exit status 1 unless every statement is issued.
     """
     from adapters.stripe import StripeClient
-    from billing.money import yuan
     from billing.policy_file import load_policy
     from billing.statements import issue_statements, plan_statements
-    from voucher.db import Database
+    from kernel.db import Database
+    from kernel.money import yuan
 
     settings = Settings.from_env()
     db = Database(settings.database_url)

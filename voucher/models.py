@@ -1,5 +1,6 @@
 """Every mapped table, imported in one place so Alembic and tests see the whole schema."""
 
+from api.idempotency import IdempotencyKey  # noqa: F401
 from billing.models import (  # noqa: F401
     Claim,
     ClaimAdjustment,
@@ -10,10 +11,9 @@ from billing.models import (  # noqa: F401
     Reconciliation,
 )
 from billing.statements import Statement  # noqa: F401
+from kernel.audit import AuditEvent  # noqa: F401
+from kernel.db import Base  # noqa: F401
+from kernel.jobruns import JobRun  # noqa: F401
+from kernel.keys import ApiKey  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
-from voucher.audit import AuditEvent  # noqa: F401
-from voucher.db import Base  # noqa: F401
-from voucher.idempotency import IdempotencyKey  # noqa: F401
-from voucher.jobs import JobRun  # noqa: F401
-from voucher.keys import ApiKey  # noqa: F401

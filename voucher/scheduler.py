@@ -2,7 +2,11 @@
 
 Web workers never run jobs (APScheduler inside gunicorn would fire once per worker). Any
 number of scheduler processes may run against one database, for availability: every fire
-first claims its (job, period) row (voucher.jobs), so one process runs it and the others skip.
+first claims its (job, period) row (kernel.jobruns), so one process runs it and the others skip.
+
+This module is also where the service's jobs are registered (JOBS) and wired: a job function
+that needs collaborators built from the settings (the payment back-end of `statements`) gets
+them here, when its run starts, so the domain modules never build them themselves.
 
 A process keeps its schedule in memory, so fires missed while no scheduler was running are
 recovered by the catch-up pass at start: for each job marked `catch_up`, it walks back through
@@ -29,15 +33,19 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session
 
-from voucher.audit import acting_as
-from voucher.db import Database, utcnow
-from voucher.jobs import (
+from config.settings import Settings
+from kernel.audit import acting_as
+from kernel.db import Database, utcnow
+from kernel.jobruns import (
     HEARTBEAT_SECONDS,
-    JOBS,
+    MINUTE_KEY,
     STALE_AFTER,
     JobRun,
     JobSpec,
+    minute_slot,
+    month_before_last,
     newest_run,
+    previous_month,
     reap_stale,
     run_once,
 )
@@ -48,6 +56,32 @@ REAP_EVERY_SECONDS = 60
 CATCH_UP_PERIODS = 12  # default of settings.catch_up_periods
 _HORIZON = timedelta(days=400)  # a crontab that fired in none of the last 400 days: no catch-up
 _MAX_FIRES = 10_000  # fires walked back per job (a dense crontab with long periods stops here)
+
+
+def statements_job(db: Database, period: str) -> dict[str, Any]:
+    """The `statements` job: billing's statements_job with the policy and the payment back-end
+    (the Stripe-compatible client, VOUCHER_STRIPE_API_BASE / _KEY) built from the settings
+    when the run starts."""
+    from adapters.stripe import StripeClient
+    from billing.jobs import statements_job as issue_period
+    from billing.policy_file import load_policy
+
+    settings = Settings.from_env()
+    policy = load_policy(settings.policy_path)
+    with StripeClient.from_settings(settings) as payments:
+        return issue_period(db, period, payments, policy)
+
+
+JOBS: dict[str, JobSpec] = {
+    "pull": JobSpec("pull", "pull_cron", "adapters.pull:pull_job", minute_slot, MINUTE_KEY,
+                    description="pull usage from every provider with a pull adapter"),
+    "reconcile": JobSpec("reconcile", "reconcile_cron", "billing.jobs:reconcile_job",
+                         previous_month, catch_up=True,
+                         description="reconcile the previous month's claims"),
+    "statements": JobSpec("statements", "statements_cron", "voucher.scheduler:statements_job",
+                          month_before_last, catch_up=True,
+                          description="issue the statements of the month before last"),
+}
 
 
 def cron_trigger(spec: JobSpec, settings: Any, tz: ZoneInfo) -> CronTrigger:
@@ -166,7 +200,7 @@ def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | N
                     reap_every: float = REAP_EVERY_SECONDS) -> BlockingScheduler:
     """The scheduler with one cron job per registry entry, the reaper and the catch-up pass.
 
-    `jobs` defaults to voucher.jobs.JOBS; schedules come from settings (VOUCHER_*_CRON), in
+    `jobs` defaults to JOBS above; schedules come from settings (VOUCHER_*_CRON), in
     settings.timezone (Asia/Shanghai). A bad crontab raises ValueError naming its variable.
     """
     jobs = JOBS if jobs is None else jobs
@@ -212,7 +246,7 @@ def run_forever(scheduler: BlockingScheduler) -> None:
 
 
 def configure_logging(json_lines: bool) -> None:
-    from voucher.logging import configure_logging as configure
+    from kernel.logging import configure_logging as configure
 
     configure(json_lines)
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # ours log each run

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = '0001'
 down_revision = None
@@ -24,8 +24,8 @@ def upgrade() -> None:
     sa.Column('secret_hash', sa.String(length=64), nullable=False),
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('subject', sa.String(length=63), nullable=True),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_key'))
     )
     op.create_table('enterprise',
@@ -33,8 +33,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('county', sa.String(length=64), nullable=True),
     sa.Column('eligible', sa.Boolean(), nullable=False),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('uscc', name=op.f('pk_enterprise'))
     )
     op.create_table('provider',
@@ -44,8 +44,8 @@ def upgrade() -> None:
     sa.Column('county', sa.String(length=64), nullable=True),
     sa.Column('listed_from', sa.Date(), nullable=True),
     sa.Column('listed_until', sa.Date(), nullable=True),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider'))
     )
     op.create_table('model_filing',
@@ -54,7 +54,7 @@ def upgrade() -> None:
     sa.Column('filing_no', sa.String(length=100), nullable=False),
     sa.Column('model_name', sa.String(length=200), nullable=False),
     sa.Column('obtained_on', sa.Date(), nullable=False),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_model_filing_enterprise_uscc_enterprise')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_filing')),
     sa.UniqueConstraint('filing_no', name=op.f('uq_model_filing_filing_no'))
@@ -69,18 +69,18 @@ def upgrade() -> None:
     sa.Column('enterprise_uscc', sa.String(length=18), nullable=False),
     sa.Column('resource', sa.String(length=64), nullable=False),
     sa.Column('unit', sa.String(length=16), nullable=False),
-    sa.Column('quantity', voucher.db.MicroDecimal(), nullable=False),
-    sa.Column('started_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('ended_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('quantity', kernel.db.MicroDecimal(), nullable=False),
+    sa.Column('started_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('period', sa.String(length=7), nullable=False),
     sa.Column('amount', sa.BigInteger(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('metadata', sa.JSON(), nullable=True),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
     sa.Column('status', sa.String(length=8), nullable=False),
-    sa.Column('voided_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('voided_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('void_reason', sa.Text(), nullable=True),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_usage_record_enterprise_uscc_enterprise')),
     sa.ForeignKeyConstraint(['provider_id'], ['provider.id'], name=op.f('fk_usage_record_provider_id_provider')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_usage_record')),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = '0002'
 down_revision = '0001'
@@ -25,8 +25,8 @@ def upgrade() -> None:
     sa.Column('runs', sa.Integer(), nullable=False),
     sa.Column('policy_id', sa.String(length=64), nullable=False),
     sa.Column('summary', sa.JSON(), nullable=False),
-    sa.Column('first_run_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_run_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('first_run_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_run_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('period', name=op.f('pk_reconciliation'))
     )
     op.create_table('claim',
@@ -44,9 +44,9 @@ def upgrade() -> None:
     sa.Column('discrepancies', sa.JSON(), nullable=False),
     sa.Column('policy_id', sa.String(length=64), nullable=True),
     sa.Column('decision_reason', sa.Text(), nullable=True),
-    sa.Column('submitted_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('reconciled_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('decided_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('submitted_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('reconciled_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
     sa.CheckConstraint('payable >= 0', name=op.f('ck_claim_payable_not_negative')),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_claim_enterprise_uscc_enterprise')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_claim'))
@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.Column('tax_amount', sa.BigInteger(), nullable=True),
     sa.Column('issued_on', sa.Date(), nullable=False),
     sa.Column('content_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_provider_invoice_enterprise_uscc_enterprise')),
     sa.ForeignKeyConstraint(['provider_id'], ['provider.id'], name=op.f('fk_provider_invoice_provider_id_provider')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider_invoice')),
@@ -82,7 +82,7 @@ def upgrade() -> None:
     sa.Column('reserved', sa.BigInteger(), nullable=False),
     sa.Column('granted', sa.BigInteger(), nullable=False),
     sa.Column('policy_id', sa.String(length=64), nullable=False),
-    sa.Column('updated_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.CheckConstraint('granted >= 0', name=op.f('ck_quota_balance_granted_not_negative')),
     sa.CheckConstraint('reserved + granted <= cap', name=op.f('ck_quota_balance_within_cap')),
     sa.CheckConstraint('reserved >= 0', name=op.f('ck_quota_balance_reserved_not_negative')),
@@ -96,7 +96,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('amount', sa.BigInteger(), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['claim_id'], ['claim.id'], name=op.f('fk_claim_adjustment_claim_id_claim')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_claim_adjustment'))
     )
@@ -134,7 +134,7 @@ def upgrade() -> None:
     sa.Column('claim_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('policy_id', sa.String(length=64), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['claim_id'], ['claim.id'], name=op.f('fk_ledger_posting_claim_id_claim')),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_ledger_posting_enterprise_uscc_enterprise')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_posting'))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = '0003'
 down_revision = '0001'
@@ -25,9 +25,9 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('process', sa.String(length=128), nullable=False),
-    sa.Column('started_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('heartbeat_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('heartbeat_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('result', sa.JSON(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_job_run')),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = '0004'
 down_revision = '0001'
@@ -33,9 +33,9 @@ def upgrade() -> None:
     sa.Column('stripe_status', sa.String(length=32), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('issued_at', voucher.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('issued_at', kernel.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['enterprise_uscc'], ['enterprise.uscc'], name=op.f('fk_statement_enterprise_uscc_enterprise')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_statement')),
     sa.UniqueConstraint('enterprise_uscc', 'period', name=op.f('uq_statement_enterprise_uscc'))

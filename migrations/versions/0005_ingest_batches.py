@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = '0005'
 down_revision = '0001'
@@ -23,7 +23,7 @@ def upgrade() -> None:
     sa.Column('provider_id', sa.String(length=63), nullable=False),
     sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('label', sa.String(length=200), nullable=True),
-    sa.Column('received_at', voucher.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', kernel.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('records', sa.Integer(), nullable=False),
     sa.Column('accepted', sa.Integer(), nullable=False),
     sa.Column('duplicates', sa.Integer(), nullable=False),

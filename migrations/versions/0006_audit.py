@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = "0006"
 down_revision = "0001"
@@ -32,7 +32,7 @@ def upgrade() -> None:
         "audit_event",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
-        sa.Column("at", voucher.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", kernel.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor_key_id", sa.String(length=32), nullable=True),
         sa.Column("actor_role", sa.String(length=16), nullable=False),
         sa.Column("request_id", sa.String(length=64), nullable=False),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import voucher.db
+import kernel.db
 
 revision = "0007"
 down_revision = "0001"
@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=12), nullable=False),
         sa.Column("response_status", sa.Integer(), nullable=True),
         sa.Column("response_body", sa.Text(), nullable=True),
-        sa.Column("created_at", voucher.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", kernel.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_key")),
         sa.UniqueConstraint("api_key_id", "key", name="uq_idempotency_key_api_key_id"),
     )

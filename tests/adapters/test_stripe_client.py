@@ -27,12 +27,12 @@ import pytest
 
 from adapters.stripe import (
     IdempotencyConflict,
-    Payments,
     StripeClient,
     StripeError,
     default_idempotency_key,
     encode_form,
 )
+from billing.settlement import Payments
 from tests.integration.localstripe_compat import (
     ServerDidNotStart,
     free_port,

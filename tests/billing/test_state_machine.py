@@ -39,16 +39,16 @@ from billing.policy import round_half_up_fen
 from billing.policy_file import load_policy
 from billing.reconciliation import reconcile
 from config.settings import Settings
+from kernel.audit import AuditEvent
+from kernel.db import Database
+from kernel.errors import DomainError
+from kernel.periods import current_period
 from metering.ingest import ingest_records
 from metering.models import Enterprise, Provider, UsageRecord
-from metering.periods import current_period
 from metering.usage import get_record, void_record
 from tests.conftest import Api, new_key, truncate_all
 from tests.factories import make_uscc
 from voucher.app import create_app
-from voucher.audit import AuditEvent
-from voucher.db import Database
-from voucher.errors import ApiError
 from voucher.migrate import upgrade
 
 PERIODS = ["2026-07", "2026-08", "2026-09"]
@@ -214,7 +214,7 @@ class Billing(RuleBasedStateMachine):
                     claims_svc.approve(s, self.policy, c, "ok")
                 else:
                     claims_svc.reject(s, self.policy, c, "no")
-        except ApiError:
+        except DomainError:
             self.assert_unchanged(before, "approval" if approve else "rejection")
 
     # --- operations the service must refuse, each leaving everything as it was -------------

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from adapters.stripe import StripeClient, StripeError
-from billing.jobs import StatementsIncomplete, reconcile_job, statements_job
+from billing.jobs import StatementsIncomplete, reconcile_job
 from billing.statements import (
     FINALIZED,
     Statement,
@@ -27,10 +27,11 @@ from billing.statements import (
     plan_statements,
     rate_percent,
 )
+from kernel.jobruns import JobRun, run_once
 from tests.factories import claim, invoice, setup_programme, usage
 from tests.integration.localstripe_compat import start_localstripe, stop_server
 from voucher.cli import main
-from voucher.jobs import JobRun, run_once
+from voucher.scheduler import statements_job
 
 PERIOD = "2026-10"
 API_KEY = "sk_test_statements"
@@ -340,7 +341,7 @@ def test_a_statements_run_with_pending_enterprises_fails_and_a_rerun_completes_i
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("VOUCHER_JOBS_MODULE", raising=False)
-    run = run_once(db, "statements", PERIOD, "billing.jobs:statements_job")
+    run = run_once(db, "statements", PERIOD, "voucher.scheduler:statements_job")
     assert run.status == "failed" and "pending 1" in run.error
     assert (run.result["issued"], run.result["pending"], run.result["complete"]) == (3, 1, False)
     assert run.result["pending_claims"][0]["claims"] == [month["undecided"]]

@@ -19,10 +19,10 @@ import pytest
 import requests
 
 from console.words import money
+from kernel.db import Database
 from tests.conftest import PG_URL, create_pg_database, drop_pg_database
 from tests.console_seed import JX, PERIOD, YEAR, provider_file, seed
 from tests.server import Server
-from voucher.db import Database
 from voucher.migrate import upgrade
 
 pytestmark = pytest.mark.integration

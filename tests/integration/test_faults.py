@@ -30,13 +30,13 @@ from sqlalchemy import func, select
 
 from billing.ledger import verify as verify_ledger
 from config.settings import Settings
+from kernel.audit import verify_chain
+from kernel.db import Database
 from metering.models import UsageRecord
 from tests.conftest import World, new_key
 from tests.factories import claim, invoice, record, setup_programme, usage
 from tests.server import Server, free_port
 from voucher.app import create_app
-from voucher.audit import verify_chain
-from voucher.db import Database
 from voucher.migrate import upgrade
 
 BATCH = 200  # records per batch: larger than any single statement's chunk would make a half

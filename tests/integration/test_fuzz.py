@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from billing.ledger import verify as verify_ledger
+from kernel.audit import verify_chain
 from metering.models import UsageRecord
 from tests.conftest import Api, new_key
 from tests.factories import claim, invoice, make_uscc, setup_programme, usage
 from tests.server import Server
-from voucher.audit import verify_chain
 
 ST = Path(sys.executable).with_name("st")
 SEED = os.environ.get("VOUCHER_FUZZ_SEED", "20261129")

@@ -26,12 +26,12 @@ import pytest
 from sqlalchemy import func, select
 
 from config.settings import Settings
+from kernel.db import Database
+from kernel.jobruns import JobRun, minute_slot, previous_month
 from tests import jobs_fixture
 from tests.conftest import DEFAULT_PG, PG_URL, World, create_pg_database, drop_pg_database
-from voucher.db import Database
-from voucher.jobs import JOBS, JobRun, minute_slot, previous_month
 from voucher.migrate import upgrade
-from voucher.scheduler import cron_trigger, last_fire_time
+from voucher.scheduler import JOBS, cron_trigger, last_fire_time
 
 pytestmark = pytest.mark.integration
 

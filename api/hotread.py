@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Executable, event
 from sqlalchemy.exc import DBAPIError
 
-from voucher.db import Database
+from kernel.db import Database
 
 
 class HotReads:

@@ -6,16 +6,16 @@ from datetime import timedelta
 
 from flask import Blueprint, current_app
 
+from api.auth import current_principal, db_session, requires
+from api.errors import ApiError, not_found
+from api.http import json_body, list_envelope, page_args, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from api.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
+from kernel import audit
+from kernel.periods import parse_period
 from metering.batches import record_batch
 from metering.ingest import ingest_records
-from metering.periods import parse_period
 from metering.usage import get_record, list_records, parse_public_id, record_json, void_record
-from voucher import audit
-from voucher.auth import current_principal, db_session, requires
-from voucher.errors import ApiError, not_found
-from voucher.http import json_body, list_envelope, page_args, query_arg
-from voucher.openapi import PAGE, ListOf, doc, query
-from voucher.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 

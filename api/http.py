@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from flask import request
 from pydantic import BaseModel, ValidationError
 
-from voucher.errors import ApiError
+from api.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 

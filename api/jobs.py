@@ -8,11 +8,11 @@ from typing import Any, Literal
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
-from voucher.auth import db_session, requires
-from voucher.errors import ApiError, not_found
-from voucher.http import list_envelope, page_args, query_arg
-from voucher.jobs import STATUSES, JobRun, job_run_json, list_runs, parse_public_id
-from voucher.openapi import PAGE, ListOf, doc, query
+from api.auth import db_session, requires
+from api.errors import ApiError, not_found
+from api.http import list_envelope, page_args, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from kernel.jobruns import STATUSES, JobRun, job_run_json, list_runs, parse_public_id
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 

@@ -9,8 +9,9 @@ Without the variable (tests, CLI, the scheduler) the default registry is used.
 Where the numbers come from:
 - request hooks (`init_metrics`) count every HTTP request by route template;
 - events on the app's Events hub (`batch_ingested`, `record_voided`) count usage records,
-  and `voucher.jobs` "job_finished" events count the job runs of this process;
-- `record_batch` / `record_adapter_pull` for adapters that ingest outside the app;
+  and `kernel.jobruns` "job_finished" events count the job runs of this process;
+- `record_batch` / `record_adapter_pull` for adapters that ingest outside the app (defined
+  with their series in `kernel.metrics`, so the lower layers count without importing this);
 - the database, read when Prometheus scrapes (`ScrapeCollector`, one aggregate query per
   source): subsidy reserved/released/granted/clawed back (sums of the append-only ledger, so
   true counters), enterprises near their cap, reconciliation state and discrepancies, job run
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,13 +44,29 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from kernel.metrics import (  # noqa: F401  (re-exported: every voucher_* series is named here)
+    ADAPTER_PULLS,
+    INGEST_BATCH_DURATION,
+    INGEST_BATCH_RECORDS,
+    INGEST_BATCHES,
+    JOB_DURATION,
+    JOB_RUNS,
+    USAGE_RECORDS,
+    USAGE_VOIDED,
+    hook_jobs,
+    record_adapter_pull,
+    record_batch,
+    record_job_run,
+    record_void,
+)
+from kernel.metrics import error_code as _code
+from kernel.metrics import label as _label
 from metering.models import Enterprise
 
 log = logging.getLogger("voucher.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 # --- HTTP -----------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
@@ -61,36 +76,6 @@ HTTP_DURATION = Histogram(
     "voucher_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-
-# --- Metering -------------------------------------------------------------------------------
-USAGE_RECORDS = Counter(
-    "voucher_usage_records_total",
-    "Usage records received, by provider and outcome (accepted, duplicate, rejected); "
-    "code is the rejection code, empty otherwise",
-    ["provider", "outcome", "code"])
-USAGE_VOIDED = Counter(
-    "voucher_usage_records_voided_total", "Usage records voided, by provider", ["provider"])
-INGEST_BATCHES = Counter(
-    "voucher_ingest_batches_total", "Batches ingested, by source (push, pull, import)", ["source"])
-INGEST_BATCH_DURATION = Histogram(
-    "voucher_ingest_batch_duration_seconds",
-    "Time from receiving a batch to its records being durable, by source",
-    ["source"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-INGEST_BATCH_RECORDS = Histogram(
-    "voucher_ingest_batch_records", "Records per ingested batch, by source", ["source"],
-    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000))
-
-# --- Jobs and adapters (counted by the process that runs them) ----------------------------
-JOB_RUNS = Counter(
-    "voucher_job_runs_total", "Scheduled job runs, by job and outcome (succeeded, failed, skipped)",
-    ["job", "outcome"])
-JOB_DURATION = Histogram(
-    "voucher_job_duration_seconds", "Duration of job runs, by job", ["job"],
-    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600))
-ADAPTER_PULLS = Counter(
-    "voucher_adapter_pulls_total", "Adapter pulls from providers, by provider and outcome",
-    ["provider", "outcome"])
 
 # Names of the series computed at scrape time (ScrapeCollector), for dashboards and tests.
 SUBSIDY_RESERVED = "voucher_subsidy_reserved_fen_total"
@@ -107,18 +92,6 @@ JOB_RUNS_BY_STATUS = "voucher_job_runs_by_status"
 SCRAPE_SOURCE_UP = "voucher_scrape_source_up"
 
 
-def _label(value: Any, default: str = "unknown", limit: int = 64) -> str:
-    if value is None or value == "":
-        return default
-    return str(value)[:limit]
-
-
-def _code(value: Any) -> str:
-    """Error codes are a closed vocabulary; anything else is folded into `other`."""
-    text = str(value or "")
-    return text if _CODE.match(text) else "other"
-
-
 def _ts(moment: datetime | float | None) -> float:
     if moment is None:
         return time.time()
@@ -127,67 +100,6 @@ def _ts(moment: datetime | float | None) -> float:
             moment = moment.replace(tzinfo=UTC)
         return moment.timestamp()
     return float(moment)
-
-
-# --- Functions the domain code calls --------------------------------------------------------
-def record_batch(provider_id: str, result: Any, seconds: float | None = None,
-                 source: str = "push") -> None:
-    """Count one ingested batch (a `metering.ingest.BatchResult`): per-record outcomes and latency.
-
-    The push API is counted through the `batch_ingested` event; adapters and imports that
-    ingest without the app call this after their commit, with source="pull" or "import".
-    """
-    provider = _label(provider_id)
-    if result.accepted:
-        USAGE_RECORDS.labels(provider, "accepted", "").inc(result.accepted)
-    if result.duplicates:
-        USAGE_RECORDS.labels(provider, "duplicate", "").inc(result.duplicates)
-    by_code = Tally()
-    for code, n in dict(result.rejected_by_code).items():
-        by_code[_code(code)] += n
-    for code, n in by_code.items():
-        USAGE_RECORDS.labels(provider, "rejected", code).inc(n)
-    source = _label(source)
-    INGEST_BATCHES.labels(source).inc()
-    INGEST_BATCH_RECORDS.labels(source).observe(result.accepted + result.duplicates + result.rejected)
-    if seconds is not None:
-        INGEST_BATCH_DURATION.labels(source).observe(seconds)
-
-
-def record_void(provider_id: str) -> None:
-    USAGE_VOIDED.labels(_label(provider_id)).inc()
-
-
-def record_job_run(job: str, outcome: str, duration: float | None = None) -> None:
-    """One run this process finished; outcome is succeeded, failed or skipped (claimed elsewhere).
-
-    The last success per job is not kept here but read from `job_run` at scrape time, so it
-    survives restarts and counts every scheduler replica.
-    """
-    job = _label(job)
-    JOB_RUNS.labels(job, _code(outcome)).inc()
-    if duration is not None:
-        JOB_DURATION.labels(job).observe(duration)
-
-
-_jobs_hooked = False
-
-
-def hook_jobs() -> None:
-    """Count the runs this process executes (`voucher.jobs` "job_finished"); idempotent."""
-    global _jobs_hooked
-    if _jobs_hooked:
-        return
-    from voucher.jobs import events as job_events
-
-    job_events.on("job_finished", lambda job, status, duration: record_job_run(
-        job, status, duration=duration))
-    _jobs_hooked = True
-
-
-def record_adapter_pull(provider: str, outcome: str) -> None:
-    """One pull of one provider; outcome is succeeded or failed (or another short code)."""
-    ADAPTER_PULLS.labels(_label(provider), _code(outcome)).inc()
 
 
 # --- Figures read from the database at scrape time ------------------------------------------
@@ -305,7 +217,7 @@ def previous_period_reconciliation_runs(session: Any) -> list[Sample]:
     from sqlalchemy import select
 
     from billing.models import Reconciliation
-    from metering.periods import previous_period
+    from kernel.periods import previous_period
 
     period = previous_period(datetime.now(UTC))
     runs = session.scalar(select(Reconciliation.runs).where(Reconciliation.period == period))
@@ -333,7 +245,7 @@ def job_runs(session: Any) -> dict[str, list[Sample]]:
     """From `job_run`: rows by job and status, and per job the last success and failure."""
     from sqlalchemy import func, select
 
-    from voucher.jobs import JobRun
+    from kernel.jobruns import JobRun
 
     stmt = (select(JobRun.job, JobRun.status, func.count(), func.max(JobRun.finished_at))
             .group_by(JobRun.job, JobRun.status))
@@ -460,7 +372,7 @@ def init_metrics(app: Flask) -> None:
     def metrics_view():
         return Response(exposition(current_app), mimetype=CONTENT_TYPE_LATEST)
 
-    from voucher.openapi import doc
+    from api.openapi import doc
 
     doc(summary="Prometheus metrics",
         description="Text exposition of every `voucher_*` series, summed over all gunicorn workers. "

@@ -6,14 +6,15 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
 from sqlalchemy import Select
 from sqlalchemy.engine import Row
 
-from voucher.errors import ApiError
-from voucher.hotread import hot_reads
-from voucher.keys import Principal, authenticate, check_key, parse_key
-from voucher.ratelimit import limiter_of
+from api.errors import ApiError
+from api.hotread import hot_reads
+from api.ratelimit import limiter_of
+from kernel.audit import Actor, new_request_id
+from kernel.keys import Principal, authenticate, check_key, parse_key
 
 
 def db_session():
@@ -82,8 +83,8 @@ def authenticate_and_read(statement: Select, **params: Any) -> tuple[Principal, 
     """Authenticate the request's key and run the view's own read in the same statement.
 
     For hot read paths (a view under `@requires(..., deferred=True)`): `statement` is
-    voucher.keys.key_select() with the view's columns and outer joins added, so the key and
-    the data arrive in one round trip (voucher.hotread: no pool pre-ping, no BEGIN, no
+    kernel.keys.key_select() with the view's columns and outer joins added, so the key and
+    the data arrive in one round trip (api.hotread: no pool pre-ping, no BEGIN, no
     ROLLBACK on PostgreSQL). The key is judged exactly as
     current_principal() judges it (same hash, same constant-time comparison, same failure
     limit and answers), then the view's roles are checked. Returns the principal and the
@@ -127,3 +128,17 @@ def ensure_subject(principal: Principal, role: str, subject: str, what: str) -> 
     """Another subject's resource answers 404, never 403, so ids cannot be enumerated."""
     if principal.role == role and principal.subject != subject:
         raise ApiError(404, "resource_missing", f"No such {what}: {subject!r}")
+
+
+def request_actor() -> Actor | None:
+    """Who acts in the request being handled, for the audit trail (None outside a request):
+    the authenticated principal, else `anonymous`, under the request's id."""
+    if not has_request_context():
+        return None
+    request_id = g.get("request_id")
+    if not request_id:
+        request_id = g.request_id = new_request_id()
+    principal = g.get("principal")
+    if principal is not None:
+        return Actor(principal.role, principal.key_id, request_id)
+    return Actor("anonymous", None, request_id)

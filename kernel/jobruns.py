@@ -36,9 +36,9 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from metering.periods import SHANGHAI, previous_period
-from voucher.db import Base, BigId, Database, UTCDateTime, utcnow
-from voucher.events import Events
+from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.events import Events
+from kernel.periods import SHANGHAI, previous_period
 
 log = logging.getLogger("voucher.jobs")
 
@@ -150,16 +150,8 @@ class JobSpec:
         return period
 
 
-JOBS: dict[str, JobSpec] = {
-    "pull": JobSpec("pull", "pull_cron", "adapters.pull:pull_job", minute_slot, MINUTE_KEY,
-                    description="pull usage from every provider with a pull adapter"),
-    "reconcile": JobSpec("reconcile", "reconcile_cron", "billing.jobs:reconcile_job",
-                         previous_month, catch_up=True,
-                         description="reconcile the previous month's claims"),
-    "statements": JobSpec("statements", "statements_cron", "billing.jobs:statements_job",
-                          month_before_last, catch_up=True,
-                          description="issue the statements of the month before last"),
-}
+# The service's own registry, JOBS, is the composition root's (voucher.scheduler): it names
+# the domain job functions and builds their collaborators, which this module never imports.
 
 
 def load_registry(path: str) -> dict[str, JobSpec]:

@@ -5,7 +5,8 @@ entry is written when the session commits, so it lands in the same transaction a
 or not at all. Entries form a chain: each carries the hash of the one before, and its own hash
 covers every field, so an edited, deleted or reordered entry breaks `verify_chain`.
 
-Who acted comes from the request (`g.principal`, `g.request_id`) or, outside a request, from
+Who acted comes from the request (the HTTP edge's `api.auth.request_actor`: the principal and
+the request id, plugged in by `set_request_actor_source`) or, outside a request, from
 `acting_as("cli")` / `acting_as("scheduler")`; with neither the actor is `system`.
 
 Serialising appends: the chain has one head, so two writers must not both extend it. Entries
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, String, event, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from voucher.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key for the chain head: any constant the app uses for nothing else.
@@ -76,14 +77,26 @@ class Actor:
 _actor: ContextVar[Actor | None] = ContextVar("voucher_audit_actor", default=None)
 
 
-def _new_request_id(prefix: str = "req") -> str:
+# The actor of the request being handled (None outside a request); set by the HTTP edge.
+_request_actor_source: Callable[[], Actor | None] | None = None
+
+
+def new_request_id(prefix: str = "req") -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+
+def set_request_actor_source(source: Callable[[], Actor | None]) -> None:
+    """Where changes made inside a request find who acted (the app factory plugs in the
+    HTTP edge's `api.auth.request_actor`)."""
+    global _request_actor_source
+    _request_actor_source = source
 
 
 @contextmanager
 def acting_as(role: str, key_id: str | None = None) -> Iterator[Actor]:
     """Attribute changes made outside a request (CLI, scheduler) to this actor."""
-    actor = Actor(role=role, key_id=key_id, request_id=_new_request_id(role))
+    actor = Actor(role=role, key_id=key_id, request_id=new_request_id(role))
     token = _actor.set(actor)
     try:
         yield actor
@@ -92,20 +105,14 @@ def acting_as(role: str, key_id: str | None = None) -> Iterator[Actor]:
 
 
 def current_actor() -> Actor:
-    from flask import g, has_request_context
-
-    if has_request_context():
-        request_id = g.get("request_id")
-        if not request_id:
-            request_id = g.request_id = _new_request_id()
-        principal = g.get("principal")
-        if principal is not None:
-            return Actor(principal.role, principal.key_id, request_id)
-        return Actor("anonymous", None, request_id)
+    if _request_actor_source is not None:
+        actor = _request_actor_source()
+        if actor is not None:
+            return actor
     actor = _actor.get()
     if actor is not None:
         return actor
-    return Actor("system", None, _new_request_id("sys"))
+    return Actor("system", None, new_request_id("sys"))
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -144,7 +151,7 @@ def append(session: Session, action: str, object_type: str, object_id: str | int
         "at": utcnow(),
         "actor_key_id": actor.key_id,
         "actor_role": actor.role,
-        "request_id": actor.request_id or _new_request_id(),
+        "request_id": actor.request_id or new_request_id(),
         "action": action,
         "object_type": object_type,
         "object_id": str(object_id),

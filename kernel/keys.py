@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import Select, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from voucher.db import Base, UTCDateTime, utcnow
+from kernel.db import Base, UTCDateTime, utcnow
 
 ROLES = ("finance", "provider", "enterprise")
 KEY_PREFIX = "vch"
@@ -63,7 +63,7 @@ def key_select() -> Select:
     """The look-up of a key by id (bind parameter `key_id`): its hash, role, subject, revocation.
 
     A view may add columns and outer joins to it, so that its own read travels in the same
-    statement as the authentication (voucher.auth.authenticate_and_read): one round trip.
+    statement as the authentication (api.auth.authenticate_and_read): one round trip.
     """
     t = ApiKey.__table__  # Core, not the ORM entity: no ORM compile and load steps
     return select(t.c.secret_hash, t.c.role, t.c.subject, t.c.revoked_at).where(

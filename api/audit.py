@@ -9,11 +9,11 @@ from flask import Blueprint
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from voucher.audit import AuditEvent, event_json, parse_public_id
-from voucher.auth import db_session, requires
-from voucher.errors import ApiError
-from voucher.http import list_envelope, page_args, query_arg
-from voucher.openapi import PAGE, ListOf, doc, query
+from api.auth import db_session, requires
+from api.errors import ApiError
+from api.http import list_envelope, page_args, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from kernel.audit import AuditEvent, event_json, parse_public_id
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
 

@@ -16,8 +16,8 @@ from sqlalchemy import String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from voucher.db import Base, BigId, UTCDateTime, utcnow
-from voucher.errors import ApiError
+from api.errors import ApiError
+from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 HEADER = "Idempotency-Key"
 TTL = timedelta(hours=24)
@@ -51,7 +51,7 @@ def _claim() -> Response | None:
         return None
     if not key or len(key) > 255:
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1–255 characters", HEADER)
-    from voucher.auth import current_principal
+    from api.auth import current_principal
 
     try:
         principal = current_principal()

@@ -1,30 +1,32 @@
-"""Structured logs: one JSON object per line, and one line per HTTP request.
+"""Structured logs: one JSON object per line, for every process (API, scheduler, CLI).
 
-Each request gets an id: the client's `X-Request-Id` when it is safe (at most 64 of
-`[A-Za-z0-9._-]`), else a fresh uuid4 hex. It is returned on every response, errors
-included, and stamped on every log line written while the request is handled. The request
-line names the key id (`key_…`) of an authenticated caller, never the key or the
-Authorization header.
+Lines logged while an HTTP request is handled carry its id: the HTTP edge
+(`api.requestlog`) tells this module where to find it (`set_request_id_source`), and
+writes one line per request itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
-import uuid
+from collections.abc import Callable
 from typing import IO, Any
 
-from flask import Flask, g, has_request_context, request
-
-REQUEST_ID_HEADER = "X-Request-Id"
-SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 FIELDS = ("request_id", "route", "method", "path", "status", "duration_ms", "key_id", "remote")
 _HANDLER_MARK = "_voucher_handler"
 
-request_log = logging.getLogger("voucher.request")
+OUTSIDE_REQUEST: Any = object()  # what the request id source answers outside a request
+
+# The current request's id (None if it has none yet), or OUTSIDE_REQUEST; set by the HTTP edge.
+_request_id_source: Callable[[], Any] | None = None
+
+
+def set_request_id_source(source: Callable[[], Any]) -> None:
+    """Where lines logged inside a request find its id (`api.requestlog` sets it)."""
+    global _request_id_source
+    _request_id_source = source
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,8 +58,10 @@ class RequestContextFilter(logging.Filter):
     """Stamps the current request's id on lines logged inside a request (errors, warnings)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "request_id", None) is None and has_request_context():
-            record.request_id = g.get("request_id")
+        if getattr(record, "request_id", None) is None and _request_id_source is not None:
+            request_id = _request_id_source()
+            if request_id is not OUTSIDE_REQUEST:
+                record.request_id = request_id
         return True
 
 
@@ -87,45 +91,3 @@ def configure_logging(json_lines: bool = True, level: int | str = logging.INFO,
     root.addHandler(handler)
     root.setLevel(level)
     return handler
-
-
-def request_id_from(header: str | None) -> str:
-    if header and SAFE_REQUEST_ID.match(header):
-        return header
-    return uuid.uuid4().hex
-
-
-def init_request_logging(app: Flask) -> None:
-    """Request id in and out, and one `voucher.request` line per request."""
-
-    @app.before_request
-    def _begin():
-        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-        g.request_started = time.perf_counter()
-
-    @app.after_request
-    def _end(response):
-        # Each proxy resolved once: this runs for every request.
-        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
-        request_id = ctx.get("request_id") or request_id_from(req.headers.get(REQUEST_ID_HEADER))
-        response.headers[REQUEST_ID_HEADER] = request_id
-        status = response.status_code
-        level = logging.ERROR if status >= 500 else logging.INFO
-        if not request_log.isEnabledFor(level):
-            return response
-        started = ctx.get("request_started")
-        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-        rule = req.url_rule
-        principal = ctx.get("principal")
-        method, path = req.method, req.path
-        request_log.log(level, "%s %s %s", method, path, status, extra={
-            "request_id": request_id,
-            "route": rule.rule if rule is not None else None,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "key_id": getattr(principal, "key_id", None),
-            "remote": req.remote_addr,
-        })
-        return response

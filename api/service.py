@@ -8,14 +8,14 @@ from flask import Blueprint, current_app
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
+from api.auth import db_session, requires
+from api.errors import ApiError, not_found
+from api.http import json_body, parse_model
+from api.openapi import doc
+from api.schemas import ApiKey, Health, Ready
+from kernel import audit
+from kernel.keys import issue_key, revoke_key
 from metering.models import Enterprise, Provider
-from voucher import audit
-from voucher.auth import db_session, requires
-from voucher.errors import ApiError, not_found
-from voucher.http import json_body, parse_model
-from voucher.keys import issue_key, revoke_key
-from voucher.openapi import doc
-from voucher.schemas import ApiKey, Health, Ready
 
 bp = Blueprint("service", __name__)
 

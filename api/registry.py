@@ -12,16 +12,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from stdnum.cn import uscc as uscc_mod
 
+from api.auth import current_principal, db_session, ensure_subject, requires
+from api.errors import ApiError, not_found
+from api.http import json_body, list_envelope, page_args, parse_model, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from api.schemas import Enterprise as EnterpriseOut
+from api.schemas import ModelFiling as FilingOut
+from api.schemas import Provider as ProviderOut
+from kernel import audit
 from metering.models import Enterprise, ModelFiling, Provider
 from metering.registry import apply_changes, enterprise_json, filing_json, filings_of, provider_json
-from voucher import audit
-from voucher.auth import current_principal, db_session, ensure_subject, requires
-from voucher.errors import ApiError, not_found
-from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
-from voucher.openapi import PAGE, ListOf, doc, query
-from voucher.schemas import Enterprise as EnterpriseOut
-from voucher.schemas import ModelFiling as FilingOut
-from voucher.schemas import Provider as ProviderOut
 
 bp = Blueprint("registry", __name__, url_prefix="/v1")
 

@@ -10,16 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from billing import claims as claims_svc
-from billing import ledger
-from billing import schemas as out
-from billing.invoices import invoice_json, submit_invoice
-from billing.models import Claim, ProviderInvoice, Reconciliation
-from billing.reconciliation import adjustments_of, reconcile, reconciliation_json, summarise
-from metering.models import Enterprise
-from metering.periods import parse_period
-from metering.registry_api import normalise_uscc
-from voucher.auth import (
+from api import billing_schemas as out
+from api.auth import (
     authenticate_and_read,
     authorised_principal,
     current_principal,
@@ -27,10 +19,18 @@ from voucher.auth import (
     ensure_subject,
     requires,
 )
-from voucher.errors import ApiError, not_found
-from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
-from voucher.keys import key_select
-from voucher.openapi import PAGE, ListOf, doc, query
+from api.errors import ApiError, not_found
+from api.http import json_body, list_envelope, page_args, parse_model, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from api.registry import normalise_uscc
+from billing import claims as claims_svc
+from billing import ledger
+from billing.invoices import invoice_json, submit_invoice
+from billing.models import Claim, ProviderInvoice, Reconciliation
+from billing.reconciliation import adjustments_of, reconcile, reconciliation_json, summarise
+from kernel.keys import key_select
+from kernel.periods import parse_period
+from metering.models import Enterprise
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
 

@@ -1,4 +1,8 @@
-"""Stripe-style error bodies for every failure, Flask's own 404/405/413 included."""
+"""Stripe-style error bodies for every failure, Flask's own 404/405/413 included.
+
+The one place where the domain's refusals (`kernel.errors`) become HTTP statuses:
+NotFound 404, Conflict 409, Invalid 422 (`from_domain`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 from flask import Flask, jsonify
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
+
+from kernel.errors import Conflict, DomainError, Invalid, NotFound
 
 log = logging.getLogger("voucher.errors")
 
@@ -73,6 +79,15 @@ def invalid(param: str, message: str, code: str = "invalid_field", status: int =
     return ApiError(status, code, message, param)
 
 
+DOMAIN_STATUSES: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Invalid: 422}
+
+
+def from_domain(exc: DomainError) -> ApiError:
+    """The HTTP error for a domain refusal: its status by kind, the same code, message, param."""
+    status = next((s for kind, s in DOMAIN_STATUSES.items() if isinstance(exc, kind)), 422)
+    return ApiError(status, exc.code, exc.message, exc.param)
+
+
 def _respond(err: ApiError):
     resp = jsonify(err.body())
     resp.status_code = err.status
@@ -85,6 +100,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
         return _respond(err)
+
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        return _respond(from_domain(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

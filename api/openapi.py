@@ -1,7 +1,7 @@
 """OpenAPI 3.1 description of the whole API, built from the app's URL map.
 
 Each view carries its documentation with `@doc(...)`: a summary, the pydantic model that
-validates its body (the same one `voucher.http.parse_model` uses, so the description cannot
+validates its body (the same one `api.http.parse_model` uses, so the description cannot
 drift from the validation), the response model, query parameters and tags. Who may call it
 comes from `@requires(...)` (`view.roles`). A view without `@doc` falls back to the first
 line of its docstring; `undocumented(app)` lists the operations with neither, and a test
@@ -179,7 +179,7 @@ def _error_ref() -> dict[str, Any]:
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
-    from voucher.schemas import ErrorBody
+    from api.schemas import ErrorBody
 
     wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization")]
     lists: dict[str, type[BaseModel]] = {}
@@ -265,7 +265,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             errors.update({400: STATUS_TEXT[400], 422: STATUS_TEXT[422]})
         if roles:
             # Any keyed call may also meet a malformed query, a filter naming another subject
-            # (404, as for ids), the failed-authentication limit (voucher.ratelimit) or a
+            # (404, as for ids), the failed-authentication limit (api.ratelimit) or a
             # database outage.
             errors.update({400: STATUS_TEXT[400], 401: STATUS_TEXT[401], 403: STATUS_TEXT[403],
                            404: STATUS_TEXT[404], 429: STATUS_TEXT[429], 503: STATUS_TEXT[503]})

@@ -6,12 +6,12 @@ import tempfile
 
 from flask import Blueprint, send_file
 
+from api.auth import db_session, requires
+from api.errors import not_found
+from api.openapi import doc
 from billing.models import Reconciliation
 from billing.reports import FORMATS, filename, write_report
-from metering.periods import parse_period
-from voucher.auth import db_session, requires
-from voucher.errors import not_found
-from voucher.openapi import doc
+from kernel.periods import parse_period
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 
