@@ -1,4 +1,4 @@
-"""Per-provider adapter configuration (SPEC §10): one TOML file per provider.
+"""Per-provider adapter configuration (docs/API.md#adapters; keys in docs/ADAPTERS.md): one TOML file per provider.
 
 Secrets are named by environment variable (`token_env`), never stored in the file.
 """
@@ -56,7 +56,7 @@ def round_quantity(q: Decimal) -> Decimal:
 
 
 def amount_for(quantity: Decimal, price: Fen) -> Fen:
-    """`round_half_up(quantity × price)` fen, from the already-rounded quantity (SPEC §10)."""
+    """`round_half_up(quantity × price)` fen, from the already-rounded quantity (docs/API.md#adapters)."""
     return int((quantity * price).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

@@ -1,4 +1,4 @@
-"""CSV and JSONL usage exports from providers → records in the push API's schema (SPEC §6, §10).
+"""CSV and JSONL usage exports from providers → records in the push API's schema (docs/API.md#usage-records, docs/API.md#adapters).
 
 A provider file maps the export's columns (CSV header names, or JSONL keys) to record fields:
 

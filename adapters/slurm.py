@@ -1,4 +1,4 @@
-"""Slurm adapters: finished jobs from `sacct` text or slurmrestd JSON → usage records (SPEC §10).
+"""Slurm adapters: finished jobs from `sacct` text or slurmrestd JSON → usage records (docs/API.md#adapters).
 
 One allocation row (never its steps) of a finished job gives one record:
 - with GPUs: `resource` `gpu.<type>` (or `gpu` when the type is unknown or mixed), `unit`

@@ -1,4 +1,4 @@
-"""Bearer-key authentication and role checks for the HTTP API (SPEC §4)."""
+"""Bearer-key authentication and role checks for the HTTP API (docs/API.md#auth)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Billing endpoints: invoices, claims, quota, reconciliations, approvals (SPEC §6–§7)."""
+"""Billing endpoints: invoices, claims, quota, reconciliations, approvals (docs/API.md#invoices, #claims, #quota, #reconciliation)."""
 
 from __future__ import annotations
 
@@ -318,7 +318,7 @@ _QUOTA_WITH_KEY = ledger.quota_with_key(key_select())
 
 # --- reconciliations ----------------------------------------------------------------------
 
-@doc("Run the monthly reconciliation (SPEC §7)", request=ReconciliationIn, response=out.Reconciliation,
+@doc("Run the monthly reconciliation (steps: docs/API.md#rec-steps)", request=ReconciliationIn, response=out.Reconciliation,
      status=201, also={200: "A re-run: the same result, nothing reserved twice"}, tags=["reconciliations"])
 @bp.post("/reconciliations")
 @requires("finance")

@@ -12,7 +12,7 @@ ClaimStatus = Literal["submitted", "verified", "flagged", "approved", "rejected"
 
 
 class Discrepancy(BaseModel):
-    """A §7 finding with the figures that caused it (fields vary by code)."""
+    """A reconciliation finding (docs/API.md#discrepancy-codes) with the figures that caused it (fields vary by code)."""
 
     model_config = ConfigDict(extra="allow")
     code: Literal["invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",

@@ -18,7 +18,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
 
 class JobRunOut(BaseModel):
-    """A scheduled run of one job for one period (SPEC §6 job run)."""
+    """A scheduled run of one job for one period (docs/API.md#jobs)."""
 
     model_config = ConfigDict(title="JobRun", json_schema_extra={"examples": [{
         "object": "job_run", "id": "jr_12", "job": "reconcile", "period": "2026-10",

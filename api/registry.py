@@ -1,4 +1,4 @@
-"""Finance API for the registry: providers, enterprises, model filings (SPEC §6)."""
+"""Finance API for the registry: providers, enterprises, model filings (docs/API.md#registry)."""
 
 from __future__ import annotations
 

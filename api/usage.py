@@ -1,4 +1,4 @@
-"""Usage-record endpoints: push a batch, list, read one, void (SPEC §6)."""
+"""Usage-record endpoints: push a batch, list, read one, void (docs/API.md#usage-records)."""
 
 from __future__ import annotations
 

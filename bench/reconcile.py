@@ -471,7 +471,7 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
             log(f"[{name}] reconcile run {n + 1}/{params.runs}: {run['seconds']:.2f} s, "
                 f"peak RSS {run['peak_rss_mb']:.0f} MB (load {load_before})")
 
-        # Idempotent (SPEC §7): a re-run gives the same summary and moves nothing.
+        # Idempotent (docs/API.md#rec-concurrency): a re-run gives the same summary and moves nothing.
         before = ledger_state(bdb)
         rerun = measure(cmd, env)
         again = json.loads(rerun.pop("stdout"))

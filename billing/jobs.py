@@ -1,4 +1,4 @@
-"""Billing job entry points, run by `kernel.jobruns.run_once` (SPEC §8).
+"""Billing job entry points, run by `kernel.jobruns.run_once` (docs/API.md#jobs).
 
 Each returns a JSON-able summary, stored on the job run. `reconcile_job(db, period)` is a job
 function as it stands (it loads the policy through `config.settings` when it runs);

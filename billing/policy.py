@@ -24,7 +24,7 @@ CAP_NEW_MODEL_FILING = "new_model_filing"
 INVOICE_AMOUNT_MISMATCH = "invoice_amount_mismatch"
 USAGE_INVOICE_MISMATCH = "usage_invoice_mismatch"
 
-# SPEC §3: the provider kinds of the city's catalogue (智算, 超算).
+# The provider kinds (docs/API.md#providers) of the city's catalogue (智算, 超算).
 RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
 
 _PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
@@ -121,7 +121,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class ClaimAmounts:
-    """The §7 figures of one claim, all in fen."""
+    """The figures of one claim (docs/API.md#claim-arithmetic), all in fen."""
 
     base: Fen  # Σ item bases
     computed: Fen  # round(base × rate), once per claim
@@ -190,7 +190,7 @@ def usage_in_window(policy: Policy, ended_on: date) -> bool:
 
 
 def within_tolerance(policy: Policy, a: Fen, b: Fen) -> bool:
-    """§7 checks 2 and 4: two amounts agree when they differ by at most the tolerance."""
+    """Reconciliation checks 5.2 and 5.4 (docs/API.md#rec-steps): two amounts agree when they differ by at most the tolerance."""
     return abs(a - b) <= policy.tolerance
 
 
@@ -201,7 +201,7 @@ def item_base(
     metered: Fen,
     eligible_metered: Fen | None = None,
 ) -> tuple[Fen, list[str]]:
-    """The base of one claim item (§7 checks 2, 4 and 5) and its discrepancy codes.
+    """The base of one claim item (docs/API.md#rec-steps, steps 5.2, 5.4 and 6) and its discrepancy codes.
 
     `metered` is the month's non-void usage for (provider, enterprise, period), compared
     with the invoice. `eligible_metered` is the part of it that ended inside the window
@@ -229,7 +229,7 @@ def item_base(
 def compute_claim(
     policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen], remaining: Fen
 ) -> ClaimAmounts:
-    """The subsidy of one claim (SPEC §7), given its item bases and the year's remaining quota.
+    """The subsidy of one claim (docs/API.md#claim-arithmetic), given its item bases and the year's remaining quota.
 
     Rounds once per claim, so splitting a claim into items never gains or loses a fen.
     `remaining` may be negative (a cap lowered below what is used); it counts as 0.

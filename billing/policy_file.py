@@ -114,7 +114,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     if text("currency") != "CNY":
         raise fail("currency", 'only "CNY" is supported (money is kept in fen)')
     if text("timezone") != "Asia/Shanghai":
-        # Billing periods are Shanghai months throughout the service (SPEC §3).
+        # Billing periods are Shanghai months throughout the service (docs/API.md#conventions).
         raise fail("timezone", 'must be "Asia/Shanghai" (billing periods are Shanghai months)')
 
     raw_rate = data["rate"]

@@ -1,4 +1,4 @@
-"""The monthly reconciliation (SPEC §7).
+"""The monthly reconciliation (docs/API.md#rec-steps).
 
 Reads with a handful of aggregate queries (metered sums, invoices held by several claims,
 balances), then streams the claims in id order, a batch at a time with their items and
@@ -61,7 +61,7 @@ class ItemOutcome:
 
 
 def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
-    """Checks 1–5 of §7 for one item (pure)."""
+    """Item checks, steps 5–6 of docs/API.md#rec-steps for one item (pure)."""
     tol = policy.tolerance
     found: list[dict[str, Any]] = []
     if f.invoice_amount is None:
@@ -93,7 +93,7 @@ def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
 
 def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
                 providers: dict[str, Provider], provider_ids: Iterable[str]) -> list[dict[str, Any]]:
-    """Claim-level checks of §7; any of them sets every item's base to 0 (pure)."""
+    """Claim-level checks (docs/API.md#rec-steps, step 4); any of them sets every item's base to 0 (pure)."""
     found: list[dict[str, Any]] = []
     if not in_window(policy, period):
         found.append({"code": "outside_policy_window",
@@ -243,7 +243,7 @@ def _facts_for(claim: _Claim, metered, holder) -> list[ItemFacts]:
 
 def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BATCH
               ) -> tuple[Reconciliation, bool]:
-    """Run §7 for one period inside the caller's transaction. Returns (run, first_time).
+    """Run the reconciliation (docs/API.md#rec-steps) for one period inside the caller's transaction. Returns (run, first_time).
 
     Aggregate queries for what every claim needs (metered sums per provider and enterprise,
     invoices held by several claims); the claims themselves stream past in id order, `batch`

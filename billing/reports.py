@@ -1,4 +1,4 @@
-"""The monthly reconciliation report (SPEC §6 `report.csv` / `report.xlsx`, §7 clawbacks).
+"""The monthly reconciliation report (docs/API.md#reports; clawbacks: docs/API.md#clawbacks).
 
 One row per claim item, from one streamed query joining claim items, claims, enterprises
 and providers; then one row per clawback adjustment of the period. The summary (totals,

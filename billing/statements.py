@@ -1,4 +1,4 @@
-"""Monthly statements through a Stripe-compatible payment API (SPEC §1: finance issues statements).
+"""Monthly statements through a Stripe-compatible payment API (docs/API.md#statements).
 
 Per enterprise and period with metered usage or approved claims: a Customer (metadata
 `uscc`), one invoice item per provider for the metered spend (the month's active usage),

@@ -39,7 +39,7 @@ CODES = {
     "cap_reached": _l("已达年度上限"),
 }
 
-# Per-record rejection codes of the ingestion path (SPEC §6).
+# Per-record rejection codes of the ingestion path (docs/API.md#record-codes).
 RECORD_CODES = {
     "invalid_uscc": _l("统一社会信用代码无效"),
     "unknown_enterprise": _l("企业未登记"),

@@ -1,4 +1,4 @@
-"""Billing months are Asia/Shanghai calendar months (SPEC §3)."""
+"""Billing months are Asia/Shanghai calendar months (docs/API.md#conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The usage-record schema: validation of one pushed record, with the SPEC §6 error codes.
+"""The usage-record schema: validation of one pushed record, with its rejection codes (docs/API.md#record-codes).
 
 Validation is pure (no database); `ingest.py` adds the checks that need one
 (`unknown_enterprise`, `duplicate`, `conflict`).
@@ -119,7 +119,7 @@ def _plain_json(value: Any) -> Any:
 
 
 class UsageRecordIn(BaseModel):
-    """One usage record as a provider pushes it (SPEC §6)."""
+    """One usage record as a provider pushes it (docs/API.md#usage-endpoints)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

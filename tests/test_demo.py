@@ -1,4 +1,4 @@
-"""`voucher demo` on a fresh SQLite file: the whole programme, every §7 code, twice."""
+"""`voucher demo` on a fresh SQLite file: the whole programme, every discrepancy code (docs/API.md#discrepancy-codes), twice."""
 
 from __future__ import annotations
 

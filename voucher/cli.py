@@ -1,4 +1,4 @@
-"""`voucher` command line: thin commands that call one service each (SPEC §9)."""
+"""`voucher` command line: thin commands that call one service each (docs/API.md#cli)."""
 
 from __future__ import annotations
 

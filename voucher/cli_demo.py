@@ -3,7 +3,7 @@
 Three providers (two 智算 centres and a 超算 centre), thirty enterprises across Jiaxing's
 counties (valid USCCs, four model filings, one ineligible), three months of usage (tens of
 thousands of GPU and CPU jobs with real-looking models and prices), the providers'
-invoices, the enterprises' claims — with a few of every §7 discrepancy planted — then the
+invoices, the enterprises' claims — with a few of every discrepancy code (docs/API.md#discrepancy-codes) planted — then the
 reconciliations, approvals, a rejected resubmission, a record voided after approval (so a
 clawback) and the monthly XLSX reports. Everything goes through the service layer
 (`ingest_records`, `submit_invoice`, `submit_claim`, `reconcile`, `approve`), never raw SQL.
@@ -58,7 +58,7 @@ def make_uscc(seq: int, region: str = "330402") -> str:
 
 @dataclass(frozen=True)
 class Resource:
-    resource: str  # SPEC §6 resource: gpu.<model> or cpu
+    resource: str  # usage-record resource (docs/API.md#usage-endpoints): gpu.<model> or cpu
     unit: str
     model: str  # what the provider's scheduler calls the hardware
     price: Fen  # per unit (GPU-hour or core-hour)
@@ -199,7 +199,7 @@ def job_records(rng: random.Random, p: DemoProvider, res: Resource, uscc: str, p
         units = rng.choice(sizes)
         minutes = max(5, min(72 * 60, int(rng.lognormvariate(5.4, 0.9))))  # median ≈ 3.7 h
         quantity = (Decimal(units * minutes) / 60).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
-        amount = half_up(quantity * res.price)  # SPEC §10: from the rounded quantity
+        amount = half_up(quantity * res.price)  # from the rounded quantity (docs/API.md#adapters)
         ended = start + timedelta(seconds=3600 + rng.randrange(span))
         seq[p.id] += 1
         job_id = 4_100_000 + seq[p.id]
@@ -461,7 +461,7 @@ def print_reconciliations(db, periods: list[str]) -> None:
 
 
 def discrepancy_table(db, usccs: list[str]) -> Counter:
-    """Every §7 code found in the demo's claims, with one example each. Returns the counts."""
+    """Every discrepancy code (docs/API.md#discrepancy-codes) found in the demo's claims, with one example each. Returns the counts."""
     from billing.models import Claim
     from metering.models import Enterprise
 
@@ -476,7 +476,7 @@ def discrepancy_table(db, usccs: list[str]) -> Counter:
                 counts[d["code"]] += 1
                 example.setdefault(d["code"], f"clm_{c.id} {c.period} {names.get(c.enterprise_uscc, '')}: "
                                               f"{d['message']}")
-    click.echo("\nDiscrepancies found by the reconciliations (SPEC §7):")
+    click.echo("\nDiscrepancies found by the reconciliations (docs/API.md#discrepancy-codes):")
     for code in CODES:
         click.echo(f"  {code:<24} {counts[code]:>3}  {example.get(code, '-')}")
     return counts

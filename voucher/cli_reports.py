@@ -1,4 +1,4 @@
-"""Report and statement commands: `voucher report`, `voucher statements` (SPEC §9)."""
+"""Report and statement commands: `voucher report`, `voucher statements` (docs/API.md#cli)."""
 
 from __future__ import annotations
 

@@ -246,7 +246,7 @@ def test_remaining_is_cap_less_used_never_below_zero(cap, granted, reserved):
     assert r == cap - granted - reserved or (r == 0 and granted + reserved >= cap)
 
 
-# --- item_base (§7 checks 2, 4, 5) --------------------------------------------------------
+# --- item_base (docs/API.md#rec-steps 5.2, 5.4, 6) --------------------------------------------------------
 
 
 def test_clean_item_base_is_the_least_of_paid_invoiced_and_metered():

@@ -1,4 +1,4 @@
-"""The monthly reconciliation of SPEC §7, on both databases, through the HTTP API."""
+"""The monthly reconciliation of docs/API.md#reconciliation, on both databases, through the HTTP API."""
 
 from __future__ import annotations
 

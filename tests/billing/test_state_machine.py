@@ -64,7 +64,7 @@ STATE_TABLES = [UsageRecord, ProviderInvoice, Claim, ClaimItem, ClaimAdjustment,
                 LedgerPosting, Reconciliation, AuditEvent]
 BAD_PERIODS = ["２０２６-07", "2026-13", "2026-00", "2026-7", "26-07", "2026/07", "2026-07-01", "", " 2026-07",
                202607, None]
-# How a record is made bad, and the code the push answers with (README, SPEC §6).
+# How a record is made bad, and the code the push answers with (docs/API.md#record-codes).
 BAD_RECORDS = {
     "invalid_uscc": lambda r: {**r, "enterprise_uscc": r["enterprise_uscc"][:-1] +
                                 ("0" if r["enterprise_uscc"][-1] != "0" else "1")},

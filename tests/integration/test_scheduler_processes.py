@@ -1,4 +1,4 @@
-"""Real `voucher scheduler` processes sharing one PostgreSQL database (SPEC §8).
+"""Real `voucher scheduler` processes sharing one PostgreSQL database (docs/API.md#jobs).
 
 Each test gets a database of its own, created from VOUCHER_TEST_DATABASE_URL or, when that is
 unset, from the local PostgreSQL every machine running the suite has. The schedulers load a
