@@ -40,6 +40,9 @@ class Settings:
     # Failed authentications per client address before 429 (0: no limit), and the window.
     auth_fail_limit: int = 20
     auth_fail_window: int = 60  # seconds
+    # Console sessions end after this long without a request, and this long after sign-in.
+    console_idle_seconds: int = 8 * 3600
+    console_max_age_seconds: int = 24 * 3600
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -59,6 +62,8 @@ class Settings:
             "VOUCHER_CATCH_UP_PERIODS": ("catch_up_periods", int),
             "VOUCHER_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
             "VOUCHER_AUTH_FAIL_WINDOW": ("auth_fail_window", int),
+            "VOUCHER_CONSOLE_IDLE_SECONDS": ("console_idle_seconds", int),
+            "VOUCHER_CONSOLE_MAX_AGE_SECONDS": ("console_max_age_seconds", int),
         }
         for var, (name, conv) in mapping.items():
             if env.get(var):

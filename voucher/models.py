@@ -10,6 +10,7 @@ from billing.models import (  # noqa: F401
     Reconciliation,
 )
 from billing.statements import Statement  # noqa: F401
+from console.sessions import ConsoleSession  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
 from voucher.audit import AuditEvent  # noqa: F401
