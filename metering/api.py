@@ -15,6 +15,7 @@ from voucher.auth import current_principal, db_session, requires
 from voucher.errors import ApiError, not_found
 from voucher.http import json_body, list_envelope, page_args, query_arg
 from voucher.openapi import PAGE, ListOf, doc, query
+from voucher.ratelimit import push_limiter_of
 from voucher.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
@@ -52,6 +53,7 @@ def push_usage_records():
     extra = set(body) - {"records"}
     if extra:
         raise ApiError(422, "unknown_field", f"Unknown field {sorted(extra)[0]}", sorted(extra)[0])
+    push_limiter_of(current_app).admit(principal.key_id, len(records))  # 429 before any write
     session = db_session()
     with session.begin():
         result = ingest_records(session, principal.subject, records,

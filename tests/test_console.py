@@ -180,6 +180,7 @@ def test_guessing_keys_at_the_sign_in_form_is_limited(db, settings):
     console.get("/console/sign-in")
     for _ in range(2):
         assert console.post("/console/sign-in", {"api_key": "vch_0000000000000000_guess"}).status_code == 401
+    assert console.post("/console/sign-in", {"api_key": "vch_0000000000000000_guess"}).status_code == 429
     r = console.post("/console/sign-in", {"api_key": world.keys["finance"]})  # even the right key
     assert r.status_code == 429 and "登录失败次数过多" in r.get_data(as_text=True)
 

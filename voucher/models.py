@@ -14,6 +14,7 @@ from console.sessions import ConsoleSession  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401
 from voucher.audit import AuditEvent  # noqa: F401
+from voucher.buckets import RateBucket  # noqa: F401
 from voucher.db import Base  # noqa: F401
 from voucher.idempotency import IdempotencyKey  # noqa: F401
 from voucher.jobs import JobRun  # noqa: F401
