@@ -31,17 +31,20 @@ def _bearer_token() -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthenticated", "Missing bearer API key",
                        headers={"WWW-Authenticate": "Bearer"})
-    wait = limiter_of(current_app).retry_after(request.remote_addr or "-")
+    _too_many_failures(limiter_of(current_app).retry_after(request.remote_addr or "-"))
+    return token.strip()
+
+
+def _too_many_failures(wait: int | None) -> None:
     if wait is not None:
-        raise ApiError(429, "too_many_failed_authentications",
+        raise ApiError(429, "rate_limited",
                        f"Too many failed authentications from this address; retry in {wait} s",
                        headers={"Retry-After": str(wait)})
-    return token.strip()
 
 
 def _admit(principal: Principal | None) -> Principal:
     if principal is None:
-        limiter_of(current_app).failed(request.remote_addr or "-")
+        _too_many_failures(limiter_of(current_app).failed(request.remote_addr or "-"))
         raise ApiError(401, "unauthenticated", "Invalid or revoked API key",
                        headers={"WWW-Authenticate": "Bearer"})
     g.principal = principal

@@ -13,13 +13,20 @@ Where the numbers come from:
 - `record_batch` / `record_adapter_pull` for adapters that ingest outside the app (defined
   with their series in `kernel.metrics`, so the lower layers count without importing this);
 - the database, read when Prometheus scrapes (`ScrapeCollector`, one aggregate query per
-  source): subsidy reserved/released/granted/clawed back (sums of the append-only ledger, so
-  true counters), enterprises near their cap, reconciliation state and discrepancies, job run
-  state. These are right after restarts, whichever process (API, scheduler, CLI) did the work,
-  and the same on every replica (so dashboards take max() across instances, not sum()).
+  source): enterprises near their cap, reconciliation state and discrepancies, job run state
+  on `/metrics`; subsidy reserved/released/granted/clawed back by county (sums of the
+  append-only ledger, so true counters) on `/metrics/finance` only. These are right after
+  restarts, whichever process (API, scheduler, CLI) did the work, and the same on every
+  replica (so dashboards take max() across instances, not sum()).
 
-Labels are bounded sets: route templates, methods, status codes, provider ids, counties,
-error codes, job names, years, periods. Never a USCC, record id or key.
+Two endpoints (issue 15): `/metrics` is unauthenticated and carries operational series only;
+money is on `/metrics/finance`, which needs a finance key like the rest of the finance API
+(a county with one enterprise would otherwise publish that enterprise's subsidy).
+
+Labels are bounded sets: route templates, methods, status codes, provider ids, error codes,
+job names, years, periods, and on the finance endpoint the programme's counties (`COUNTIES`:
+a county typed into the registry that is not one of them is counted as `other`, so no free
+text reaches a label). Never a USCC, record id or key.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -176,6 +184,14 @@ class ScrapeCollector:
         yield up
 
 
+# The programme's county-level divisions (Jiaxing): the only values of the `county` label.
+COUNTIES = frozenset({"南湖区", "秀洲区", "嘉善县", "平湖市", "海盐县", "海宁市", "桐乡市"})
+
+
+def county_label(county: Any) -> str:
+    return county if county in COUNTIES else "other"
+
+
 SUBSIDY_KINDS = {"reserve": SUBSIDY_RESERVED, "release": SUBSIDY_RELEASED, "grant": SUBSIDY_GRANTED,
                  "clawback": SUBSIDY_CLAWED_BACK}
 
@@ -194,9 +210,12 @@ def subsidy_by_county(session: Any) -> dict[str, list[Sample]]:
             .join(Enterprise, Enterprise.uscc == P.enterprise_uscc)
             .where(P.amount > 0, P.kind.in_(list(SUBSIDY_KINDS)))
             .group_by(Enterprise.county, P.kind))
-    out: dict[str, list[Sample]] = {name: [] for name in SUBSIDY_KINDS.values()}
+    sums: dict[tuple[str, str], int] = Tally()
     for county, kind, fen in session.execute(stmt):
-        out[SUBSIDY_KINDS[kind]].append(((_label(county),), int(fen or 0)))
+        sums[(SUBSIDY_KINDS[kind], county_label(county))] += int(fen or 0)
+    out: dict[str, list[Sample]] = {name: [] for name in SUBSIDY_KINDS.values()}
+    for (name, county), fen in sorted(sums.items()):
+        out[name].append(((county,), fen))
     return out
 
 
@@ -259,7 +278,8 @@ def job_runs(session: Any) -> dict[str, list[Sample]]:
     return out
 
 
-def register_database_sources(collector: ScrapeCollector) -> None:
+def register_finance_sources(collector: ScrapeCollector) -> None:
+    """The money series: served on `/metrics/finance` to a finance key, never on `/metrics`."""
     collector.register_group("subsidy", [
         Family(SUBSIDY_RESERVED, "Subsidy reserved on quotas by reconciliation (fen)", ("county",), "counter"),
         Family(SUBSIDY_RELEASED, "Reserved subsidy released again: claim rejected or re-evaluated (fen)",
@@ -268,6 +288,10 @@ def register_database_sources(collector: ScrapeCollector) -> None:
         Family(SUBSIDY_CLAWED_BACK, "Granted subsidy clawed back after usage was voided (fen)",
                ("county",), "counter"),
     ], subsidy_by_county)
+
+
+def register_database_sources(collector: ScrapeCollector) -> None:
+    """Operational figures from the database, served on the public `/metrics`."""
     collector.register(
         ENTERPRISES_NEAR_CAP, "Enterprises whose reserved + granted subsidy is at least 90% of the cap",
         ["year"], quota_near_cap)
@@ -291,6 +315,10 @@ def register_database_sources(collector: ScrapeCollector) -> None:
 
 def scrape_collector(app: Flask) -> ScrapeCollector:
     return app.extensions["voucher.metrics.scrape"]
+
+
+def finance_collector(app: Flask) -> ScrapeCollector:
+    return app.extensions["voucher.metrics.finance"]
 
 
 def set_near_cap_source(app: Flask, fn: Callable[[Any], Mapping[int | str, int]]) -> None:
@@ -332,6 +360,8 @@ def init_metrics(app: Flask) -> None:
     collector = ScrapeCollector(app.extensions["voucher.db"])
     app.extensions["voucher.metrics.scrape"] = collector
     register_database_sources(collector)
+    finance = app.extensions["voucher.metrics.finance"] = ScrapeCollector(app.extensions["voucher.db"])
+    register_finance_sources(finance)
     hook_jobs()
 
     @app.before_request
@@ -372,13 +402,26 @@ def init_metrics(app: Flask) -> None:
     def metrics_view():
         return Response(exposition(current_app), mimetype=CONTENT_TYPE_LATEST)
 
+    from api.auth import requires
     from api.openapi import doc
 
-    doc(summary="Prometheus metrics",
-        description="Text exposition of every `voucher_*` series, summed over all gunicorn workers. "
-                    "Unauthenticated: keep it on the internal network.",
+    @requires("finance")
+    def finance_metrics_view():
+        # Figures read from the database at scrape time only; nothing per worker.
+        body = generate_latest(finance_collector(current_app))  # type: ignore[arg-type]
+        return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+    doc(summary="Prometheus metrics (operational)",
+        description="Text exposition of the operational `voucher_*` series (requests, ingestion, "
+                    "jobs, reconciliation state), summed over all gunicorn workers. "
+                    "Unauthenticated and free of money figures; still keep it on the internal network.",
         tags=["operations"], response_content_type="text/plain")(metrics_view)
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    doc(summary="Prometheus metrics (subsidy money)",
+        description="Subsidy reserved, released, granted and clawed back by county (fen), for "
+                    "Prometheus with a finance key (`authorization.credentials_file`).",
+        tags=["operations"], response_content_type="text/plain")(finance_metrics_view)
+    app.add_url_rule("/metrics/finance", "metrics_finance", finance_metrics_view, methods=["GET"])
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0"):

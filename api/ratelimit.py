@@ -1,83 +1,124 @@
-"""Failed authentications, limited per client address (a sliding window in this process).
+"""Request limits on shared token buckets (api/buckets.py): failed authentications per client
+address, and pushes per provider key (requests and records).
 
-After `limit` failed authentications from one address within `window` seconds, every request
-from that address that needs a key answers 429 with Retry-After until the oldest failure
-leaves the window, a correct key included, so guessing gains nothing from the answers.
-Requests without any key are not counted: they guess nothing.
+Failed authentications: each address has a bucket of `auth_fail_limit` tokens refilled over
+`auth_fail_window` seconds, and every failed authentication takes one. A failure the bucket
+cannot pay for answers 429 `rate_limited` with Retry-After instead of 401, in whichever worker
+or replica it lands, since the bucket is shared (Redis or PostgreSQL). The worker that answered
+that 429 then refuses every request from the address that needs a key, a correct key included,
+until the bucket would pay again, without looking at the key. Other workers still answer a
+correct key: with 256-bit keys a correct guess is not what the limit prevents; the volume of
+guesses is. Requests without any key are not counted: they guess nothing.
 
-The window lives in each worker process: with N gunicorn workers an address gets at most
-N × limit failures per window. A shared store (Redis, the database) or the reverse proxy's own
-limit is the upgrade path when that is too loose. Behind a proxy, `remote_addr` is the proxy's
-address unless the operator installs ProxyFix for the trusted hops (see docs/SECURITY.md).
+Pushes: each provider key has a bucket of requests and one of records (a batch of n records
+costs n); a push either bucket cannot pay for answers 429 `rate_limited` with Retry-After and
+stores nothing.
+
+Behind a proxy, `remote_addr` is the proxy's address unless the operator installs ProxyFix for
+the trusted hops (see docs/SECURITY.md).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 from flask import Flask
 
-MAX_ADDRESSES = 10_000  # tracked at once; beyond that the quietest are forgotten first
+from api.buckets import Bucket, BucketStore, LocalStore, retry_after, store_for
+from api.errors import ApiError
+
+MAX_ADDRESSES = 10_000  # blocked addresses remembered by one process; the oldest go first
 
 
 class FailureLimiter:
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
+    """Failed authentications per address: `limit` failures, refilled over `window` seconds."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time,
+                 store: BucketStore | None = None) -> None:
+        self.bucket = Bucket(rate=limit / window, burst=limit) if limit > 0 and window > 0 else None
         self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.store = store or LocalStore()
+        self._blocked: OrderedDict[str, float] = OrderedDict()  # address -> until (this process)
         self._lock = threading.Lock()
 
-    def _recent(self, address: str, now: float) -> deque[float] | None:
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        return failures
-
     def retry_after(self, address: str) -> int | None:
-        """Seconds until `address` may try again, or None when it may now."""
-        if self.limit <= 0:
+        """Seconds until `address` may try again as far as this process knows, or None."""
+        if self.bucket is None:
             return None
         with self._lock:
+            until = self._blocked.get(address)
             now = self.clock()
-            failures = self._recent(address, now)
-            if failures is None or len(failures) < self.limit:
+            if until is None:
                 return None
-            # Admitted again once enough failures have left the window.
-            oldest_that_counts = failures[len(failures) - self.limit]
-            return max(1, math.ceil(oldest_that_counts + self.window - now))
+            if until <= now:
+                del self._blocked[address]
+                return None
+            return retry_after(until - now)
 
-    def failed(self, address: str) -> None:
-        if self.limit <= 0:
-            return
+    def failed(self, address: str) -> int | None:
+        """Count one failure; the seconds to wait if it was one too many, else None."""
+        if self.bucket is None:
+            return None
+        now = self.clock()
+        wait = self.store.take(f"auth-fail:{address}", self.bucket, 1, now)
+        if wait <= 0:
+            return None
         with self._lock:
-            now = self.clock()
-            failures = self._recent(address, now)
-            if failures is None:
-                failures = self._failures[address] = deque()
-            failures.append(now)
-            # The last `limit` failures decide; older ones only cost memory.
-            while len(failures) > self.limit:
-                failures.popleft()
-            self._failures.move_to_end(address)
-            while len(self._failures) > MAX_ADDRESSES:
-                self._failures.popitem(last=False)
+            self._blocked[address] = now + wait
+            self._blocked.move_to_end(address)
+            while len(self._blocked) > MAX_ADDRESSES:
+                self._blocked.popitem(last=False)
+        return retry_after(wait)
+
+
+class PushLimiter:
+    """Pushes per provider key: requests a second and records a second, each with a burst."""
+
+    def __init__(self, requests: Bucket, records: Bucket, store: BucketStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.requests, self.records, self.store, self.clock = requests, records, store, clock
+
+    def admit(self, key_id: str, n_records: int) -> None:
+        """Take one request and `n_records` records from the key's buckets, or raise 429."""
+        now = self.clock()
+        for name, bucket, cost in (("requests", self.requests, 1), ("records", self.records, n_records)):
+            if bucket.rate <= 0:  # 0 switches that limit off
+                continue
+            wait = self.store.take(f"push-{name}:{key_id}", bucket, cost, now)
+            if wait > 0:
+                seconds = retry_after(wait)
+                raise ApiError(429, "rate_limited",
+                               f"Too many usage-record {name} for this key; retry in {seconds} s",
+                               headers={"Retry-After": str(seconds)})
+
+
+def bucket_store_of(app: Flask) -> BucketStore:
+    store = app.extensions.get("voucher.buckets")
+    if store is None:
+        settings = app.config["VOUCHER_SETTINGS"]
+        store = app.extensions["voucher.buckets"] = store_for(
+            settings.redis_url, settings.redis_prefix, app.extensions["voucher.db"])
+    return store
 
 
 def limiter_of(app: Flask) -> FailureLimiter:
-    """The app's limiter, made on first use from its settings."""
+    """The app's failed-authentication limiter, made on first use from its settings."""
     limiter = app.extensions.get("voucher.auth_failures")
     if limiter is None:
         settings = app.config["VOUCHER_SETTINGS"]
         limiter = app.extensions["voucher.auth_failures"] = FailureLimiter(
-            settings.auth_fail_limit, settings.auth_fail_window)
+            settings.auth_fail_limit, settings.auth_fail_window, store=bucket_store_of(app))
+    return limiter
+
+
+def push_limiter_of(app: Flask) -> PushLimiter:
+    limiter = app.extensions.get("voucher.push_limits")
+    if limiter is None:
+        s = app.config["VOUCHER_SETTINGS"]
+        limiter = app.extensions["voucher.push_limits"] = PushLimiter(
+            Bucket(s.push_requests_per_second, s.push_requests_burst),
+            Bucket(s.push_records_per_second, s.push_records_burst), bucket_store_of(app))
     return limiter

@@ -10,6 +10,7 @@ from api.auth import current_principal, db_session, requires
 from api.errors import ApiError, not_found
 from api.http import json_body, list_envelope, page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
+from api.ratelimit import push_limiter_of
 from api.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 from kernel import audit
 from kernel.periods import parse_period
@@ -52,6 +53,7 @@ def push_usage_records():
     extra = set(body) - {"records"}
     if extra:
         raise ApiError(422, "unknown_field", f"Unknown field {sorted(extra)[0]}", sorted(extra)[0])
+    push_limiter_of(current_app).admit(principal.key_id, len(records))  # 429 before any write
     session = db_session()
     with session.begin():
         result = ingest_records(session, principal.subject, records,

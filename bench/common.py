@@ -186,7 +186,10 @@ class Server:
         self.worker_class = worker_class
         self.threads = threads
         self.env = {**os.environ, "VOUCHER_DATABASE_URL": database_url,
-                    "VOUCHER_LOG_LEVEL": "warning", **(env or {})}
+                    "VOUCHER_LOG_LEVEL": "warning",
+                    # Capacity is measured, not the per-key push limits (docs/SECURITY.md).
+                    "VOUCHER_PUSH_REQUESTS_PER_SECOND": "0", "VOUCHER_PUSH_RECORDS_PER_SECOND": "0",
+                    **(env or {})}
         self.log_path = log_path
         self.app = app  # another WSGI app under the same settings (a benchmark's reference)
         self.ready_path = ready_path

@@ -6,10 +6,22 @@ import os
 bind = os.environ.get("VOUCHER_BIND", "127.0.0.1:8000")
 # CPUs + 1: on 2 cores with PostgreSQL on the same machine 3 workers beat 4 (docs/BENCHMARKS.md).
 workers = int(os.environ.get("VOUCHER_WORKERS", multiprocessing.cpu_count() + 1))
-worker_class = "sync"
+# Slow clients (issue 15): a sync worker reads each request's head with a blocking recv(), so
+# as many byte-a-second clients as workers stop the service. HeadBufferingWorker is gthread
+# whose event loop collects each head without blocking and gives a thread only a complete one;
+# a head not complete within VOUCHER_HEADER_TIMEOUT seconds is dropped. gevent would do it too
+# but turns api.hotread's per-thread connections into one per greenlet and blocks on its
+# libpq calls; see docs/OPERATIONS.md "Slow clients".
+worker_class = "config.gunicorn_worker.HeadBufferingWorker"
+threads = int(os.environ.get("VOUCHER_THREADS", 4))
+worker_connections = 1000  # open connections per worker, slow ones included
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
+
+from config.gunicorn_worker import HeadBufferingWorker  # noqa: E402
+
+HeadBufferingWorker.head_timeout = float(os.environ.get("VOUCHER_HEADER_TIMEOUT", 10))
 accesslog = None  # the app logs one structured line per request itself
 errorlog = "-"
 loglevel = os.environ.get("VOUCHER_LOG_LEVEL", "info")

@@ -40,6 +40,18 @@ class Settings:
     # Failed authentications per client address before 429 (0: no limit), and the window.
     auth_fail_limit: int = 20
     auth_fail_window: int = 60  # seconds
+    # Pushes per provider key (POST /v1/usage-records): requests and records a second, with
+    # bursts; beyond them 429 + Retry-After. A rate of 0 switches that limit off.
+    push_requests_per_second: float = 10
+    push_requests_burst: int = 20
+    push_records_per_second: float = 1000
+    push_records_burst: int = 5000  # one full batch (max_batch_records) from a full bucket
+    # Shared rate-limit counters: Redis when set, else PostgreSQL, else per process (SQLite).
+    redis_url: str = ""
+    redis_prefix: str = "voucher:"
+    # Console sessions end after this long without a request, and this long after sign-in.
+    console_idle_seconds: int = 8 * 3600
+    console_max_age_seconds: int = 24 * 3600
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -59,6 +71,14 @@ class Settings:
             "VOUCHER_CATCH_UP_PERIODS": ("catch_up_periods", int),
             "VOUCHER_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
             "VOUCHER_AUTH_FAIL_WINDOW": ("auth_fail_window", int),
+            "VOUCHER_PUSH_REQUESTS_PER_SECOND": ("push_requests_per_second", float),
+            "VOUCHER_PUSH_REQUESTS_BURST": ("push_requests_burst", int),
+            "VOUCHER_PUSH_RECORDS_PER_SECOND": ("push_records_per_second", float),
+            "VOUCHER_PUSH_RECORDS_BURST": ("push_records_burst", int),
+            "VOUCHER_REDIS_URL": ("redis_url", str),
+            "VOUCHER_REDIS_PREFIX": ("redis_prefix", str),
+            "VOUCHER_CONSOLE_IDLE_SECONDS": ("console_idle_seconds", int),
+            "VOUCHER_CONSOLE_MAX_AGE_SECONDS": ("console_max_age_seconds", int),
         }
         for var, (name, conv) in mapping.items():
             if env.get(var):

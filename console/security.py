@@ -1,25 +1,25 @@
-"""Console sessions: an API key exchanged for a signed cookie, CSRF tokens, security headers.
+"""Console sessions: an API key exchanged for a session, CSRF tokens, security headers.
 
-The cookie (HttpOnly, SameSite=Strict, Secure when configured, path /console) holds the key's
-id, role and subject and two timestamps — never the key itself. Every request checks the
-idle and absolute expiry and re-reads the key row (one query), so revoking the key ends
-its console sessions at once.
+The signed cookie (HttpOnly, SameSite=Strict, Secure when configured, path /console) holds a
+random session token, the CSRF token and the language — never the key. The session itself
+lives in the database (console.sessions): every request looks it up with its key (one
+query), so sign-out, revoking the key and the idle and absolute timeouts end it at once,
+for every copy of the cookie.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from functools import wraps
 from urllib.parse import urlencode
 
 from flask import abort, current_app, g, redirect, request, session, url_for
-from sqlalchemy import select
 
 from api.auth import db_session
-from kernel.keys import ApiKey, Principal
+from console.sessions import check_session, end_session, now_of, open_session, timeouts_of
+from kernel.keys import Principal
 
 CSRF_FIELD = "csrf_token"
 
@@ -46,53 +46,47 @@ def check_csrf() -> None:
 def sign_in(principal: Principal) -> None:
     lang = session.get("lang")
     session.clear()  # nothing from before sign-in survives, the CSRF token included
-    now = int(time.time())
-    session.update(key_id=principal.key_id, role=principal.role, subject=principal.subject,
-                   signed_in=now, seen=now, csrf=secrets.token_urlsafe(32))
+    s = db_session()
+    token = open_session(s, principal.key_id, now_of(), timeouts_of(current_app))
+    s.commit()
+    session.update(sid=token, csrf=secrets.token_urlsafe(32))
     if lang:
         session["lang"] = lang
     session.permanent = True
 
 
 def sign_out() -> None:
+    """End the session in the database (every copy of the cookie), then clear the cookie."""
+    token = session.get("sid")
+    if token:
+        s = db_session()
+        end_session(s, token)
+        s.commit()
+    _clear()
+
+
+def _clear() -> None:
     lang = session.get("lang")
     session.clear()
     if lang:
         session["lang"] = lang
 
 
-def _expired(now: int) -> bool:
-    cfg = current_app.config
-    seen, signed_in = session.get("seen", 0), session.get("signed_in", 0)
-    return (now - seen > cfg["CONSOLE_IDLE_SECONDS"]
-            or now - signed_in > cfg["CONSOLE_MAX_AGE_SECONDS"])
-
-
 def current_user() -> Principal | None:
-    """The signed-in principal, or None (and the session cleared) if expired or revoked."""
+    """The signed-in principal, or None (and the cookie cleared) if the session has ended."""
     if "console_user" in g:
         return g.console_user
     user = None
-    key_id = session.get("key_id")
-    if key_id:
-        now = int(time.time())
-        if _expired(now):
-            sign_out()
-            g.session_ended = "expired"
+    token = session.get("sid")
+    if token:
+        s = db_session()
+        user, ended = check_session(s, token, now_of(), timeouts_of(current_app))
+        s.commit()  # the end of a session, or its refreshed last-use time
+        if user is None:
+            _clear()
+            g.session_ended = ended
         else:
-            s = db_session()
-            row = s.execute(select(ApiKey.role, ApiKey.subject, ApiKey.revoked_at)
-                            .where(ApiKey.id == key_id)).first()
-            s.rollback()
-            if (row is None or row.revoked_at is not None or row.role != session.get("role")
-                    or row.subject != session.get("subject")):
-                sign_out()
-                g.session_ended = "revoked"
-            else:
-                user = Principal(key_id, row.role, row.subject)
-                if now - session.get("seen", 0) >= 60:  # refresh the idle clock at most once a minute
-                    session["seen"] = now
-                g.principal = user  # the request log names the key
+            g.principal = user  # the request log names the key
     g.console_user = user
     return user
 

@@ -250,9 +250,11 @@ def sign_in():
             if principal is not None:
                 start_session(principal)
                 return redirect(target or url_for(".index"))
-            if key:
-                limiter.failed(address)
-            error, status = _("API 密钥无效或已被吊销。"), 401
+            wait = limiter.failed(address) if key else None
+            if wait is not None:
+                error, status = _("登录失败次数过多，请 %(n)s 秒后再试。", n=wait), 429
+            else:
+                error, status = _("API 密钥无效或已被吊销。"), 401
     elif current_user() is not None:
         return redirect(target or url_for(".index"))
     notices = {"expired": _("会话已过期，请重新登录。"), "revoked": _("密钥已被吊销，会话已结束。")}

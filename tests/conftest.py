@@ -88,9 +88,14 @@ def db(database, request):
         assert report.ok, f"ledger invariants broken after {request.node.name}: {report.breaches}"
 
 
+# The suite pushes far faster than any provider may: push limits are off unless a test sets
+# them (tests/test_rate_limits.py); every other default is the shipped one.
+NO_PUSH_LIMITS = {"push_requests_per_second": 0, "push_records_per_second": 0}
+
+
 @pytest.fixture
 def settings(database_url):
-    return Settings.from_env(env={}, database_url=database_url)
+    return Settings.from_env(env={}, database_url=database_url, **NO_PUSH_LIMITS)
 
 
 @pytest.fixture
@@ -168,7 +173,8 @@ class World:
         self.url = url
         self.db = Database(url)
         truncate_all(self.db)
-        self.app = create_app(Settings.from_env(env={}, database_url=url), database=self.db)
+        self.app = create_app(Settings.from_env(env={}, database_url=url, **NO_PUSH_LIMITS),
+                              database=self.db)
         self.client = self.app.test_client()
         self.finance = Api(self.client, new_key(self.db, "finance"))
 

@@ -25,7 +25,10 @@ class Server:
                  log_path: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "VOUCHER_DATABASE_URL": database_url, **(env or {})}
+        # Push limits off unless a test sets them (tests/test_rate_limits.py), as in conftest.
+        self.env = {**os.environ, "VOUCHER_DATABASE_URL": database_url,
+                    "VOUCHER_PUSH_REQUESTS_PER_SECOND": "0", "VOUCHER_PUSH_RECORDS_PER_SECOND": "0",
+                    **(env or {})}
         self.workers = workers
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

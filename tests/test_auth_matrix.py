@@ -49,6 +49,7 @@ EXPECT: dict[str, Route | Public] = {
     "GET /healthz": Public("/healthz"),
     "GET /readyz": Public("/readyz"),
     "GET /metrics": Public("/metrics"),
+    "GET /metrics/finance": Route("/metrics/finance", {"finance": 200}),  # money: finance only
     "GET /openapi.json": Public("/openapi.json"),
     "GET /docs": Public("/docs"),
     "GET /static/<path:filename>": Public("/static/{static_file}", status=0),  # 0: see static_status

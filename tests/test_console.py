@@ -13,7 +13,6 @@ import os
 import re
 import stat
 import threading
-import time
 import zlib
 from html.parser import HTMLParser
 
@@ -144,7 +143,7 @@ def test_sign_in_exchanges_the_key_for_a_cookie_that_never_holds_it(console, wor
     assert "httponly" in flags and flags["samesite"] == "SameSite=Strict" and flags["path"] == "Path=/console"
     assert "secure" not in flags  # only with VOUCHER_COOKIE_SECURE / cookie_secure
     payload = session_payload(r)
-    assert payload["role"] == "enterprise" and payload["subject"] == world.usccs["A"]
+    assert set(payload) == {"sid", "csrf", "_permanent"}  # a session token, nothing of the key
     secret = world.keys["enterprise"].split("_", 2)[2]
     assert secret not in json.dumps(payload) and world.keys["enterprise"] not in cookie
     home = console.get("/console/")
@@ -181,6 +180,7 @@ def test_guessing_keys_at_the_sign_in_form_is_limited(db, settings):
     console.get("/console/sign-in")
     for _ in range(2):
         assert console.post("/console/sign-in", {"api_key": "vch_0000000000000000_guess"}).status_code == 401
+    assert console.post("/console/sign-in", {"api_key": "vch_0000000000000000_guess"}).status_code == 429
     r = console.post("/console/sign-in", {"api_key": world.keys["finance"]})  # even the right key
     assert r.status_code == 429 and "登录失败次数过多" in r.get_data(as_text=True)
 
@@ -211,32 +211,110 @@ def test_sign_out_ends_the_session(console, world):
     assert console.get("/console/registry").status_code == 302
 
 
-def test_an_idle_session_expires(console, world, app):
+class Clock:
+    """The console's clock, set by hand (Unix seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(app):
+    app.extensions["console.clock"] = clock = Clock()
+    return clock
+
+
+def copy_cookie(console: Console, app) -> Console:
+    """Another browser holding a copy of `console`'s cookie, as a thief would."""
+    cookie = console.client.get_cookie("voucher_console", path="/console")
+    other = Console(app.test_client())
+    other.client.set_cookie("voucher_console", cookie.value, path="/console")
+    return other
+
+
+def test_a_copied_cookie_opens_nothing_after_sign_out(console, world, app):
     console.sign_in(world.keys["finance"])
-    assert console.get("/console/registry").status_code == 200
+    thief = copy_cookie(console, app)
+    assert thief.get("/console/registry").status_code == 200  # the copy works while signed in
+    console.get("/console/registry")  # the page's CSRF token
+    assert console.post("/console/sign-out").headers["Location"] == "/console/sign-in"
+    r = thief.get("/console/registry")
+    assert r.status_code == 302 and "/console/sign-in" in r.headers["Location"]
+
+
+def test_the_cookie_holds_a_random_token_and_the_database_only_its_hash(console, world, app, db):
+    from console.sessions import ConsoleSession
+
+    console.sign_in(world.keys["finance"])
     with console.client.session_transaction("/console/") as s:
-        s["seen"] = int(time.time()) - app.config["CONSOLE_IDLE_SECONDS"] - 1
+        token = s["sid"]
+        assert set(s) <= {"sid", "csrf", "lang", "_flashes", "_permanent"}
+    with db.session() as s:
+        ids = s.scalars(select(ConsoleSession.id)).all()
+    assert len(token) >= 43 and token not in ids and len(ids) == 1
+
+
+def test_an_idle_session_expires(console, world, app, clock):
+    console.sign_in(world.keys["finance"])
+    thief = copy_cookie(console, app)
+    clock.now += app.config["CONSOLE_IDLE_SECONDS"] - 10
+    assert console.get("/console/registry").status_code == 200  # used in time: the idle clock restarts
+    clock.now += app.config["CONSOLE_IDLE_SECONDS"] + 1
     r = console.get("/console/registry")
     assert r.status_code == 302 and "ended=expired" in r.headers["Location"]
     assert "会话已过期" in console.text(r.headers["Location"])
     assert console.get("/console/registry").status_code == 302  # the session was cleared
+    assert thief.get("/console/registry").status_code == 302
 
 
-def test_no_session_outlives_its_maximum_age(console, world, app):
+def test_no_session_outlives_its_maximum_age(console, world, app, clock):
     console.sign_in(world.keys["finance"])
-    with console.client.session_transaction("/console/") as s:
-        s["signed_in"] = int(time.time()) - app.config["CONSOLE_MAX_AGE_SECONDS"] - 1
+    thief = copy_cookie(console, app)
+    step = app.config["CONSOLE_IDLE_SECONDS"] // 2
+    while clock.now + step < 1_800_000_000 + app.config["CONSOLE_MAX_AGE_SECONDS"]:
+        clock.now += step  # busy all along
+        assert console.get("/console/registry").status_code == 200
+    clock.now = 1_800_000_000 + app.config["CONSOLE_MAX_AGE_SECONDS"] + 1
     assert "ended=expired" in console.get("/console/registry").headers["Location"]
+    assert thief.get("/console/registry").status_code == 302
 
 
-def test_revoking_the_key_ends_its_console_session(console, world, db):
+def test_timeouts_are_settings(db, settings):
+    from voucher.app import create_app
+
+    app = create_app(settings.with_(console_idle_seconds=60, console_max_age_seconds=600), database=db)
+    assert (app.config["CONSOLE_IDLE_SECONDS"], app.config["CONSOLE_MAX_AGE_SECONDS"]) == (60, 600)
+
+
+def test_revoking_the_key_ends_its_console_session(console, world, db, app):
     console.sign_in(world.keys["finance"])
+    thief = copy_cookie(console, app)
     assert console.get("/console/registry").status_code == 200
     key_id = "key_" + world.keys["finance"].split("_")[1]
     with db.session() as s, s.begin():
         revoke_key(s, key_id)
     r = console.get("/console/registry")
     assert r.status_code == 302 and "ended=revoked" in r.headers["Location"]
+    assert thief.get("/console/registry").status_code == 302
+
+
+def test_voucher_keys_revoke_deletes_the_keys_console_sessions(console, world, db, settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from console.sessions import ConsoleSession
+    from voucher.cli import main
+
+    console.sign_in(world.keys["finance"])
+    key_id = "key_" + world.keys["finance"].split("_")[1]
+    monkeypatch.setenv("VOUCHER_DATABASE_URL", settings.database_url)
+    result = CliRunner().invoke(main, ["keys", "revoke", key_id])
+    assert result.exit_code == 0, result.output
+    with db.session() as s:
+        assert s.scalars(select(ConsoleSession).where(ConsoleSession.api_key_id == key_id)).all() == []
+    assert console.get("/console/registry").status_code == 302
 
 
 # --- CSRF ---------------------------------------------------------------------------------------

@@ -115,10 +115,36 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
 
 
-def test_promtool_accepts_the_prometheus_config(promtool):
-    out = run(promtool, "check", "config", str(PROM / "prometheus.yml"))
+FINANCE_KEY_FILE = "/run/secrets/metrics_finance_key"  # compose's secret, in the container
+
+
+def test_promtool_accepts_the_prometheus_config(promtool, tmp_path):
+    # promtool opens credential files: check a copy pointing at a stand-in for the secret.
+    (tmp_path / "key").write_text("vch_stand_in\n")
+    text = (PROM / "prometheus.yml").read_text()
+    assert FINANCE_KEY_FILE in text
+    for name in ("alerts.yml",):
+        (tmp_path / name).write_text((PROM / name).read_text())
+    (tmp_path / "prometheus.yml").write_text(text.replace(FINANCE_KEY_FILE, str(tmp_path / "key")))
+    out = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+def test_money_is_scraped_only_with_a_finance_key_and_nothing_publishes_it():
+    prom = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    assert jobs["voucher-app"]["metrics_path"] == "/metrics"
+    finance = jobs["voucher-app-finance"]
+    assert finance["metrics_path"] == "/metrics/finance"
+    assert finance["authorization"] == {"type": "Bearer", "credentials_file": FINANCE_KEY_FILE}
+    services = compose()["services"]
+    assert "metrics_finance_key" in services["prometheus"]["secrets"]
+    assert compose()["secrets"]["metrics_finance_key"]["file"].startswith("./var/")  # never in git
+    # Prometheus (which stores the money series) listens on the host's loopback only, and the
+    # scheduler's metrics port is not published at all.
+    assert all(str(p).startswith("127.0.0.1:") for p in services["prometheus"].get("ports", []))
+    assert "ports" not in services["scheduler"]
 
 
 def test_promtool_accepts_the_alert_rules(promtool):

@@ -107,8 +107,9 @@ def multiproc_dir(tmp_path):
 
 
 def start_server(database_url, multiproc_dir, tmp_path, workers=3) -> Server:
+    # One thread per worker, so that concurrent pushes must spread over the workers.
     return Server(database_url, workers=workers, log_path=tmp_path / "gunicorn.log",
-                  env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}).start()
+                  env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "VOUCHER_THREADS": "1"}).start()
 
 
 # --- under gunicorn ---------------------------------------------------------------------------
@@ -217,6 +218,12 @@ def test_metrics_directory_is_emptied_when_gunicorn_starts(db, database_url, mul
 
 
 # --- in process --------------------------------------------------------------------------------
+def scrape_finance(finance) -> dict:
+    r = finance.get("/metrics/finance")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return parse(r.get_data(as_text=True))
+
+
 def scrape(client) -> dict:
     r = client.get("/metrics")
     assert r.status_code == 200
@@ -302,7 +309,7 @@ def test_subsidy_and_discrepancies_are_read_from_the_ledger_and_the_reconciliati
     good_claim = claim(as_key("enterprise", good), [("prov-a", "INV-1", 100_000)])
     claim(as_key("enterprise", bad), [("prov-a", "INV-2", 60_000)])  # paid ≠ invoiced
     assert finance.post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 201
-    samples = scrape(client)
+    samples = {**scrape(client), **scrape_finance(finance)}
     assert total(samples, "voucher_subsidy_reserved_fen_total", county="南湖区") == 50_000  # §四(一) 50 %
     assert total(samples, "voucher_subsidy_granted_fen_total") == 0
     assert total(samples, "voucher_reconciliation_discrepancies", period="2026-10",
@@ -312,12 +319,41 @@ def test_subsidy_and_discrepancies_are_read_from_the_ledger_and_the_reconciliati
     assert finance.post(f"/v1/claims/{good_claim}/approve").status_code == 200
     assert provider.delete("/v1/usage-records/u-good").status_code == 200
     assert finance.post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 200
-    samples = scrape(client)
+    samples = scrape_finance(finance)
     assert total(samples, "voucher_subsidy_reserved_fen_total", county="南湖区") == 50_000
     assert total(samples, "voucher_subsidy_granted_fen_total", county="南湖区") == 50_000
     assert total(samples, "voucher_subsidy_clawed_back_fen_total", county="南湖区") == 50_000
-    types = {f.name: f.type for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))}
+    types = {f.name: f.type for f in text_string_to_metric_families(
+        finance.get("/metrics/finance").get_data(as_text=True))}
     assert types["voucher_subsidy_granted_fen"] == "counter"
+
+
+def test_money_is_never_on_the_public_endpoint_and_needs_a_finance_key(client, finance, as_key):
+    _, (good,) = setup_programme(finance, providers=("prov-a",), enterprises=1, county="南湖区")
+    provider = as_key("provider", "prov-a")
+    usage(provider, good, 100_000, rid="u-1")
+    invoice(provider, "INV-1", good, 100_000)
+    claim(as_key("enterprise", good), [("prov-a", "INV-1", 100_000)])
+    assert finance.post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 201
+    public = client.get("/metrics").get_data(as_text=True)
+    assert "voucher_subsidy_" not in public and "_fen" not in public and "county=" not in public
+    assert total(scrape_finance(finance), "voucher_subsidy_reserved_fen_total") == 50_000
+    assert client.get("/metrics/finance").status_code == 401
+    assert as_key("provider", "prov-a").get("/metrics/finance").status_code == 403
+    assert as_key("enterprise", good).get("/metrics/finance").status_code == 403
+
+
+def test_a_county_outside_the_programme_is_labelled_other_never_as_typed(client, finance, as_key):
+    typed = "=HYPERLINK(\"http://x\") 某县"
+    _, (good,) = setup_programme(finance, providers=("prov-a",), enterprises=1, county=typed)
+    provider = as_key("provider", "prov-a")
+    usage(provider, good, 100_000, rid="u-1")
+    invoice(provider, "INV-1", good, 100_000)
+    claim(as_key("enterprise", good), [("prov-a", "INV-1", 100_000)])
+    assert finance.post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 201
+    text = finance.get("/metrics/finance").get_data(as_text=True)
+    assert "HYPERLINK" not in text and "某县" not in text
+    assert total(scrape_finance(finance), "voucher_subsidy_reserved_fen_total", county="other") == 50_000
 
 
 def test_job_finished_events_of_the_scheduler_are_counted(client):
@@ -406,3 +442,5 @@ def test_every_database_family_is_a_named_constant(app):
     """Dashboards and alerts are checked against the names metrics.py declares."""
     constants = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str)}
     assert metrics.scrape_collector(app).names() <= constants
+    assert metrics.finance_collector(app).names() <= constants
+    assert not any("fen" in n or "subsidy" in n for n in metrics.scrape_collector(app).names())

@@ -60,20 +60,21 @@ def test_every_key_costs_one_hash_and_one_constant_time_comparison(db, monkeypat
 
 # --- failed authentications -------------------------------------------------------------------
 
-def test_failure_window_slides():
+def test_failures_are_a_token_bucket_per_address():
     now = [1000.0]
-    limiter = FailureLimiter(limit=3, window=60, clock=lambda: now[0])
+    limiter = FailureLimiter(limit=3, window=60, clock=lambda: now[0])  # 3 failures, 1 per 20 s back
     for _ in range(3):
         assert limiter.retry_after("a") is None
-        limiter.failed("a")
-        now[0] += 10
-    assert limiter.retry_after("a") == 30  # the first failure (t=1000) leaves at t=1060
+        assert limiter.failed("a") is None  # answered 401
+    assert limiter.failed("a") == 20  # one too many: 429 until a token is back
+    assert limiter.retry_after("a") == 20  # and this process refuses the address meanwhile
     assert limiter.retry_after("b") is None
-    now[0] = 1060.5
-    assert limiter.retry_after("a") is None  # one failure left the window: one more try
-    limiter.failed("a")
-    assert limiter.retry_after("a") == 10
+    now[0] += 20
+    assert limiter.retry_after("a") is None
+    assert limiter.failed("a") is None  # the token that came back
+    assert limiter.failed("a") == 20
     assert FailureLimiter(limit=0, window=60).retry_after("a") is None  # 0 switches it off
+    assert FailureLimiter(limit=0, window=60).failed("a") is None
 
 
 def test_repeated_failures_from_one_address_get_429(db, settings):
@@ -90,7 +91,7 @@ def test_repeated_failures_from_one_address_get_429(db, settings):
         assert get(f"vch_{n:016x}_guess").status_code == 401
     r = get("vch_0000000000000009_guess")
     assert r.status_code == 429
-    assert r.json["error"]["type"] == "rate_limit_error"
+    assert r.json["error"]["type"] == "rate_limit_error" and r.json["error"]["code"] == "rate_limited"
     assert 0 < int(r.headers["Retry-After"]) <= 60
     # While blocked, even the right key is not looked at: guessing learns nothing.
     assert get(good).status_code == 429

@@ -88,7 +88,8 @@ def keys_create(role: str, subject: str | None) -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key by its id (key_…)."""
+    """Revoke a key by its id (key_…); its console sessions end with it."""
+    from console.sessions import end_sessions_of_key
     from kernel import audit
     from kernel.keys import revoke_key
 
@@ -99,6 +100,7 @@ def keys_revoke(key_id: str) -> None:
         if session.is_modified(row):  # revoking twice changes nothing
             audit.append(session, "api_key.revoked", "api_key", key_id,
                          before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
+        end_sessions_of_key(session, key_id)
     click.echo(f"revoked {key_id}")
 
 

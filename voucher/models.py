@@ -1,5 +1,6 @@
 """Every mapped table, imported in one place so Alembic and tests see the whole schema."""
 
+from api.buckets import RateBucket  # noqa: F401
 from api.idempotency import IdempotencyKey  # noqa: F401
 from billing.models import (  # noqa: F401
     Claim,
@@ -11,6 +12,7 @@ from billing.models import (  # noqa: F401
     Reconciliation,
 )
 from billing.statements import Statement  # noqa: F401
+from console.sessions import ConsoleSession  # noqa: F401
 from kernel.audit import AuditEvent  # noqa: F401
 from kernel.db import Base  # noqa: F401
 from kernel.jobruns import JobRun  # noqa: F401

@@ -46,7 +46,7 @@ from kernel.periods import current_period
 from metering.ingest import ingest_records
 from metering.models import Enterprise, Provider, UsageRecord
 from metering.usage import get_record, void_record
-from tests.conftest import Api, new_key, truncate_all
+from tests.conftest import NO_PUSH_LIMITS, Api, new_key, truncate_all
 from tests.factories import make_uscc
 from voucher.app import create_app
 from voucher.migrate import upgrade
@@ -328,7 +328,7 @@ def test_billing_state_machine(tmp_path):
     url = f"sqlite:///{tmp_path / 'sm.db'}"
     upgrade(url)
     DB = Database(url)
-    app = create_app(Settings.from_env(env={}, database_url=url), database=DB)
+    app = create_app(Settings.from_env(env={}, database_url=url, **NO_PUSH_LIMITS), database=DB)
     app.extensions["voucher.policy"] = small_policy()  # the API and the services agree on the cap
     CLIENT = app.test_client()
     try:
