@@ -379,10 +379,11 @@ SERVICE_ERRORS = {
     "unknown_enterprise": _l("企业未登记。"),
     "claim_not_reconciled": _l("该申领尚未经过月度对账，暂不能批准。"),
     "claim_decided": _l("该申领已经作出决定，不能再更改。"),
+    "reason_required": _l("批准有差异的申领时，必须写明理由。"),
 }
 
 
-def service_error(exc: ApiError | DomainError) -> str:
+def service_error(exc: DomainError) -> str:
     """The service's refusal in the reader's language (its English message as a fallback)."""
     text = SERVICE_ERRORS.get(exc.code)
     return str(text) if text else exc.message
@@ -453,7 +454,7 @@ def new_claim(uscc: str):
                 with database().session() as ws, ws.begin():
                     claim = claims_svc.submit_claim(ws, uscc, period, items, others)
                     claim_id = claim.id
-            except (ApiError, DomainError) as exc:
+            except DomainError as exc:
                 errors.append(service_error(exc))
             else:
                 public_id = f"clm_{claim_id}"
@@ -509,8 +510,6 @@ def _decide(claim_id: str, action: str):
         with database().session() as ws, ws.begin():
             c = _claim_or_404(ws, claim_id, lock=True)
             if action == "approve":
-                if c.status == "flagged" and not reason:
-                    raise FormError(_("批准有差异的申领时，必须写明理由。"))
                 amount = c.payable
                 claims_svc.approve(ws, policy(), c, reason or None)
             else:
@@ -520,7 +519,7 @@ def _decide(claim_id: str, action: str):
                 claims_svc.reject(ws, policy(), c, reason)
     except FormError as exc:
         flash(str(exc), "error")
-    except (ApiError, DomainError) as exc:
+    except DomainError as exc:
         flash(service_error(exc), "error")
     else:
         if action == "approve":
