@@ -36,7 +36,7 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Database, UTCDateTime, keyset_page, utcnow
 from kernel.events import Events
 from kernel.periods import SHANGHAI, previous_period
 
@@ -426,10 +426,7 @@ def list_runs(session: Session, *, job: str | None = None, status: str | None = 
         stmt = stmt.where(JobRun.status == status)
     if period:
         stmt = stmt.where(JobRun.period == period)
-    if after_id is not None:
-        stmt = stmt.where(JobRun.id > after_id)
-    rows = list(session.scalars(stmt.order_by(JobRun.id).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(session, stmt, JobRun.id, limit, after_id)
 
 
 def recent_runs(session: Session, limit: int = 20, job: str | None = None) -> list[JobRun]:

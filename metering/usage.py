@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kernel.db import utcnow
+from kernel.db import keyset_page, utcnow
 from metering.models import UsageRecord
 
 
@@ -59,10 +59,7 @@ def list_records(
         stmt = stmt.where(UsageRecord.period == period)
     if status:
         stmt = stmt.where(UsageRecord.status == status)
-    if after_id is not None:
-        stmt = stmt.where(UsageRecord.id > after_id)
-    rows = list(session.scalars(stmt.order_by(UsageRecord.id).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(session, stmt, UsageRecord.id, limit, after_id)
 
 
 def get_record(session: Session, provider_id: str, record_id: str, *, lock: bool = False) -> UsageRecord | None:
