@@ -14,8 +14,10 @@ from typing import Any
 
 from stdnum.cn import uscc as uscc_mod
 
+from adapters.registry import TYPES
+
 Fen = int
-ADAPTER_TYPES = ("sacct", "slurmrestd", "prometheus", "csv", "jsonl")
+ADAPTER_TYPES = TYPES  # the registry's list (adapters/registry.py)
 QUANTITY_STEP = Decimal("0.000001")
 
 

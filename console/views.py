@@ -31,6 +31,7 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
+from adapters.registry import UPLOAD_FORMATS
 from api.auth import db_session
 from api.errors import ApiError, from_domain
 from billing import claims as claims_svc
@@ -85,7 +86,6 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
                static_folder="static")
 
 NEAR_CAP = 0.9  # the share of the cap at which an enterprise is "near the cap" (as in /metrics)
-UPLOAD_FORMATS = ("csv", "jsonl")
 _YUAN = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
 
 

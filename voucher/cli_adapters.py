@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from adapters.registry import IMPORT_FORMATS
 from config.settings import Settings
 
 
@@ -21,14 +22,14 @@ def _config(provider_id: str, fmt: str | None):
             return load_provider_config(path)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-    if fmt in ("csv", "jsonl", "sacct", "slurmrestd"):
+    if fmt in IMPORT_FORMATS:
         raise click.ClickException(f"no adapter file {path}: it maps tenants to USCCs and sets prices")
     return ProviderConfig(provider_id, fmt or "csv", provider_id, {}, {}, {})
 
 
 @click.command("import")
 @click.option("--provider", "provider_id", required=True)
-@click.option("--format", "fmt", type=click.Choice(["sacct", "slurmrestd", "csv", "jsonl"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     """Ingest a provider export FILE through the push path (idempotent: re-imports are duplicates)."""
