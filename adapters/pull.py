@@ -146,11 +146,10 @@ def pullable(configs: dict[str, ProviderConfig], provider_id: str | None = None)
             yield cfg
 
 
-def pull_job(db: Database, period: str, providers_dir: Path | None = None) -> dict[str, Any]:
-    """The scheduler's pull job: every provider with a pull adapter; one failing does not stop the rest."""
-    from config.settings import Settings
-
-    configs = load_all(providers_dir or Settings.from_env().providers_dir)
+def pull_job(db: Database, period: str, providers_dir: Path) -> dict[str, Any]:
+    """The pull job (wired by voucher.scheduler with `Settings.providers_dir`): every provider
+    with a pull adapter; one failing does not stop the rest."""
+    configs = load_all(providers_dir)
     results, errors = {}, {}
     for cfg in pullable(configs):
         try:

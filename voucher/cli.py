@@ -7,23 +7,13 @@ import sys
 
 import click
 
-from config.settings import Settings
 from voucher.cli_adapters import COMMANDS as ADAPTER_COMMANDS
 from voucher.cli_audit import COMMANDS as AUDIT_COMMANDS
 from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
 from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
-
-
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-def database():
-    from kernel.db import Database
-
-    return Database(settings().database_url)
+from voucher.cli_settings import database, settings
 
 
 @click.group()

@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 
 from adapters.registry import IMPORT_FORMATS
-from config.settings import Settings
+from voucher.cli_settings import settings as cli_settings
 
 
 def _config(provider_id: str, fmt: str | None):
     from adapters.config import ConfigError, ProviderConfig, load_provider_config
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     path = Path(settings.providers_dir) / f"{provider_id}.toml"
     if path.exists():
         try:
@@ -37,7 +37,7 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     from kernel.db import Database
 
     config = _config(provider_id, fmt)
-    db = Database(Settings.from_env().database_url)
+    db = Database(cli_settings().database_url)
     try:
         check_provider(db, provider_id)
     except LookupError as exc:
@@ -83,7 +83,7 @@ def pull_cmd(provider_id: str | None) -> None:
     from adapters.pull import pullable
     from kernel.db import Database
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     db = Database(settings.database_url)
     configs = list(pullable(load_all(settings.providers_dir), provider_id))
     if not configs:

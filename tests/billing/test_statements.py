@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from adapters.stripe import StripeClient, StripeError
-from billing.jobs import StatementsIncomplete, reconcile_job
+from billing.jobs import StatementsIncomplete
 from billing.statements import (
     FINALIZED,
     Statement,
@@ -31,7 +31,7 @@ from kernel.jobruns import JobRun, run_once
 from tests.factories import claim, invoice, setup_programme, usage
 from tests.integration.localstripe_compat import start_localstripe, stop_server
 from voucher.cli import main
-from voucher.scheduler import statements_job
+from voucher.scheduler import reconcile_job, statements_job
 
 PERIOD = "2026-10"
 API_KEY = "sk_test_statements"
