@@ -77,6 +77,15 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
+def where_given(stmt: Select, *filters: tuple[Any, Any]) -> Select:
+    """`stmt` narrowed to `column == value` for each (column, value) whose value is given
+    (a list's optional query filters: None or empty means "any")."""
+    for column, value in filters:
+        if value:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
 def keyset_page(session: Session, stmt: Select, key: Any, limit: int,
                 after: Any = None) -> tuple[list[Any], bool]:
     """One page of a keyset-paged list (docs/API.md#pagination): the rows of `stmt` whose `key`

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kernel import audit
-from kernel.errors import Conflict
+from kernel.errors import Conflict, Invalid
 from metering.models import Enterprise, ModelFiling, Provider
 
 
@@ -112,3 +112,22 @@ def create_enterprise(session: Session, values: dict[str, Any]) -> Enterprise:
     uscc = values["uscc"]
     return _register(session, Enterprise, uscc, values, kind="enterprise",
                      exists=Conflict("resource_exists", f"Enterprise {uscc} already exists", "uscc"))
+
+
+def check_key_subject(session: Session, role: str, subject: str | None) -> str | None:
+    """A provider key names a registered provider, an enterprise key a registered USCC
+    (normalised to upper case), a finance key nothing; Invalid otherwise (param `subject`)."""
+    if role == "finance":
+        if subject:
+            raise Invalid("invalid_field", "a finance key has no subject", "subject")
+        return None
+    if not subject:
+        raise Invalid("missing_field", f"a {role} key needs a subject", "subject")
+    if role == "provider":
+        if session.get(Provider, subject) is None:
+            raise Invalid("unknown_provider", f"No such provider: {subject!r}", "subject")
+        return subject
+    subject = subject.upper()
+    if session.get(Enterprise, subject) is None:
+        raise Invalid("unknown_enterprise", f"No such enterprise: {subject!r}", "subject")
+    return subject

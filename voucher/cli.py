@@ -57,16 +57,16 @@ def keys() -> None:
 @click.option("--subject", default=None, help="provider id or enterprise USCC")
 def keys_create(role: str, subject: str | None) -> None:
     """Issue a key. It is shown once, on the last line, and stored only as a hash."""
-    from api.errors import ApiError
-    from api.service import check_subject
     from kernel import audit
+    from kernel.errors import DomainError
     from kernel.keys import issue_key
+    from metering.registry import check_key_subject
 
     database_ = database()
     with database_.session() as session, session.begin():
         try:
-            subject = check_subject(session, role, subject)
-        except ApiError as exc:
+            subject = check_key_subject(session, role, subject)
+        except DomainError as exc:
             raise click.ClickException(exc.message) from None
         row, plain = issue_key(session, role, subject)
         audit.append(session, "api_key.created", "api_key", row.id,
