@@ -5,7 +5,6 @@ Secrets are named by environment variable (`token_env`), never stored in the fil
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -14,8 +13,11 @@ from typing import Any
 
 from stdnum.cn import uscc as uscc_mod
 
+from adapters.registry import TYPES
+from config.settings import secret
+
 Fen = int
-ADAPTER_TYPES = ("sacct", "slurmrestd", "prometheus", "csv", "jsonl")
+ADAPTER_TYPES = TYPES  # the registry's list (adapters/registry.py)
 QUANTITY_STEP = Decimal("0.000001")
 
 
@@ -47,8 +49,18 @@ class ProviderConfig:
         return None
 
     def secret(self, key: str = "token_env") -> str | None:
-        name = self.settings.get(key)
-        return os.environ.get(name) if name else None
+        return secret(self.settings.get(key))
+
+    def bearer_token(self, key: str = "token_env") -> str | None:
+        """The credential named by `[adapter] token_env` (None if the file names none);
+        ConfigError if it names a variable that is not set."""
+        if not self.settings.get(key):
+            return None
+        token = self.secret(key)
+        if not token:
+            raise ConfigError(f"{self.path or self.provider_id}: [adapter.{key}] "
+                              f"variable {self.settings[key]} is not set")
+        return token
 
 
 def round_quantity(q: Decimal) -> Decimal:

@@ -198,13 +198,8 @@ class PrometheusAdapter:
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        if self.config.settings.get("token_env"):
-            token = self.config.secret("token_env")
-            if not token:
-                raise ConfigError(
-                    f"{self.config.path or self.config.provider_id}: [adapter.token_env] "
-                    f"variable {self.config.settings['token_env']} is not set"
-                )
+        token = self.config.bearer_token()
+        if token:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 

@@ -7,7 +7,6 @@ into duplicates.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from sqlalchemy import func, select
 
 from adapters.base import Extracted
 from adapters.config import ProviderConfig, load_all
+from adapters.registry import IMPORT_FORMATS, PULL_TYPES, make_adapter, parse_file
 from kernel import metrics
 from kernel.db import Database
 from metering.batches import record_batch
@@ -27,8 +27,7 @@ from metering.ingest import ingest_records
 from metering.models import Provider, UsageRecord
 
 BATCH = 1000
-FORMATS = ("sacct", "slurmrestd", "csv", "jsonl")
-PULL_TYPES = ("sacct", "slurmrestd", "prometheus")
+FORMATS = IMPORT_FORMATS  # the names this module always offered, read from the registry
 
 
 @dataclass
@@ -60,22 +59,6 @@ class IngestSummary:
         if self.unmapped_tenants:
             out.append(f"  unmapped tenants: {', '.join(sorted(self.unmapped_tenants))}")
         return out
-
-
-def parse_file(fmt: str, text: str, config: ProviderConfig) -> Extracted:
-    if fmt == "sacct":
-        from adapters.slurm import parse_sacct
-
-        return parse_sacct(text, config)
-    if fmt == "slurmrestd":
-        from adapters.slurm import parse_slurmrestd
-
-        return parse_slurmrestd(json.loads(text), config)
-    if fmt in ("csv", "jsonl"):
-        from adapters import exports
-
-        return (exports.parse_csv if fmt == "csv" else exports.parse_jsonl)(text, config)
-    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
 def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
@@ -122,22 +105,6 @@ def import_file(db: Database, provider_id: str, fmt: str, path: Path, config: Pr
     return ingest_extracted(db, provider_id, parse_file(fmt, text, config), progress)
 
 
-def make_adapter(config: ProviderConfig):
-    if config.type == "sacct":
-        from adapters.slurm import SacctAdapter
-
-        return SacctAdapter(config)
-    if config.type == "slurmrestd":
-        from adapters.slurm import SlurmrestdAdapter
-
-        return SlurmrestdAdapter(config)
-    if config.type == "prometheus":
-        from adapters.prometheus import PrometheusAdapter
-
-        return PrometheusAdapter(config)
-    raise ValueError(f"{config.provider_id}: adapter type {config.type!r} is import-only")
-
-
 def last_ended(db: Database, provider_id: str) -> datetime | None:
     with db.session() as s:
         value = s.scalar(select(func.max(UsageRecord.ended_at)).where(UsageRecord.provider_id == provider_id))
@@ -179,11 +146,10 @@ def pullable(configs: dict[str, ProviderConfig], provider_id: str | None = None)
             yield cfg
 
 
-def pull_job(db: Database, period: str, providers_dir: Path | None = None) -> dict[str, Any]:
-    """The scheduler's pull job: every provider with a pull adapter; one failing does not stop the rest."""
-    from config.settings import Settings
-
-    configs = load_all(providers_dir or Settings.from_env().providers_dir)
+def pull_job(db: Database, period: str, providers_dir: Path) -> dict[str, Any]:
+    """The pull job (wired by voucher.scheduler with `Settings.providers_dir`): every provider
+    with a pull adapter; one failing does not stop the rest."""
+    configs = load_all(providers_dir)
     results, errors = {}, {}
     for cfg in pullable(configs):
         try:

@@ -23,7 +23,6 @@ not in `[tenants]`), `no_price`, `duplicate_row` (same record_id twice in one in
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import requests
 
 from adapters.base import Extracted, Skipped
 from adapters.config import ConfigError, ProviderConfig, amount_for, round_quantity
+from config.settings import child_environment
 
 SHORT_FIELDS: tuple[str, ...] = tuple(
     "JobIDRaw,Account,User,Partition,AllocTRES,ElapsedRaw,Start,End,State".split(",")
@@ -403,7 +403,7 @@ class SacctAdapter:
         )
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ, TZ="UTC")
+        env = child_environment(TZ="UTC")
         env.pop("SLURM_TIME_FORMAT", None)  # we parse sacct's default ISO times
         if self.config.settings.get("slurm_conf"):
             env["SLURM_CONF"] = str(self.config.settings["slurm_conf"])
@@ -529,13 +529,8 @@ class SlurmrestdAdapter:
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        if self.config.settings.get("token_env"):
-            token = self.config.secret("token_env")
-            if not token:
-                raise ConfigError(
-                    f"{self.config.path or self.config.provider_id}: [adapter.token_env] "
-                    f"variable {self.config.settings['token_env']} is not set"
-                )
+        token = self.config.bearer_token()
+        if token:
             headers["X-SLURM-USER-TOKEN"] = token
         if self.config.settings.get("user_name"):
             headers["X-SLURM-USER-NAME"] = str(self.config.settings["user_name"])

@@ -207,11 +207,6 @@ class StripeClient:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> StripeClient:
         return cls(settings.stripe_api_base, settings.stripe_api_key, **kwargs)
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> StripeClient:
-        """From `VOUCHER_STRIPE_API_BASE` / `VOUCHER_STRIPE_API_KEY` (via `Settings`)."""
-        return cls.from_settings(Settings.from_env(None if env is None else dict(env)), **kwargs)
-
     def close(self) -> None:
         self.session.close()
 

@@ -32,7 +32,6 @@ text reaches a label). Never a USCC, record id or key.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
@@ -342,7 +341,7 @@ class _Chain:
 
 def exposition(app: Flask) -> bytes:
     """The text format of every series: all workers' files in multiprocess mode, plus the DB figures."""
-    if os.environ.get(MULTIPROC_ENV):
+    if app.config["VOUCHER_SETTINGS"].prometheus_multiproc_dir:  # PROMETHEUS_MULTIPROC_DIR
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(_Chain(registry, scrape_collector(app)))  # type: ignore[arg-type]
@@ -424,16 +423,17 @@ def init_metrics(app: Flask) -> None:
     app.add_url_rule("/metrics/finance", "metrics_finance", finance_metrics_view, methods=["GET"])
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0"):
+def start_metrics_server(port: int, addr: str = "0.0.0.0", multiproc_dir: str | None = None):
     """Serve /metrics on its own port from a process without HTTP (the scheduler).
 
-    Serves the default registry (in multiprocess mode, every process's files); returns
-    prometheus-client's (server, thread) so a caller can shut it down.
+    Serves the default registry (in multiprocess mode, `multiproc_dir` =
+    `Settings.prometheus_multiproc_dir`, every process's files); returns prometheus-client's
+    (server, thread) so a caller can shut it down.
     """
     from prometheus_client import start_http_server
 
     hook_jobs()
-    if os.environ.get(MULTIPROC_ENV):
+    if multiproc_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return start_http_server(port, addr, registry=registry)

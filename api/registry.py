@@ -20,6 +20,8 @@ from api.schemas import Enterprise as EnterpriseOut
 from api.schemas import ModelFiling as FilingOut
 from api.schemas import Provider as ProviderOut
 from kernel import audit
+from kernel.db import keyset_page
+from metering import registry
 from metering.models import Enterprise, ModelFiling, Provider
 from metering.registry import apply_changes, enterprise_json, filing_json, filings_of, provider_json
 
@@ -101,10 +103,6 @@ class FilingIn(BaseModel):
     obtained_on: date
 
 
-def _page_after(model_col, starting_after):
-    return (lambda stmt: stmt.where(model_col > starting_after)) if starting_after else (lambda s: s)
-
-
 @doc("Register a compute provider", request=ProviderIn, response=ProviderOut, status=201,
      tags=["providers"], errors={409: "A provider with this id exists"},
      example={"id": "jx-zhisuan", "name": "嘉兴智算中心", "kind": "intelligent_computing",
@@ -114,16 +112,8 @@ def _page_after(model_col, starting_after):
 def create_provider():
     body = parse_model(ProviderIn, json_body())
     session = db_session()
-    exists = ApiError(409, "resource_exists", f"Provider {body.id!r} already exists", "id")
-    try:
-        with session.begin():
-            if session.get(Provider, body.id) is not None:
-                raise exists
-            provider = Provider(**body.model_dump())
-            session.add(provider)
-            audit.append(session, "provider.created", "provider", body.id, after=body.model_dump())
-    except IntegrityError:  # a concurrent registration of the same id committed first
-        raise exists from None
+    with session.begin():
+        provider = registry.create_provider(session, body.model_dump())
     return provider_json(provider), 201
 
 
@@ -133,9 +123,8 @@ def create_provider():
 def list_providers():
     limit, after = page_args()
     session = db_session()
-    stmt = _page_after(Provider.id, after)(select(Provider)).order_by(Provider.id).limit(limit + 1)
-    rows = list(session.scalars(stmt))
-    return list_envelope([provider_json(p) for p in rows[:limit]], len(rows) > limit, "/v1/providers")
+    rows, more = keyset_page(session, select(Provider), Provider.id, limit, after)
+    return list_envelope([provider_json(p) for p in rows], more, "/v1/providers")
 
 
 @doc("Read a provider", description="A provider key reads only its own.",
@@ -178,16 +167,8 @@ def patch_provider(provider_id: str):
 def create_enterprise():
     body = parse_model(EnterpriseIn, json_body())
     session = db_session()
-    exists = ApiError(409, "resource_exists", f"Enterprise {body.uscc} already exists", "uscc")
-    try:
-        with session.begin():
-            if session.get(Enterprise, body.uscc) is not None:
-                raise exists
-            enterprise = Enterprise(**body.model_dump())
-            session.add(enterprise)
-            audit.append(session, "enterprise.created", "enterprise", body.uscc, after=body.model_dump())
-    except IntegrityError:  # a concurrent registration of the same USCC committed first
-        raise exists from None
+    with session.begin():
+        enterprise = registry.create_enterprise(session, body.model_dump())
     return enterprise_json(enterprise, []), 201
 
 
@@ -199,11 +180,11 @@ def list_enterprises():
     limit, after = page_args()
     county = query_arg("county")
     session = db_session()
-    stmt = _page_after(Enterprise.uscc, after)(select(Enterprise))
+    stmt = select(Enterprise)
     if county:
         stmt = stmt.where(Enterprise.county == county)
-    rows = list(session.scalars(stmt.order_by(Enterprise.uscc).limit(limit + 1)))
-    return list_envelope([enterprise_json(e) for e in rows[:limit]], len(rows) > limit, "/v1/enterprises")
+    rows, more = keyset_page(session, stmt, Enterprise.uscc, limit, after)
+    return list_envelope([enterprise_json(e) for e in rows], more, "/v1/enterprises")
 
 
 def _enterprise_or_404(session, uscc: str) -> Enterprise:

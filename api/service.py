@@ -15,7 +15,7 @@ from api.openapi import doc
 from api.schemas import ApiKey, Health, Ready
 from kernel import audit
 from kernel.keys import issue_key, revoke_key
-from metering.models import Enterprise, Provider
+from metering.registry import check_key_subject
 
 bp = Blueprint("service", __name__)
 
@@ -54,24 +54,6 @@ def key_json(row, plain: str | None = None) -> dict:
     return body
 
 
-def check_subject(session, role: str, subject: str | None) -> str | None:
-    """A provider key names a registered provider, an enterprise key a registered USCC."""
-    if role == "finance":
-        if subject:
-            raise ApiError(422, "invalid_field", "a finance key has no subject", "subject")
-        return None
-    if not subject:
-        raise ApiError(422, "missing_field", f"a {role} key needs a subject", "subject")
-    if role == "provider":
-        if session.get(Provider, subject) is None:
-            raise ApiError(422, "unknown_provider", f"No such provider: {subject!r}", "subject")
-        return subject
-    subject = subject.upper()
-    if session.get(Enterprise, subject) is None:
-        raise ApiError(422, "unknown_enterprise", f"No such enterprise: {subject!r}", "subject")
-    return subject
-
-
 @doc("Issue an API key",
      description="The key is in the answer once and stored only as a hash. A provider key names "
                  "a registered provider, an enterprise key a registered USCC.",
@@ -83,7 +65,7 @@ def create_api_key():
     body = parse_model(ApiKeyIn, json_body())
     session = db_session()
     with session.begin():
-        subject = check_subject(session, body.role, body.subject)
+        subject = check_key_subject(session, body.role, body.subject)
         row, plain = issue_key(session, body.role, subject)
         audit.append(session, "api_key.created", "api_key", row.id,
                      after={"role": body.role, "subject": subject})

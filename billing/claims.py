@@ -115,7 +115,7 @@ def _balance_for(session: Session, policy: Policy, claim: Claim) -> ledger.Balan
 
 
 def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) -> Claim:
-    """Move the claim's reservation to granted."""
+    """Move the claim's reservation to granted; a flagged claim needs a (non-blank) reason."""
     if claim.status == "approved":
         return claim  # idempotent
     if claim.status not in ("verified", "flagged"):
@@ -123,6 +123,10 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
                        f"A {claim.status} claim cannot be approved; "
                        + ("run the reconciliation of its period first" if claim.status == "submitted" else
                           "it was already decided"), "status")
+    if claim.status == "flagged" and not (reason or "").strip():
+        # A flagged claim carries discrepancies: finance must say why it pays it anyway
+        # (docs/API.md#claim-decide). The API and the console both obey this.
+        raise Invalid("reason_required", "A flagged claim is approved only with a reason", "reason")
     balance = _balance_for(session, policy, claim)
     ledger.grant(session, balance, claim.payable, claim_id=claim.id, policy_id=claim.policy_id or policy.id,
                  reason=reason or "approved")

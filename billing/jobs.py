@@ -1,11 +1,10 @@
 """Billing job entry points, run by `kernel.jobruns.run_once` (docs/API.md#jobs).
 
-Each returns a JSON-able summary, stored on the job run. `reconcile_job(db, period)` is a job
-function as it stands (it loads the policy through `config.settings` when it runs);
-`statements_job(db, period, payments, policy)` receives its collaborators, the payment
-back-end (the `billing.settlement.Payments` port) among them, which the composition root
-builds from the settings (`voucher.scheduler.statements_job`): billing never builds a
-payment client.
+Each returns a JSON-able summary, stored on the job run. Both receive their collaborators —
+`reconcile_job(db, period, policy)`, `statements_job(db, period, payments, policy)` with the
+payment back-end (the `billing.settlement.Payments` port) — which the composition root builds
+from the settings (`voucher.scheduler.reconcile_job` / `statements_job`): billing never reads
+the settings nor builds a payment client.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Any
 
 from billing.policy import Policy
 from billing.settlement import Payments
-from config.settings import Settings
 from kernel.db import Database
 
 
@@ -30,12 +28,10 @@ class StatementsIncomplete(RuntimeError):
         self.result = result
 
 
-def reconcile_job(db: Database, period: str) -> dict[str, Any]:
-    """Reconcile `period` in one transaction; returns the reconciliation summary."""
-    from billing.policy_file import load_policy
+def reconcile_job(db: Database, period: str, policy: Policy) -> dict[str, Any]:
+    """Reconcile `period` under `policy` in one transaction; returns the reconciliation summary."""
     from billing.reconciliation import reconcile
 
-    policy = load_policy(Settings.from_env().policy_path)
     with db.session() as session, session.begin():
         run, first_time = reconcile(session, policy, period)
         return {"period": period, "runs": run.runs, "first_time": first_time,

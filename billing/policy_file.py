@@ -18,7 +18,6 @@ from typing import Any
 
 import config
 from billing.policy import RESOURCE_KINDS, ROUNDINGS, STACKINGS, Policy, PolicyError
-from config.settings import Settings
 
 __all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
 
@@ -60,11 +59,12 @@ def default_policy_path() -> Path:
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     """Read and validate a policy file.
 
-    `path` wins; otherwise `VOUCHER_POLICY` (via config.settings, the one reader of the
-    environment); otherwise `default_policy_path()`. Raises PolicyError.
+    `path` (the composition root passes `Settings.policy_path`, i.e. `VOUCHER_POLICY`), or
+    `default_policy_path()` when it is None. The loader never reads the environment.
+    Raises PolicyError.
     """
     if path is None:
-        path = Settings.from_env().policy_path or default_policy_path()
+        path = default_policy_path()
     source = str(path)
     try:
         with open(path, "rb") as fh:

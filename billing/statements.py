@@ -1,4 +1,4 @@
-"""Monthly statements through a Stripe-compatible payment API (docs/API.md#statements).
+"""Monthly statements through the payments port (docs/API.md#statements).
 
 Per enterprise and period with metered usage or approved claims: a Customer (metadata
 `uscc`), one invoice item per provider for the metered spend (the month's active usage),
@@ -63,9 +63,9 @@ class Statement(Base):
     subsidy: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, approved payable
     total: Mapped[int | None] = mapped_column(BigInteger)  # fen, the finalized invoice's total
     currency: Mapped[str] = mapped_column(String(3), default="CNY")
-    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
-    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
-    stripe_status: Mapped[str | None] = mapped_column(String(32))  # open | paid | ...
+    payment_customer_id: Mapped[str | None] = mapped_column(String(255))
+    payment_invoice_id: Mapped[str | None] = mapped_column(String(255))
+    payment_status: Mapped[str | None] = mapped_column(String(32))  # open | paid | ...
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -86,9 +86,9 @@ def statement_json(s: Statement) -> dict[str, Any]:
         "spend": s.spend,
         "subsidy": s.subsidy,
         "total": s.total,
-        "stripe_customer_id": s.stripe_customer_id,
-        "stripe_invoice_id": s.stripe_invoice_id,
-        "stripe_status": s.stripe_status,
+        "payment_customer_id": s.payment_customer_id,
+        "payment_invoice_id": s.payment_invoice_id,
+        "payment_status": s.payment_status,
         "attempts": s.attempts,
         "last_error": s.last_error,
         "issued_at": s.issued_at.isoformat() if s.issued_at else None,
@@ -289,17 +289,17 @@ def _issue_one(db: Database, payments: Payments, plan: StatementPlan, summary: R
         with db.session() as session:
             blocking = session.scalars(select(Statement.period).where(
                 Statement.enterprise_uscc == plan.enterprise_uscc, Statement.period != plan.period,
-                Statement.status != FINALIZED, Statement.stripe_customer_id.is_not(None))).first()
+                Statement.status != FINALIZED, Statement.payment_customer_id.is_not(None))).first()
         if blocking:
             # A new invoice takes every pending item of the customer: finish that month first.
             raise StatementError(f"the statement of {blocking} is half-done on the same customer; "
                                  f"issue that month first (voucher statements --period {blocking})")
         customer = payments.ensure_customer(plan.enterprise_uscc, plan.enterprise_name)
-        _update(db, row_id, stripe_customer_id=customer["id"])
+        _update(db, row_id, payment_customer_id=customer["id"])
         for line in plan.lines:
             payments.ensure_invoice_item(customer["id"], line.key, line.amount, line.description)
         invoice = payments.ensure_invoice(customer["id"], plan.key)
-        _update(db, row_id, stripe_invoice_id=invoice["id"], status=DRAFT)
+        _update(db, row_id, payment_invoice_id=invoice["id"], status=DRAFT)
         if invoice.get("status") == "draft":
             invoice = payments.finalize_invoice(invoice["id"])
         if invoice.get("total") != plan.total:  # e.g. a stray pending item swallowed by the invoice
@@ -312,11 +312,11 @@ def _issue_one(db: Database, payments: Payments, plan: StatementPlan, summary: R
         return UNREACHABLE if isinstance(exc, PaymentError) and exc.unreachable else "failed"
     with db.session() as session, session.begin():
         row = session.get(Statement, row_id)
-        row.status, row.total, row.stripe_status = FINALIZED, int(invoice["total"]), invoice.get("status")
+        row.status, row.total, row.payment_status = FINALIZED, int(invoice["total"]), invoice.get("status")
         row.issued_at, row.last_error = utcnow(), None
         audit.append(session, "statement.issued", "statement", f"stm_{row_id}", after={
             "enterprise_uscc": plan.enterprise_uscc, "period": plan.period, "spend": plan.spend,
-            "subsidy": plan.subsidy, "total": row.total, "stripe_invoice_id": invoice["id"]})
+            "subsidy": plan.subsidy, "total": row.total, "payment_invoice_id": invoice["id"]})
     summary.issued += 1
     summary.spend += plan.spend
     summary.subsidy += plan.subsidy

@@ -1,4 +1,11 @@
-"""Settings, read once from the environment (12-factor); nothing else reads os.environ."""
+"""Settings, read once from the environment (12-factor); nothing else reads os.environ.
+
+`Settings.from_env()` is called only by the composition root (voucher/app.py create_app, the
+CLI entry, voucher/scheduler.py, migrations/env.py); everything else receives the settings or
+the values it needs as parameters. Two readers stay here because what they read is named
+elsewhere: `secret(name)` for a credential whose variable a provider file names (`token_env`),
+and `child_environment()` for a subprocess an adapter starts (sacct).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +59,10 @@ class Settings:
     # Console sessions end after this long without a request, and this long after sign-in.
     console_idle_seconds: int = 8 * 3600
     console_max_age_seconds: int = 24 * 3600
+    # prometheus-client multiprocess mode (every gunicorn worker's series in one exposition).
+    prometheus_multiproc_dir: str | None = None
+    # "module:NAME" of a job registry replacing voucher.scheduler.JOBS (a test seam).
+    jobs_module: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> Settings:
@@ -91,6 +102,10 @@ class Settings:
                 raise ValueError(f"VOUCHER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
                                  f"got {env['VOUCHER_LOG_LEVEL']!r}")
             values["log_level"] = level
+        if env.get("PROMETHEUS_MULTIPROC_DIR"):
+            values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
+        if env.get("VOUCHER_JOBS_MODULE"):
+            values["jobs_module"] = env["VOUCHER_JOBS_MODULE"]
         if env.get("VOUCHER_LOG_JSON"):
             values["log_json"] = env["VOUCHER_LOG_JSON"].lower() not in ("0", "false", "no")
         values.update(overrides)
@@ -98,3 +113,14 @@ class Settings:
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
+
+
+def secret(name: str | None) -> str | None:
+    """The value of the environment variable `name` (a credential a provider file names by
+    its variable, `token_env`), read when it is used; None if unnamed or unset."""
+    return os.environ.get(name) if name else None
+
+
+def child_environment(**changes: str) -> dict[str, str]:
+    """This process's environment with `changes`, for a subprocess an adapter runs."""
+    return {**os.environ, **changes}

@@ -31,6 +31,7 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 
+from adapters.registry import UPLOAD_FORMATS
 from api.auth import db_session
 from api.errors import ApiError, from_domain
 from billing import claims as claims_svc
@@ -85,7 +86,6 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
                static_folder="static")
 
 NEAR_CAP = 0.9  # the share of the cap at which an enterprise is "near the cap" (as in /metrics)
-UPLOAD_FORMATS = ("csv", "jsonl")
 _YUAN = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
 
 
@@ -381,10 +381,11 @@ SERVICE_ERRORS = {
     "unknown_enterprise": _l("企业未登记。"),
     "claim_not_reconciled": _l("该申领尚未经过月度对账，暂不能批准。"),
     "claim_decided": _l("该申领已经作出决定，不能再更改。"),
+    "reason_required": _l("批准有差异的申领时，必须写明理由。"),
 }
 
 
-def service_error(exc: ApiError | DomainError) -> str:
+def service_error(exc: DomainError) -> str:
     """The service's refusal in the reader's language (its English message as a fallback)."""
     text = SERVICE_ERRORS.get(exc.code)
     return str(text) if text else exc.message
@@ -455,7 +456,7 @@ def new_claim(uscc: str):
                 with database().session() as ws, ws.begin():
                     claim = claims_svc.submit_claim(ws, uscc, period, items, others)
                     claim_id = claim.id
-            except (ApiError, DomainError) as exc:
+            except DomainError as exc:
                 errors.append(service_error(exc))
             else:
                 public_id = f"clm_{claim_id}"
@@ -511,8 +512,6 @@ def _decide(claim_id: str, action: str):
         with database().session() as ws, ws.begin():
             c = _claim_or_404(ws, claim_id, lock=True)
             if action == "approve":
-                if c.status == "flagged" and not reason:
-                    raise FormError(_("批准有差异的申领时，必须写明理由。"))
                 amount = c.payable
                 claims_svc.approve(ws, policy(), c, reason or None)
             else:
@@ -522,7 +521,7 @@ def _decide(claim_id: str, action: str):
                 claims_svc.reject(ws, policy(), c, reason)
     except FormError as exc:
         flash(str(exc), "error")
-    except (ApiError, DomainError) as exc:
+    except DomainError as exc:
         flash(service_error(exc), "error")
     else:
         if action == "approve":

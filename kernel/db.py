@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Select, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -74,6 +75,25 @@ class UTCDateTime(TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def where_given(stmt: Select, *filters: tuple[Any, Any]) -> Select:
+    """`stmt` narrowed to `column == value` for each (column, value) whose value is given
+    (a list's optional query filters: None or empty means "any")."""
+    for column, value in filters:
+        if value:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
+def keyset_page(session: Session, stmt: Select, key: Any, limit: int,
+                after: Any = None) -> tuple[list[Any], bool]:
+    """One page of a keyset-paged list (docs/API.md#pagination): the rows of `stmt` whose `key`
+    is above `after`, in `key` order, at most `limit` of them, and whether more follow."""
+    if after is not None:
+        stmt = stmt.where(key > after)
+    rows = list(session.scalars(stmt.order_by(key).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def utcnow() -> datetime:

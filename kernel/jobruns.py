@@ -36,7 +36,7 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Database, UTCDateTime, keyset_page, utcnow, where_given
 from kernel.events import Events
 from kernel.periods import SHANGHAI, previous_period
 
@@ -419,17 +419,9 @@ def _emit(name: str, *args: Any) -> None:
 def list_runs(session: Session, *, job: str | None = None, status: str | None = None,
               period: str | None = None, limit: int = 100,
               after_id: int | None = None) -> tuple[list[JobRun], bool]:
-    stmt = select(JobRun)
-    if job:
-        stmt = stmt.where(JobRun.job == job)
-    if status:
-        stmt = stmt.where(JobRun.status == status)
-    if period:
-        stmt = stmt.where(JobRun.period == period)
-    if after_id is not None:
-        stmt = stmt.where(JobRun.id > after_id)
-    rows = list(session.scalars(stmt.order_by(JobRun.id).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    stmt = where_given(select(JobRun), (JobRun.job, job), (JobRun.status, status),
+                       (JobRun.period, period))
+    return keyset_page(session, stmt, JobRun.id, limit, after_id)
 
 
 def recent_runs(session: Session, limit: int = 20, job: str | None = None) -> list[JobRun]:

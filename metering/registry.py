@@ -6,8 +6,11 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from kernel import audit
+from kernel.errors import Conflict, Invalid
 from metering.models import Enterprise, ModelFiling, Provider
 
 
@@ -78,3 +81,53 @@ def apply_changes(obj: Any, changes: dict[str, Any]) -> dict[str, tuple[Any, Any
             setattr(obj, key, value)
             diff[key] = (before, value)
     return diff
+
+
+def _register(session: Session, model: type, key: str, values: dict[str, Any], *, kind: str,
+              exists: Conflict) -> Any:
+    """Insert one registry row under its natural key, audited; `exists` if the key is taken,
+    also when a concurrent registration of the same key wins the race (the insert's flush
+    fails on the primary key). Runs inside the caller's transaction."""
+    if session.get(model, key) is not None:
+        raise exists
+    obj = model(**values)
+    session.add(obj)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise exists from None
+    audit.append(session, f"{kind}.created", kind, key, after=values)
+    return obj
+
+
+def create_provider(session: Session, values: dict[str, Any]) -> Provider:
+    """Register a compute provider (docs/API.md#registry); Conflict `resource_exists` on its id."""
+    pid = values["id"]
+    return _register(session, Provider, pid, values, kind="provider",
+                     exists=Conflict("resource_exists", f"Provider {pid!r} already exists", "id"))
+
+
+def create_enterprise(session: Session, values: dict[str, Any]) -> Enterprise:
+    """Register an enterprise (docs/API.md#registry); Conflict `resource_exists` on its USCC."""
+    uscc = values["uscc"]
+    return _register(session, Enterprise, uscc, values, kind="enterprise",
+                     exists=Conflict("resource_exists", f"Enterprise {uscc} already exists", "uscc"))
+
+
+def check_key_subject(session: Session, role: str, subject: str | None) -> str | None:
+    """A provider key names a registered provider, an enterprise key a registered USCC
+    (normalised to upper case), a finance key nothing; Invalid otherwise (param `subject`)."""
+    if role == "finance":
+        if subject:
+            raise Invalid("invalid_field", "a finance key has no subject", "subject")
+        return None
+    if not subject:
+        raise Invalid("missing_field", f"a {role} key needs a subject", "subject")
+    if role == "provider":
+        if session.get(Provider, subject) is None:
+            raise Invalid("unknown_provider", f"No such provider: {subject!r}", "subject")
+        return subject
+    subject = subject.upper()
+    if session.get(Enterprise, subject) is None:
+        raise Invalid("unknown_enterprise", f"No such enterprise: {subject!r}", "subject")
+    return subject

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kernel.db import utcnow
+from kernel.db import keyset_page, utcnow, where_given
 from metering.models import UsageRecord
 
 
@@ -50,19 +50,10 @@ def list_records(
     limit: int = 100,
     after_id: int | None = None,
 ) -> tuple[list[UsageRecord], bool]:
-    stmt = select(UsageRecord)
-    if provider_id:
-        stmt = stmt.where(UsageRecord.provider_id == provider_id)
-    if enterprise_uscc:
-        stmt = stmt.where(UsageRecord.enterprise_uscc == enterprise_uscc)
-    if period:
-        stmt = stmt.where(UsageRecord.period == period)
-    if status:
-        stmt = stmt.where(UsageRecord.status == status)
-    if after_id is not None:
-        stmt = stmt.where(UsageRecord.id > after_id)
-    rows = list(session.scalars(stmt.order_by(UsageRecord.id).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    stmt = where_given(select(UsageRecord), (UsageRecord.provider_id, provider_id),
+                       (UsageRecord.enterprise_uscc, enterprise_uscc),
+                       (UsageRecord.period, period), (UsageRecord.status, status))
+    return keyset_page(session, stmt, UsageRecord.id, limit, after_id)
 
 
 def get_record(session: Session, provider_id: str, record_id: str, *, lock: bool = False) -> UsageRecord | None:

@@ -7,23 +7,13 @@ import sys
 
 import click
 
-from config.settings import Settings
 from voucher.cli_adapters import COMMANDS as ADAPTER_COMMANDS
 from voucher.cli_audit import COMMANDS as AUDIT_COMMANDS
 from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
 from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
-
-
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-def database():
-    from kernel.db import Database
-
-    return Database(settings().database_url)
+from voucher.cli_settings import database, settings
 
 
 @click.group()
@@ -67,16 +57,16 @@ def keys() -> None:
 @click.option("--subject", default=None, help="provider id or enterprise USCC")
 def keys_create(role: str, subject: str | None) -> None:
     """Issue a key. It is shown once, on the last line, and stored only as a hash."""
-    from api.errors import ApiError
-    from api.service import check_subject
     from kernel import audit
+    from kernel.errors import DomainError
     from kernel.keys import issue_key
+    from metering.registry import check_key_subject
 
     database_ = database()
     with database_.session() as session, session.begin():
         try:
-            subject = check_subject(session, role, subject)
-        except ApiError as exc:
+            subject = check_key_subject(session, role, subject)
+        except DomainError as exc:
             raise click.ClickException(exc.message) from None
         row, plain = issue_key(session, role, subject)
         audit.append(session, "api_key.created", "api_key", row.id,

@@ -8,27 +8,28 @@ from pathlib import Path
 
 import click
 
-from config.settings import Settings
+from adapters.registry import IMPORT_FORMATS
+from voucher.cli_settings import settings as cli_settings
 
 
 def _config(provider_id: str, fmt: str | None):
     from adapters.config import ConfigError, ProviderConfig, load_provider_config
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     path = Path(settings.providers_dir) / f"{provider_id}.toml"
     if path.exists():
         try:
             return load_provider_config(path)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-    if fmt in ("csv", "jsonl", "sacct", "slurmrestd"):
+    if fmt in IMPORT_FORMATS:
         raise click.ClickException(f"no adapter file {path}: it maps tenants to USCCs and sets prices")
     return ProviderConfig(provider_id, fmt or "csv", provider_id, {}, {}, {})
 
 
 @click.command("import")
 @click.option("--provider", "provider_id", required=True)
-@click.option("--format", "fmt", type=click.Choice(["sacct", "slurmrestd", "csv", "jsonl"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     """Ingest a provider export FILE through the push path (idempotent: re-imports are duplicates)."""
@@ -36,7 +37,7 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     from kernel.db import Database
 
     config = _config(provider_id, fmt)
-    db = Database(Settings.from_env().database_url)
+    db = Database(cli_settings().database_url)
     try:
         check_provider(db, provider_id)
     except LookupError as exc:
@@ -82,7 +83,7 @@ def pull_cmd(provider_id: str | None) -> None:
     from adapters.pull import pullable
     from kernel.db import Database
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     db = Database(settings.database_url)
     configs = list(pullable(load_all(settings.providers_dir), provider_id))
     if not configs:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from config.settings import Settings
+from voucher.cli_settings import settings as cli_settings
 
 
 @click.group()
@@ -27,7 +27,7 @@ def audit_verify(anchor: str | None) -> None:
     from kernel.audit import verify_anchor, verify_chain
     from kernel.db import Database
 
-    database = Database(Settings.from_env().database_url)
+    database = Database(cli_settings().database_url)
     try:
         with database.session() as session:
             report = verify_chain(session)

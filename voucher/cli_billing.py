@@ -7,14 +7,14 @@ import sys
 
 import click
 
-from config.settings import Settings
+from voucher.cli_settings import settings as cli_settings
 
 
 def _db_and_policy():
     from billing.policy_file import load_policy
     from kernel.db import Database
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     return Database(settings.database_url), load_policy(settings.policy_path)
 
 

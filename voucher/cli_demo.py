@@ -29,7 +29,8 @@ import click
 from sqlalchemy import func, select
 from stdnum.cn import uscc as uscc_mod
 
-from config.settings import REPO_ROOT, Settings
+from config.settings import REPO_ROOT
+from voucher.cli_settings import settings as cli_settings
 
 Fen = int
 
@@ -541,7 +542,7 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
     from kernel.keys import issue_key
     from metering.models import Provider
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     db = Database(settings.database_url)
     policy = load_policy(settings.policy_path)
     now = datetime.now(UTC)

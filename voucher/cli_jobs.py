@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import timedelta
 
 import click
 
-from config.settings import Settings
 from kernel.jobruns import STALE_AFTER, JobSpec
+from voucher.cli_settings import settings as cli_settings
 
 STALE_SECONDS = int(STALE_AFTER.total_seconds())
 
@@ -19,8 +18,7 @@ def registry() -> dict[str, JobSpec]:
     from kernel.jobruns import load_registry
     from voucher.scheduler import JOBS
 
-    # Read here rather than in Settings: it is a test seam, not deployment configuration.
-    path = os.environ.get("VOUCHER_JOBS_MODULE")
+    path = cli_settings().jobs_module  # VOUCHER_JOBS_MODULE: a test seam
     return load_registry(path) if path else JOBS
 
 
@@ -39,7 +37,7 @@ def _spec(job: str, period: str | None = None) -> JobSpec:
 def _database():
     from kernel.db import Database
 
-    return Database(Settings.from_env().database_url)
+    return Database(cli_settings().database_url)
 
 
 @click.command()
@@ -53,12 +51,12 @@ def scheduler(heartbeat: float, stale_after: int, metrics_port: int | None) -> N
     """Run the scheduled jobs in the foreground until SIGTERM (any number of processes)."""
     from voucher.scheduler import build_scheduler, configure_logging, run_forever
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     configure_logging(settings.log_json)
     if metrics_port:
         from api.metrics import start_metrics_server
 
-        start_metrics_server(metrics_port)
+        start_metrics_server(metrics_port, multiproc_dir=settings.prometheus_multiproc_dir)
     try:
         sched = build_scheduler(settings, _database(), registry(), heartbeat_every=heartbeat,
                                 stale_after=timedelta(seconds=stale_after))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from config.settings import Settings
+from voucher.cli_settings import settings as cli_settings
 
 
 def _period(ctx, param, value: str) -> str:
@@ -33,7 +33,7 @@ def report(period: str, fmt: str, output: Path) -> None:
     from kernel.db import Database
     from kernel.money import yuan
 
-    db = Database(Settings.from_env().database_url)
+    db = Database(cli_settings().database_url)
     try:
         with db.session() as session:
             if session.get(Reconciliation, period) is None:
@@ -69,7 +69,7 @@ def statements(period: str, as_json: bool) -> None:
     from kernel.db import Database
     from kernel.money import yuan
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     db = Database(settings.database_url)
     policy = load_policy(settings.policy_path)
     try:

@@ -58,6 +58,27 @@ _HORIZON = timedelta(days=400)  # a crontab that fired in none of the last 400 d
 _MAX_FIRES = 10_000  # fires walked back per job (a dense crontab with long periods stops here)
 
 
+def job_settings() -> Settings:
+    """The settings a job run is wired from, read when the run starts (a run may come from
+    this process's schedule or from `voucher jobs run` in another process)."""
+    return Settings.from_env()
+
+
+def pull_job(db: Database, period: str) -> dict[str, Any]:
+    """The `pull` job: adapters.pull.pull_job over the provider files of the settings."""
+    from adapters.pull import pull_job as pull_all
+
+    return pull_all(db, period, job_settings().providers_dir)
+
+
+def reconcile_job(db: Database, period: str) -> dict[str, Any]:
+    """The `reconcile` job: billing's reconcile_job under the policy file of the settings."""
+    from billing.jobs import reconcile_job as reconcile_period
+    from billing.policy_file import load_policy
+
+    return reconcile_period(db, period, load_policy(job_settings().policy_path))
+
+
 def statements_job(db: Database, period: str) -> dict[str, Any]:
     """The `statements` job: billing's statements_job with the policy and the payment back-end
     (the Stripe-compatible client, VOUCHER_STRIPE_API_BASE / _KEY) built from the settings
@@ -66,16 +87,16 @@ def statements_job(db: Database, period: str) -> dict[str, Any]:
     from billing.jobs import statements_job as issue_period
     from billing.policy_file import load_policy
 
-    settings = Settings.from_env()
+    settings = job_settings()
     policy = load_policy(settings.policy_path)
     with StripeClient.from_settings(settings) as payments:
         return issue_period(db, period, payments, policy)
 
 
 JOBS: dict[str, JobSpec] = {
-    "pull": JobSpec("pull", "pull_cron", "adapters.pull:pull_job", minute_slot, MINUTE_KEY,
+    "pull": JobSpec("pull", "pull_cron", "voucher.scheduler:pull_job", minute_slot, MINUTE_KEY,
                     description="pull usage from every provider with a pull adapter"),
-    "reconcile": JobSpec("reconcile", "reconcile_cron", "billing.jobs:reconcile_job",
+    "reconcile": JobSpec("reconcile", "reconcile_cron", "voucher.scheduler:reconcile_job",
                          previous_month, catch_up=True,
                          description="reconcile the previous month's claims"),
     "statements": JobSpec("statements", "statements_cron", "voucher.scheduler:statements_job",

@@ -33,6 +33,7 @@ from adapters.stripe import (
     encode_form,
 )
 from billing.settlement import Payments
+from config.settings import Settings
 from tests.integration.localstripe_compat import (
     ServerDidNotStart,
     free_port,
@@ -243,14 +244,16 @@ def test_idempotency_key_is_callers_or_derived_from_the_body(scripted):
     assert keys[4] is None  # GETs carry none
 
 
-def test_from_env_reads_voucher_stripe_settings():
-    c = StripeClient.from_env(
-        {"VOUCHER_STRIPE_API_BASE": "http://127.0.0.1:9/v1/", "VOUCHER_STRIPE_API_KEY": "sk_x"}
-    )
+def test_from_settings_reads_voucher_stripe_settings():
+    # The client takes the settings the composition root read (issue 13: one reader of the env).
+    def from_env(env):
+        return StripeClient.from_settings(Settings.from_env(env=env))
+
+    c = from_env({"VOUCHER_STRIPE_API_BASE": "http://127.0.0.1:9/v1/", "VOUCHER_STRIPE_API_KEY": "sk_x"})
     assert c.base_url == "http://127.0.0.1:9"
     assert c.session.headers["Authorization"] == "Bearer sk_x"
     with pytest.raises(ValueError, match="VOUCHER_STRIPE_API_KEY"):
-        StripeClient.from_env({"VOUCHER_STRIPE_API_BASE": "http://127.0.0.1:9"})
+        from_env({"VOUCHER_STRIPE_API_BASE": "http://127.0.0.1:9"})
 
 
 def test_stripe_client_satisfies_payments_protocol():

@@ -13,6 +13,7 @@ import pytest
 import config
 from billing.policy import Policy, PolicyError
 from billing.policy_file import default_policy_path, load_policy
+from config.settings import Settings
 
 SHIPPED = default_policy_path().read_text(encoding="utf-8")
 
@@ -63,9 +64,10 @@ def test_default_path_lives_in_the_config_package():
 
 
 def test_voucher_policy_env_overrides_the_default(tmp_path, monkeypatch):
+    # The environment is read by Settings (the composition root); the loader takes the path.
     path = write(tmp_path, rewrite("id", '"test-policy"'))
     monkeypatch.setenv("VOUCHER_POLICY", str(path))
-    assert load_policy().id == "test-policy"
+    assert load_policy(Settings.from_env().policy_path).id == "test-policy"
 
 
 def test_explicit_path_beats_the_env(tmp_path, monkeypatch):

@@ -262,6 +262,25 @@ def test_approve_moves_reserved_to_granted_and_reject_releases(w):
     assert (q["granted"], q["reserved"]) == (10_000, 0)
 
 
+def test_a_flagged_claim_is_approved_only_with_a_reason(w):
+    # The rule lives in billing/claims.py: the API obeys it as the console does (issue 13).
+    u = w["usccs"][0]
+    usage(w["a"], u, 10_000)
+    invoice(w["a"], "A-1", u, 30_000)
+    cid = claim(w["e0"], [("prov-a", "A-1", 30_000)])
+    reconcile(w)
+    assert get_claim(w, cid)["status"] == "flagged"
+    for body in (None, {}, {"reason": "   "}):
+        r = w["finance"].post(f"/v1/claims/{cid}/approve", json=body)
+        assert r.status_code == 422, body
+        assert (r.json["error"]["code"], r.json["error"]["param"]) == ("reason_required", "reason")
+    assert get_claim(w, cid)["status"] == "flagged"
+    r = w["finance"].post(f"/v1/claims/{cid}/approve", json={"reason": "storage fees explained"})
+    assert r.status_code == 200 and r.json["status"] == "approved"
+    assert r.json["decision_reason"] == "storage fees explained"
+    assert w["finance"].post(f"/v1/claims/{cid}/approve").json["status"] == "approved"  # idempotent
+
+
 def test_void_after_approval_claws_back_at_next_reconciliation(w):
     u = w["usccs"][0]
     tol = w["policy"].tolerance

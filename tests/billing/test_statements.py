@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from adapters.stripe import StripeClient, StripeError
-from billing.jobs import StatementsIncomplete, reconcile_job
+from billing.jobs import StatementsIncomplete
 from billing.statements import (
     FINALIZED,
     Statement,
@@ -31,7 +31,7 @@ from kernel.jobruns import JobRun, run_once
 from tests.factories import claim, invoice, setup_programme, usage
 from tests.integration.localstripe_compat import start_localstripe, stop_server
 from voucher.cli import main
-from voucher.scheduler import statements_job
+from voucher.scheduler import reconcile_job, statements_job
 
 PERIOD = "2026-10"
 API_KEY = "sk_test_statements"
@@ -138,7 +138,7 @@ def test_finalized_invoice_total_is_spend_minus_approved_subsidy(month, db, stri
         assert inv["metadata"] == {"statement_key": f"stmt:{PERIOD}:{uscc}"}
         s = stored[uscc]
         assert (s.status, s.total, s.spend, s.subsidy) == (FINALIZED, spend - subsidy, spend, subsidy)
-        assert (s.stripe_customer_id, s.stripe_invoice_id) == (customer["id"], inv["id"])
+        assert (s.payment_customer_id, s.payment_invoice_id) == (customer["id"], inv["id"])
         assert s.issued_at is not None and s.last_error is None
 
 
@@ -186,7 +186,7 @@ def test_undecided_claims_hold_the_statement_back_until_they_are_decided(month, 
     assert u[2] not in rows(db)
     assert issue_statements(db, month["policy"], PERIOD, stripe)["pending"] == 1  # still undecided
 
-    finalized = {uscc: (s.stripe_invoice_id, s.total, s.updated_at) for uscc, s in rows(db).items()}
+    finalized = {uscc: (s.payment_invoice_id, s.total, s.updated_at) for uscc, s in rows(db).items()}
     spend, subsidy = approve_undecided(month)
     # A late claim of u1, whose statement is already finalized: that statement stays as it is.
     invoice(as_key("provider", "prov-b"), "B-1", u[1], 200_000)
@@ -201,7 +201,7 @@ def test_undecided_claims_hold_the_statement_back_until_they_are_decided(month, 
     assert inv["total"] == spend - subsidy and inv["status"] == "open"
     credit = [x for x in items_and_lines(stripe, u[2]) if x["amount"] < 0]
     assert [x["amount"] for x in credit] == [-subsidy]
-    assert {uscc: (r.stripe_invoice_id, r.total, r.updated_at) for uscc, r in rows(db).items()
+    assert {uscc: (r.payment_invoice_id, r.total, r.updated_at) for uscc, r in rows(db).items()
             if uscc != u[2]} == finalized  # untouched
     again = issue_statements(db, month["policy"], PERIOD, stripe)
     assert (again["issued"], again["skipped"], again["pending"]) == (0, 4, 0) and again["complete"]
@@ -236,7 +236,7 @@ def test_half_done_statement_is_resumed_without_duplicates(month, db, stripe, me
     (err,) = first["errors"]
     assert "connection reset" in err["message"]
     half = rows(db)[err["enterprise_uscc"]]
-    assert half.status != FINALIZED and half.last_error and half.stripe_customer_id
+    assert half.status != FINALIZED and half.last_error and half.payment_customer_id
 
     again = issue_statements(db, month["policy"], PERIOD, stripe)
     assert (again["issued"], again["resumed"], again["skipped"], again["failed"]) == (1, 1, 2, 0)
