@@ -42,8 +42,9 @@ ZTimestamp = Annotated[datetime, PlainSerializer(lambda v: v.isoformat().replace
 
 @cache
 def public_id(prefix: str) -> Any:
-    """A public id (`ur_42`): the row's integer key with the resource's prefix."""
-    return Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else f"{prefix}{v}")]
+    """A public id (`ur_42`, `rec_2026-10`): the row's key with the resource's prefix."""
+    return Annotated[str, BeforeValidator(
+        lambda v: v if isinstance(v, str) and v.startswith(prefix) else f"{prefix}{v}")]
 
 
 def or_empty(factory: type) -> Any:
