@@ -58,6 +58,10 @@ def normalise_uscc(value: object) -> str:
     return value.strip().upper()
 
 
+# A USCC in a request body: checked (GB 32100-2015) and upper-cased; `invalid_uscc` otherwise.
+Uscc = Annotated[str, BeforeValidator(normalise_uscc)]
+
+
 class _Overlay:
     """An object's attributes, some replaced or added (for `model_validate(from_attributes)`)."""
 

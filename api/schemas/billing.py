@@ -6,24 +6,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    computed_field,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field
 
 from api.schemas.base import USCC_EXAMPLE as USCC
-from api.schemas.base import (
-    Resource,
-    Timestamp,
-    normalise_uscc,
-    omitted_when_none,
-    or_empty,
-    public_id,
-)
+from api.schemas.base import Resource, Timestamp, Uscc, omitted_when_none, or_empty, public_id
 
 ClaimStatus = Literal["submitted", "verified", "flagged", "approved", "rejected"]
 CLAIM_STATUSES: tuple[str, ...] = ClaimStatus.__args__  # type: ignore[attr-defined]
@@ -188,17 +174,12 @@ class InvoiceIn(BaseModel):
         "invoice_no": "33021234-00001", "enterprise_uscc": "91330402MA2B7K3X13", "period": "2026-10",
         "amount": 1200000, "tax_amount": 67925, "issued_on": "2026-10-31"}]})
     invoice_no: str = Field(min_length=1, max_length=64, examples=["33021234-00001"])
-    enterprise_uscc: str
+    enterprise_uscc: Uscc
     period: Period
     amount: PositiveFen = Field(description="Invoice total in fen")
     tax_amount: FenAmount | None = None
     issued_on: date
     provider_id: str | None = Field(default=None, description="finance only: the issuing provider")
-
-    @field_validator("enterprise_uscc", mode="before")
-    @classmethod
-    def _uscc(cls, v: object) -> str:
-        return normalise_uscc(v)
 
 
 class ClaimItemIn(BaseModel):

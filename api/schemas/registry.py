@@ -8,14 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from api.schemas.base import (
-    USCC_EXAMPLE,
-    Resource,
-    Timestamp,
-    normalise_uscc,
-    omitted_when_none,
-    public_id,
-)
+from api.schemas.base import USCC_EXAMPLE, Resource, Timestamp, Uscc, omitted_when_none, public_id
 
 PROVIDER_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
 ProviderKind = Literal["intelligent_computing", "supercomputing"]
@@ -105,15 +98,10 @@ class ProviderPatch(_Listing):
 
 class EnterpriseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    uscc: str = Field(examples=["91330402MA2B7K3X1X"])
+    uscc: Uscc = Field(examples=["91330402MA2B7K3X1X"])
     name: str = Field(min_length=1, max_length=200)
     county: str | None = Field(default=None, max_length=64)
     eligible: bool = True
-
-    @field_validator("uscc", mode="before")
-    @classmethod
-    def _uscc(cls, v: object) -> str:
-        return normalise_uscc(v)
 
 
 class EnterprisePatch(BaseModel):
