@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 from flask import Blueprint
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.auth import db_session, requires
 from api.errors import ApiError
-from api.http import list_envelope, page_args, query_arg
+from api.http import page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
-from kernel.audit import AuditEvent, event_json, parse_public_id
+from api.schemas.service import AuditEvent as AuditEventOut
+from kernel.audit import AuditEvent, parse_public_id
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
-
-
-class AuditActor(BaseModel):
-    key_id: str | None = Field(description="The API key that acted; null for cli/scheduler/system")
-    role: str = Field(description="finance, provider, enterprise, cli, scheduler or system")
-
-
-class AuditEventOut(BaseModel):
-    """One entry of the hash-chained audit trail."""
-
-    object: Literal["audit_event"]
-    id: str = Field(examples=["aud_42"])
-    seq: int = Field(description="Position in the chain: 1, 2, 3, … without gaps")
-    at: datetime
-    actor: AuditActor
-    request_id: str
-    action: str = Field(examples=["claim.approved"])
-    object_type: str = Field(examples=["claim"])
-    object_id: str = Field(examples=["clm_17"])
-    before: Any = Field(description="The changed fields before the change (null for a creation)")
-    after: Any = Field(description="The changed fields after the change")
-    prev_hash: str = Field(description="hash of the entry before (64 zeros for the first)")
-    hash: str = Field(description="sha256 of this entry's canonical JSON, prev_hash included")
 
 
 @doc("List audit events",
@@ -63,4 +37,4 @@ def list_audit_events():
         except ValueError as exc:
             raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
     rows = list(db_session().scalars(stmt.order_by(AuditEvent.seq).limit(limit + 1)))
-    return list_envelope([event_json(r) for r in rows[:limit]], len(rows) > limit, "/v1/audit-events")
+    return AuditEventOut.page(rows[:limit], len(rows) > limit, "/v1/audit-events")

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
-
 from flask import Blueprint, current_app
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api import billing_schemas as out
 from api.auth import (
     authenticate_and_read,
     authorised_principal,
@@ -20,84 +15,31 @@ from api.auth import (
     requires,
 )
 from api.errors import ApiError, not_found
-from api.http import json_body, list_envelope, page_args, parse_model, query_arg
+from api.http import json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
-from api.registry import normalise_uscc
+from api.schemas import billing as out
+from api.schemas.billing import (
+    CLAIM_STATUSES,
+    ClaimIn,
+    DecisionIn,
+    InvoiceIn,
+    ReconciliationIn,
+    RejectIn,
+)
 from billing import claims as claims_svc
 from billing import ledger
-from billing.invoices import invoice_json, submit_invoice
+from billing.invoices import submit_invoice
 from billing.models import Claim, ProviderInvoice, Reconciliation
-from billing.reconciliation import adjustments_of, reconcile, reconciliation_json, summarise
+from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.keys import key_select
 from kernel.periods import parse_period
 from metering.models import Enterprise
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
 
-Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
-FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
-PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]
-
 
 def policy():
     return current_app.extensions["voucher.policy"]
-
-
-class InvoiceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "invoice_no": "33021234-00001", "enterprise_uscc": "91330402MA2B7K3X13", "period": "2026-10",
-        "amount": 1200000, "tax_amount": 67925, "issued_on": "2026-10-31"}]})
-    invoice_no: str = Field(min_length=1, max_length=64, examples=["33021234-00001"])
-    enterprise_uscc: str
-    period: Period
-    amount: PositiveFen = Field(description="Invoice total in fen")
-    tax_amount: FenAmount | None = None
-    issued_on: date
-    provider_id: str | None = Field(default=None, description="finance only: the issuing provider")
-
-    @field_validator("enterprise_uscc", mode="before")
-    @classmethod
-    def _uscc(cls, v: object) -> str:
-        return normalise_uscc(v)
-
-
-class ClaimItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider_id: str = Field(min_length=1, max_length=63)
-    invoice_no: str = Field(min_length=1, max_length=64)
-    amount_paid: PositiveFen
-
-
-class OtherSubsidyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    program: str = Field(min_length=1, max_length=200)
-    amount: FenAmount
-
-
-class ClaimIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "period": "2026-10",
-        "items": [{"provider_id": "jx-zhisuan", "invoice_no": "33021234-00001", "amount_paid": 1200000}],
-        "other_subsidies": [{"program": "省级算力券", "amount": 100000}]}]})
-    period: Period
-    items: list[ClaimItemIn] = Field(min_length=1, max_length=200)
-    other_subsidies: list[OtherSubsidyIn] = Field(default_factory=list, max_length=50)
-    enterprise_uscc: str | None = Field(default=None, description="finance only: the claiming enterprise")
-
-
-class ReconciliationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"period": "2026-10"}]})
-    period: Period
-
-
-class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "figures checked"}]})
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class RejectIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "invoice disputed by the provider"}]})
-    reason: str = Field(min_length=1, max_length=2000)
 
 
 def _after_id(prefix: str, value: str | None) -> int | None:
@@ -133,7 +75,7 @@ def create_invoice():
     except IntegrityError:  # a concurrent identical submission won the race: answer as a replay
         with session.begin():
             invoice, created = submit_invoice(session, provider_id, **fields)
-    return invoice_json(invoice), 201 if created else 200
+    return out.ProviderInvoice.dump(invoice), 201 if created else 200
 
 
 @doc("List provider invoices", description="A provider sees its own, an enterprise those addressed "
@@ -166,7 +108,7 @@ def list_invoices():
     if after_id:
         stmt = stmt.where(ProviderInvoice.id > after_id)
     rows = list(db_session().scalars(stmt.order_by(ProviderInvoice.id).limit(limit + 1)))
-    return list_envelope([invoice_json(i) for i in rows[:limit]], len(rows) > limit, "/v1/provider-invoices")
+    return out.ProviderInvoice.page(rows[:limit], len(rows) > limit, "/v1/provider-invoices")
 
 
 # --- claims -------------------------------------------------------------------------------
@@ -194,7 +136,7 @@ def create_claim():
         claim = claims_svc.submit_claim(session, uscc, body.period,
                                         [i.model_dump() for i in body.items],
                                         [s.model_dump() for s in body.other_subsidies])
-    return claims_svc.claim_json(claim), 201
+    return out.Claim.dump(claim), 201
 
 
 def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
@@ -213,13 +155,12 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
 @bp.get("/claims/<claim_id>")
 @requires("enterprise", "finance")
 def get_claim(claim_id: str):
-    return claims_svc.claim_json(_claim_or_404(db_session(), claim_id))
+    return out.Claim.dump(_claim_or_404(db_session(), claim_id))
 
 
 @doc("List claims", response=ListOf(out.Claim), tags=["claims"],
      query=[query("enterprise", "Enterprise USCC (finance)"), query("period", "YYYY-MM"),
-            query("status", "Claim status", enum=["submitted", "verified", "flagged", "approved",
-                                                  "rejected"]), *PAGE])
+            query("status", "Claim status", enum=list(CLAIM_STATUSES)), *PAGE])
 @bp.get("/claims")
 @requires("enterprise", "finance")
 def list_claims():
@@ -238,14 +179,14 @@ def list_claims():
         stmt = stmt.where(Claim.period == period)
     status = query_arg("status")
     if status:
-        if status not in ("submitted", "verified", "flagged", "approved", "rejected"):
+        if status not in CLAIM_STATUSES:
             raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
         stmt = stmt.where(Claim.status == status)
     after_id = _after_id("clm_", after)
     if after_id:
         stmt = stmt.where(Claim.id > after_id)
     rows = list(db_session().scalars(stmt.order_by(Claim.id).limit(limit + 1)))
-    return list_envelope([claims_svc.claim_json(c) for c in rows[:limit]], len(rows) > limit, "/v1/claims")
+    return out.Claim.page(rows[:limit], len(rows) > limit, "/v1/claims")
 
 
 @doc("Approve a reconciled claim: its reservation becomes granted", request=DecisionIn,
@@ -259,7 +200,7 @@ def approve_claim(claim_id: str):
     with session.begin():
         claim = _claim_or_404(session, claim_id, lock=True)
         claims_svc.approve(session, policy(), claim, body.reason)
-    return claims_svc.claim_json(claim)
+    return out.Claim.dump(claim)
 
 
 @doc("Reject a claim: its reservation is released", request=RejectIn, response=out.Claim,
@@ -272,16 +213,10 @@ def reject_claim(claim_id: str):
     with session.begin():
         claim = _claim_or_404(session, claim_id, lock=True)
         claims_svc.reject(session, policy(), claim, body.reason)
-    return claims_svc.claim_json(claim)
+    return out.Claim.dump(claim)
 
 
 # --- quota --------------------------------------------------------------------------------
-
-def quota_json(b: ledger.Balance) -> dict:
-    return {"object": "quota", "enterprise_uscc": b.enterprise_uscc, "year": b.year, "currency": "CNY",
-            "cap": b.cap, "cap_basis": b.cap_basis, "granted": b.granted, "reserved": b.reserved,
-            "remaining": b.remaining, "policy_id": b.policy_id}
-
 
 @doc("An enterprise's subsidy quota for a year", response=out.Quota, tags=["quota"],
      description="cap, cap basis (standard or new model filing), granted, reserved and remaining.",
@@ -310,7 +245,7 @@ def get_quota(uscc: str):
         balance = ledger.read_quota(db_session(), policy(), uscc, year)
         if balance is None:
             raise not_found("enterprise", uscc)
-    return quota_json(balance)
+    return out.Quota.dump(balance)
 
 
 _QUOTA_WITH_KEY = ledger.quota_with_key(key_select())
@@ -328,7 +263,7 @@ def run_reconciliation():
     with session.begin():
         run, first = reconcile(session, policy(), body.period)
     current_app.extensions["voucher.events"].emit("reconciled", run)
-    return reconciliation_json(run), 201 if first else 200
+    return out.Reconciliation.dump(run), 201 if first else 200
 
 
 @doc("A reconciliation with every claim's outcome and the clawbacks", response=out.Reconciliation,
@@ -345,7 +280,6 @@ def get_reconciliation(period: str):
     if run is None:
         raise not_found("reconciliation", period)
     claims = list(session.scalars(select(Claim).where(Claim.period == period).order_by(Claim.id)))
-    body = reconciliation_json(run, [claims_svc.claim_json(c) for c in claims], adjustments_of(session, period))
     # Approvals and rejections since the last run change the figures: summarise what is now.
-    body["summary"] = summarise(session, period, claims)
-    return body
+    return out.Reconciliation.dump(run, claims=claims, adjustments=adjustments_of(session, period),
+                                   summary=summarise(session, period, claims))

@@ -12,6 +12,7 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from api.schemas.base import ErrorBody
 from kernel.errors import Conflict, DomainError, Invalid, NotFound
 
 log = logging.getLogger("voucher.errors")
@@ -64,11 +65,7 @@ class ApiError(Exception):
         self.extra = extra
 
     def body(self) -> dict:
-        error = {"type": self.type, "code": self.code, "message": self.message}
-        if self.param is not None:
-            error["param"] = self.param
-        error.update(self.extra)
-        return {"error": error}
+        return ErrorBody.dump(self.type, self.code, self.message, self.param, **self.extra)
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> ApiError:

@@ -1,9 +1,9 @@
-"""Request parsing and list envelopes shared by every blueprint."""
+"""Request parsing shared by every blueprint (answers are serialised by api.schemas)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -11,6 +11,7 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError
+from api.schemas.base import error_of
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -38,33 +39,14 @@ def json_body(required: bool = True) -> Any:
     return data
 
 
-def loc_to_param(loc: Sequence[Any], prefix: str = "") -> str:
-    param = prefix
-    for part in loc:
-        if isinstance(part, int):
-            param += f"[{part}]"
-        else:
-            param += f".{part}" if param else str(part)
-    return param
-
-
 def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
-    """Validate a body with a pydantic model; the first error becomes a 422 naming the field."""
+    """Validate a body with its pydantic model; the first error becomes a 422 naming the field."""
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "Request body must be a JSON object", prefix or None)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = loc_to_param(first["loc"], prefix) or None
-        code = first["type"] if first["type"].startswith(("invalid_", "unsupported_")) else "invalid_field"
-        if first["type"] == "missing":
-            code, msg = "missing_field", f"Missing required field {param}"
-        elif first["type"] == "extra_forbidden":
-            code, msg = "unknown_field", f"Unknown field {param}"
-        else:
-            msg = f"{param}: {first['msg']}" if param else first["msg"]
-        raise ApiError(422, code, msg, param) from None
+        raise ApiError(422, *error_of(exc.errors(include_url=False)[0], prefix)) from None
 
 
 def query_arg(name: str, parse: Callable[[str], Any] | None = None, default: Any = None) -> Any:
@@ -84,10 +66,3 @@ def page_args() -> tuple[int, str | None]:
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, "invalid_query", f"limit must be between 1 and {MAX_LIMIT}", "limit")
     return limit, request.args.get("starting_after") or None
-
-
-def list_envelope(data: list[dict], has_more: bool, url: str | None = None) -> dict:
-    body: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
-    if url:
-        body["url"] = url
-    return body

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import db_session, requires
 from api.errors import ApiError, not_found
-from api.http import list_envelope, page_args, query_arg
+from api.http import page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
-from kernel.jobruns import STATUSES, JobRun, job_run_json, list_runs, parse_public_id
+from api.schemas.service import JobRun as JobRunOut
+from kernel.jobruns import STATUSES, JobRun, list_runs, parse_public_id
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
-
-
-class JobRunOut(BaseModel):
-    """A scheduled run of one job for one period (docs/API.md#jobs)."""
-
-    model_config = ConfigDict(title="JobRun", json_schema_extra={"examples": [{
-        "object": "job_run", "id": "jr_12", "job": "reconcile", "period": "2026-10",
-        "status": "succeeded", "started_at": "2026-10-31T18:00:00Z",
-        "finished_at": "2026-10-31T18:00:04Z", "process": "sched-1:4120", "error": None,
-        "attempt": 1, "heartbeat_at": "2026-10-31T18:00:04Z", "result": {"claims": 41}}]})
-    object: Literal["job_run"]
-    id: str = Field(description="jr_…, the `starting_after` cursor")
-    job: str = Field(description="pull, reconcile, statements")
-    period: str = Field(description="YYYY-MM for monthly jobs; YYYY-MM-DDTHH:MM (Asia/Shanghai "
-                                    "fire minute) for pull")
-    status: Literal["running", "succeeded", "failed"]
-    started_at: datetime = Field(description="Start of the latest attempt")
-    finished_at: datetime | None
-    process: str = Field(description="hostname:pid of the latest attempt")
-    error: str | None = Field(description="Why the run failed (exception, or crash detected)")
-    attempt: int = Field(ge=1, description="1, then +1 per `voucher jobs rerun`")
-    heartbeat_at: datetime = Field(description="Refreshed while the run works")
-    result: Any = Field(default=None, description="What the job returned (a summary); on a "
-                        "failed run, what it got done if it says (statements: the counts)")
 
 
 def _run_id(value: str, param: str | None = None) -> int:
@@ -69,7 +42,7 @@ def list_job_runs():
     after_id = _run_id(after, "starting_after") if after else None
     runs, has_more = list_runs(db_session(), job=query_arg("job"), status=status,
                                period=query_arg("period"), limit=limit, after_id=after_id)
-    return list_envelope([job_run_json(r) for r in runs], has_more, "/v1/job-runs")
+    return JobRunOut.page(runs, has_more, "/v1/job-runs")
 
 
 @doc("Read one job run", response=JobRunOut, tags=["jobs"])
@@ -79,4 +52,4 @@ def get_job_run(run_id: str):
     run = db_session().get(JobRun, _run_id(run_id))
     if run is None:
         raise not_found("job run", run_id)
-    return job_run_json(run)
+    return JobRunOut.dump(run)

@@ -24,6 +24,8 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.schemas.base import ErrorBody, list_of
+
 REF = "#/components/schemas/{model}"
 SKIP_METHODS = {"HEAD", "OPTIONS"}
 _RULE_ARG = re.compile(r"<(?:(?P<conv>[a-zA-Z_][a-zA-Z0-9_]*)(?:\((?P<args>.*?)\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
@@ -72,11 +74,9 @@ PAGE = (
 )
 
 
-@dataclass(frozen=True)
-class ListOf:
-    """A Stripe-style list envelope `{object: "list", data: [...], has_more}` of a model."""
-
-    model: type[BaseModel]
+# `ListOf(Provider)`: the list envelope `{object: "list", data: [...], has_more}` of a model,
+# the same class `Provider.page(...)` answers with.
+ListOf = list_of
 
 
 @dataclass
@@ -85,7 +85,7 @@ class OperationDoc:
     description: str | None = None
     request: type[BaseModel] | None = None
     request_required: bool = True
-    response: type[BaseModel] | ListOf | dict | None = None
+    response: type[BaseModel] | dict | None = None
     status: int = 200
     query: tuple[Param, ...] = ()
     tags: tuple[str, ...] = ()
@@ -97,7 +97,7 @@ class OperationDoc:
 
 
 def doc(summary: str, *, description: str | None = None, request: type[BaseModel] | None = None,
-        request_required: bool = True, response: type[BaseModel] | ListOf | dict | None = None,
+        request_required: bool = True, response: type[BaseModel] | dict | None = None,
         status: int = 200, query: Iterable[Param] = (), tags: Iterable[str] = (),
         example: Any = None, errors: dict[int, str] | None = None,
         response_content_type: str = "application/json",
@@ -179,10 +179,7 @@ def _error_ref() -> dict[str, Any]:
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
-    from api.schemas import ErrorBody
-
     wanted: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization")]
-    lists: dict[str, type[BaseModel]] = {}
     ops: list[tuple[str, str, str, OperationDoc | None, Any, list]] = []
     methods_of: dict[str, set[str]] = {}
     for rule, method, view in _operations(app):
@@ -191,10 +188,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if meta is not None:
             if meta.request is not None:
                 wanted.append((meta.request, "validation"))
-            if isinstance(meta.response, ListOf):
-                wanted.append((meta.response.model, "serialization"))
-                lists[meta.response.model.__name__ + "List"] = meta.response.model
-            elif isinstance(meta.response, type) and issubclass(meta.response, BaseModel):
+            if isinstance(meta.response, type) and issubclass(meta.response, BaseModel):
                 wanted.append((meta.response, "serialization"))
         path, path_params = openapi_path(rule.rule)
         ops.append((path, method, rule.endpoint, meta, view, path_params))
@@ -203,18 +197,6 @@ def build_spec(app: Flask) -> dict[str, Any]:
     unique = [w for w in wanted if not (w in seen or seen.add(w))]
     refs, top = models_json_schema(unique, ref_template=REF)
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
-    for name, model in sorted(lists.items()):
-        schemas[name] = {
-            "type": "object", "title": name,
-            "description": f"A page of {model.__name__} objects",
-            "required": ["object", "data", "has_more"],
-            "properties": {
-                "object": {"const": "list"},
-                "data": {"type": "array", "items": refs[(model, "serialization")]},
-                "has_more": {"type": "boolean", "description": "Whether another page follows"},
-                "url": {"type": "string"},
-            },
-        }
 
     paths: dict[str, dict[str, Any]] = {}
     used_ids: set[str] = set()
@@ -338,10 +320,8 @@ def _success(meta: OperationDoc | None, refs: dict, status: int) -> dict[str, An
     out: dict[str, Any] = {"description": STATUS_TEXT.get(status, "Success")}
     if meta is None or meta.response is None:
         return out
-    if isinstance(meta.response, ListOf):
-        schema: dict[str, Any] = {"$ref": REF.format(model=meta.response.model.__name__ + "List")}
-    elif isinstance(meta.response, dict):
-        schema = meta.response
+    if isinstance(meta.response, dict):
+        schema: dict[str, Any] = meta.response
     else:
         schema = refs[(meta.response, "serialization")]
     out["content"] = {meta.response_content_type: {"schema": schema}}

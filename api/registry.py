@@ -2,105 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Literal
-
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from stdnum.cn import uscc as uscc_mod
 
 from api.auth import current_principal, db_session, ensure_subject, requires
 from api.errors import ApiError, not_found
-from api.http import json_body, list_envelope, page_args, parse_model, query_arg
+from api.http import json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
-from api.schemas import Enterprise as EnterpriseOut
-from api.schemas import ModelFiling as FilingOut
-from api.schemas import Provider as ProviderOut
+from api.schemas.registry import Enterprise as EnterpriseOut
+from api.schemas.registry import EnterpriseIn, EnterprisePatch, FilingIn, ProviderIn, ProviderPatch
+from api.schemas.registry import ModelFiling as FilingOut
+from api.schemas.registry import Provider as ProviderOut
 from kernel import audit
 from kernel.db import keyset_page
 from metering import registry
 from metering.models import Enterprise, ModelFiling, Provider
-from metering.registry import apply_changes, enterprise_json, filing_json, filings_of, provider_json
+from metering.registry import apply_changes, filings_of
 
 bp = Blueprint("registry", __name__, url_prefix="/v1")
 
-PROVIDER_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
-
-
-def normalise_uscc(value: object) -> str:
-    if not isinstance(value, str) or not uscc_mod.is_valid(value.strip().upper()):
-        raise PydanticCustomError("invalid_uscc", "is not a valid unified social credit code")
-    return value.strip().upper()
-
-
-class _Listing(BaseModel):
-    @model_validator(mode="after")
-    def _order(self):
-        lf, lu = getattr(self, "listed_from", None), getattr(self, "listed_until", None)
-        if lf and lu and lu < lf:
-            raise PydanticCustomError("invalid_date_range", "listed_until is before listed_from")
-        return self
-
-
-class ProviderIn(_Listing):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=PROVIDER_ID, examples=["jx-zhisuan"])
-    name: str = Field(min_length=1, max_length=200)
-    kind: Literal["intelligent_computing", "supercomputing"]
-    county: str | None = Field(default=None, max_length=64)
-    listed_from: date | None = None
-    listed_until: date | None = None
-
-
-def _not_null(value: object) -> object:
-    # Optional in a PATCH means "may be left out", not "may be set to null": these columns
-    # always hold a value (null would reach the database as a NOT NULL violation).
-    if value is None:
-        raise PydanticCustomError("invalid_null", "may be left out but not set to null")
-    return value
-
-
-class ProviderPatch(_Listing):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    kind: Literal["intelligent_computing", "supercomputing"] | None = None
-    county: str | None = Field(default=None, max_length=64)
-    listed_from: date | None = None
-    listed_until: date | None = None
-
-    _required_columns = field_validator("name", "kind")(_not_null)
-
-
-class EnterpriseIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    uscc: str = Field(examples=["91330402MA2B7K3X1X"])
-    name: str = Field(min_length=1, max_length=200)
-    county: str | None = Field(default=None, max_length=64)
-    eligible: bool = True
-
-    @field_validator("uscc", mode="before")
-    @classmethod
-    def _uscc(cls, v: object) -> str:
-        return normalise_uscc(v)
-
-
-class EnterprisePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    county: str | None = Field(default=None, max_length=64)
-    eligible: bool | None = None
-
-    _required_columns = field_validator("name", "eligible")(_not_null)
-
-
-class FilingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    filing_no: str = Field(min_length=1, max_length=100)
-    model_name: str = Field(min_length=1, max_length=200)
-    obtained_on: date
+__all__ = ["EnterpriseIn", "EnterprisePatch", "FilingIn", "ProviderIn", "ProviderPatch", "bp"]
 
 
 @doc("Register a compute provider", request=ProviderIn, response=ProviderOut, status=201,
@@ -114,7 +36,7 @@ def create_provider():
     session = db_session()
     with session.begin():
         provider = registry.create_provider(session, body.model_dump())
-    return provider_json(provider), 201
+    return ProviderOut.dump(provider), 201
 
 
 @doc("List providers", response=ListOf(ProviderOut), tags=["providers"], query=PAGE)
@@ -124,7 +46,7 @@ def list_providers():
     limit, after = page_args()
     session = db_session()
     rows, more = keyset_page(session, select(Provider), Provider.id, limit, after)
-    return list_envelope([provider_json(p) for p in rows], more, "/v1/providers")
+    return ProviderOut.page(rows, more, "/v1/providers")
 
 
 @doc("Read a provider", description="A provider key reads only its own.",
@@ -136,7 +58,7 @@ def get_provider(provider_id: str):
     provider = db_session().get(Provider, provider_id)
     if provider is None:
         raise not_found("provider", provider_id)
-    return provider_json(provider)
+    return ProviderOut.dump(provider)
 
 
 @doc("Change a provider (name, kind, county, catalogue listing)", request=ProviderPatch,
@@ -155,7 +77,7 @@ def patch_provider(provider_id: str):
             raise ApiError(422, "invalid_date_range", "listed_until is before listed_from", "listed_until")
         if changes:
             audit.append(session, "provider.updated", "provider", provider_id, *audit.diff(changes))
-    return provider_json(provider)
+    return ProviderOut.dump(provider)
 
 
 @doc("Register an enterprise", request=EnterpriseIn, response=EnterpriseOut, status=201,
@@ -169,7 +91,7 @@ def create_enterprise():
     session = db_session()
     with session.begin():
         enterprise = registry.create_enterprise(session, body.model_dump())
-    return enterprise_json(enterprise, []), 201
+    return EnterpriseOut.dump(enterprise, model_filings=[]), 201
 
 
 @doc("List enterprises", response=ListOf(EnterpriseOut), tags=["enterprises"],
@@ -184,7 +106,7 @@ def list_enterprises():
     if county:
         stmt = stmt.where(Enterprise.county == county)
     rows, more = keyset_page(session, stmt, Enterprise.uscc, limit, after)
-    return list_envelope([enterprise_json(e) for e in rows], more, "/v1/enterprises")
+    return EnterpriseOut.page(rows, more, "/v1/enterprises")
 
 
 def _enterprise_or_404(session, uscc: str) -> Enterprise:
@@ -203,7 +125,7 @@ def _enterprise_or_404(session, uscc: str) -> Enterprise:
 def get_enterprise(uscc: str):
     session = db_session()
     enterprise = _enterprise_or_404(session, uscc)
-    return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
+    return EnterpriseOut.dump(enterprise, model_filings=filings_of(session, enterprise.uscc))
 
 
 @doc("Change an enterprise (name, county, eligibility)", request=EnterprisePatch,
@@ -218,7 +140,7 @@ def patch_enterprise(uscc: str):
         changes = apply_changes(enterprise, body.model_dump(exclude_unset=True))
         if changes:
             audit.append(session, "enterprise.updated", "enterprise", enterprise.uscc, *audit.diff(changes))
-    return enterprise_json(enterprise, filings_of(session, enterprise.uscc))
+    return EnterpriseOut.dump(enterprise, model_filings=filings_of(session, enterprise.uscc))
 
 
 @doc("Record a generative-AI model filing (生成式人工智能模型备案)",
@@ -242,7 +164,7 @@ def create_filing(uscc: str):
                 same = (existing.enterprise_uscc, existing.model_name, existing.obtained_on) == (
                     enterprise.uscc, body.model_name, body.obtained_on)
                 if same:
-                    return filing_json(existing), 200
+                    return FilingOut.dump(existing), 200
                 raise ApiError(409, "conflict", f"Filing {body.filing_no!r} is already recorded "
                                "with different content", "filing_no")
             filing = ModelFiling(enterprise_uscc=enterprise.uscc, **body.model_dump())
@@ -252,7 +174,7 @@ def create_filing(uscc: str):
                          after={"enterprise_uscc": enterprise.uscc, **body.model_dump()})
     except IntegrityError:
         raise ApiError(409, "conflict", f"Filing {body.filing_no!r} already exists", "filing_no") from None
-    return filing_json(filing), 201
+    return FilingOut.dump(filing), 201
 
 
 @doc("List an enterprise's model filings", response=ListOf(FilingOut), tags=["enterprises"])
@@ -261,4 +183,4 @@ def create_filing(uscc: str):
 def list_filings(uscc: str):
     session = db_session()
     enterprise = _enterprise_or_404(session, uscc)
-    return list_envelope([filing_json(f) for f in filings_of(session, enterprise.uscc)], False)
+    return FilingOut.page(filings_of(session, enterprise.uscc), False)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from flask import Blueprint, current_app
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from api.auth import db_session, requires
 from api.errors import ApiError, not_found
 from api.http import json_body, parse_model
 from api.openapi import doc
-from api.schemas import ApiKey, Health, Ready
+from api.schemas.service import ApiKey, ApiKeyIn, Health, Ready
 from kernel import audit
 from kernel.keys import issue_key, revoke_key
 from metering.registry import check_key_subject
@@ -39,19 +36,6 @@ def readyz():
     return {"status": "ready"}
 
 
-class ApiKeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["finance", "provider", "enterprise"]
-    subject: str | None = Field(default=None, description="provider id or enterprise USCC")
-
-
-def key_json(row, plain: str | None = None) -> dict:
-    body = {"object": "api_key", "id": row.id, "role": row.role, "subject": row.subject,
-            "created_at": row.created_at.isoformat(),
-            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}
-    if plain is not None:
-        body["key"] = plain
-    return body
 
 
 @doc("Issue an API key",
@@ -69,7 +53,7 @@ def create_api_key():
         row, plain = issue_key(session, body.role, subject)
         audit.append(session, "api_key.created", "api_key", row.id,
                      after={"role": body.role, "subject": subject})
-    return key_json(row, plain), 201
+    return ApiKey.dump(row, key=plain), 201
 
 
 @doc("Revoke an API key", response=ApiKey, tags=["api keys"])
@@ -84,4 +68,4 @@ def delete_api_key(key_id: str):
         if session.is_modified(row):  # revoking twice changes nothing
             audit.append(session, "api_key.revoked", "api_key", key_id,
                          before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
-    return key_json(row)
+    return ApiKey.dump(row)

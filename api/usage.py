@@ -8,15 +8,15 @@ from flask import Blueprint, current_app
 
 from api.auth import current_principal, db_session, requires
 from api.errors import ApiError, not_found
-from api.http import json_body, list_envelope, page_args, query_arg
+from api.http import json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.ratelimit import push_limiter_of
-from api.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
+from api.schemas.usage import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 from kernel import audit
 from kernel.periods import parse_period
 from metering.batches import record_batch
 from metering.ingest import ingest_records
-from metering.usage import get_record, list_records, parse_public_id, record_json, void_record
+from metering.usage import get_record, list_records, parse_public_id, void_record
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 
@@ -60,7 +60,7 @@ def push_usage_records():
                                 future_skew=timedelta(seconds=settings.future_skew_seconds))
         record_batch(session, principal.subject, "api", result)
     current_app.extensions["voucher.events"].batch_ingested(principal.subject, result)
-    return result.as_dict()
+    return UsageBatch.dump(result)
 
 
 def _scope_filters() -> tuple[str | None, str | None]:
@@ -105,7 +105,7 @@ def list_usage_records():
             raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
     rows, has_more = list_records(db_session(), provider_id=provider, enterprise_uscc=enterprise,
                                   period=period, status=status, limit=limit, after_id=after_id)
-    return list_envelope([record_json(r) for r in rows], has_more, "/v1/usage-records")
+    return UsageRecord.page(rows, has_more, "/v1/usage-records")
 
 
 def _target_provider() -> str:
@@ -126,7 +126,7 @@ def get_usage_record(record_id: str):
     record = get_record(db_session(), _target_provider(), record_id)
     if record is None:
         raise not_found("usage record", record_id)
-    return record_json(record)
+    return UsageRecord.dump(record)
 
 
 @doc("Void a usage record",
@@ -139,9 +139,7 @@ def get_usage_record(record_id: str):
 @requires("finance", "provider")
 def void_usage_record(record_id: str):
     body = json_body(required=False)
-    reason = body.get("reason") if isinstance(body, dict) else None
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-        raise ApiError(422, "invalid_field", "reason must be a string of at most 1000 characters", "reason")
+    reason = parse_model(VoidIn, body if isinstance(body, dict) else {}).reason
     provider_id = _target_provider()
     session = db_session()
     with session.begin():
@@ -156,4 +154,4 @@ def void_usage_record(record_id: str):
                                 "provider_id": record.provider_id, "record_id": record.record_id,
                                 "amount": record.amount})
             current_app.extensions["voucher.events"].record_voided(session, record)
-    return record_json(record)
+    return UsageRecord.dump(record)

@@ -19,51 +19,6 @@ from metering.models import Provider
 OPEN = ("submitted", "verified", "flagged")
 
 
-def _ts(value) -> str | None:
-    return value.isoformat() if value else None
-
-
-def claim_json(c: Claim) -> dict[str, Any]:
-    items = [
-        {
-            "provider_id": i.provider_id,
-            "invoice_no": i.invoice_no,
-            "amount_paid": i.amount_paid,
-            "invoice_amount": i.invoice_amount,
-            "metered": i.metered,
-            "base": i.base,
-            "discrepancies": i.discrepancies or [],
-        }
-        for i in c.items
-    ]
-    codes = sorted({d["code"] for d in c.discrepancies or []}
-                   | {d["code"] for i in c.items for d in i.discrepancies or []})
-    return {
-        "object": "claim",
-        "id": f"clm_{c.id}",
-        "enterprise_uscc": c.enterprise_uscc,
-        "period": c.period,
-        "year": int(c.period[:4]),
-        "status": c.status,
-        "currency": "CNY",
-        "items": items,
-        "other_subsidies": c.other_subsidies or [],
-        "base": c.base,
-        "computed": c.computed,
-        "payable_before_cap": c.payable_before_cap,
-        "payable": c.payable,
-        "clawed_back": c.clawed_back,
-        "cap_reached": c.cap_reached,
-        "discrepancies": c.discrepancies or [],
-        "discrepancy_codes": codes,
-        "policy_id": c.policy_id,
-        "decision_reason": c.decision_reason,
-        "submitted_at": _ts(c.submitted_at),
-        "reconciled_at": _ts(c.reconciled_at),
-        "decided_at": _ts(c.decided_at),
-    }
-
-
 def parse_claim_id(value: str) -> int:
     if not value.startswith("clm_") or not value[4:].isdigit():
         raise ValueError(f"{value!r} is not a claim id (clm_…)")

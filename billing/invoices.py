@@ -16,22 +16,6 @@ from kernel.errors import Conflict, Invalid
 from metering.models import Enterprise
 
 
-def invoice_json(inv: ProviderInvoice) -> dict[str, Any]:
-    return {
-        "object": "provider_invoice",
-        "id": f"inv_{inv.id}",
-        "provider_id": inv.provider_id,
-        "invoice_no": inv.invoice_no,
-        "enterprise_uscc": inv.enterprise_uscc,
-        "period": inv.period,
-        "amount": inv.amount,
-        "tax_amount": inv.tax_amount,
-        "currency": "CNY",
-        "issued_on": inv.issued_on.isoformat(),
-        "created_at": inv.created_at.isoformat(),
-    }
-
-
 def _hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 

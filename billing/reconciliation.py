@@ -448,27 +448,3 @@ def summarise(session: Session, period: str, claims: Iterable[Claim]) -> dict[st
 def adjustments_of(session: Session, period: str) -> list[ClaimAdjustment]:
     return list(session.scalars(select(ClaimAdjustment).where(ClaimAdjustment.period == period)
                                 .order_by(ClaimAdjustment.id)))
-
-
-def reconciliation_json(run: Reconciliation, claims: list[dict[str, Any]] | None = None,
-                        adjustments: list[ClaimAdjustment] | None = None) -> dict[str, Any]:
-    body = {
-        "object": "reconciliation",
-        "id": f"rec_{run.period}",
-        "period": run.period,
-        "status": run.status,
-        "runs": run.runs,
-        "policy_id": run.policy_id,
-        "first_run_at": run.first_run_at.isoformat(),
-        "last_run_at": run.last_run_at.isoformat(),
-        "summary": run.summary,
-    }
-    if claims is not None:
-        body["claims"] = claims
-    if adjustments is not None:
-        body["adjustments"] = [
-            {"object": "claim_adjustment", "id": f"adj_{a.id}", "claim_id": f"clm_{a.claim_id}",
-             "kind": a.kind, "amount": a.amount, "reason": a.reason, "created_at": a.created_at.isoformat()}
-            for a in adjustments
-        ]
-    return body

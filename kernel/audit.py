@@ -298,21 +298,3 @@ def parse_public_id(value: str) -> int:
     if not value.startswith("aud_") or not value[4:].isdigit():
         raise ValueError(f"{value!r} is not an audit event id (aud_…)")
     return int(value[4:])
-
-
-def event_json(row: AuditEvent) -> dict[str, Any]:
-    return {
-        "object": "audit_event",
-        "id": public_id(row.seq),
-        "seq": row.seq,
-        "at": row.at.isoformat(),
-        "actor": {"key_id": row.actor_key_id, "role": row.actor_role},
-        "request_id": row.request_id,
-        "action": row.action,
-        "object_type": row.object_type,
-        "object_id": row.object_id,
-        "before": row.before,
-        "after": row.after,
-        "prev_hash": row.prev_hash,
-        "hash": row.hash,
-    }

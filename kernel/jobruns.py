@@ -74,23 +74,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def job_run_json(run: JobRun) -> dict[str, Any]:
-    return {
-        "object": "job_run",
-        "id": f"jr_{run.id}",
-        "job": run.job,
-        "period": run.period,
-        "status": run.status,
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "process": run.process,
-        "error": run.error,
-        "attempt": run.attempt,
-        "heartbeat_at": _iso(run.heartbeat_at),
-        "result": run.result,
-    }
-
-
 def parse_public_id(value: str) -> int:
     if not value.startswith("jr_") or not value[3:].isdigit():
         raise ValueError(f"{value!r} is not a job run id (jr_…)")

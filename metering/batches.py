@@ -56,10 +56,3 @@ def recent_batches(session: Session, provider_id: str, limit: int = 20) -> list[
     return list(session.scalars(
         select(IngestBatch).where(IngestBatch.provider_id == provider_id)
         .order_by(IngestBatch.received_at.desc(), IngestBatch.id.desc()).limit(limit)))
-
-
-def batch_json(b: IngestBatch) -> dict[str, Any]:
-    return {"object": "ingest_batch", "id": f"ib_{b.id}", "provider_id": b.provider_id,
-            "source": b.source, "label": b.label, "received_at": b.received_at.isoformat(),
-            "records": b.records, "accepted": b.accepted, "duplicates": b.duplicates,
-            "rejected": b.rejected, "rejected_by_code": b.rejected_by_code or {}}

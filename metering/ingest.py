@@ -38,20 +38,13 @@ IN_CHUNK = 900  # keeps `IN (...)` lists under SQLite's variable limit
 
 @dataclass
 class BatchResult:
+    """What a push did; the API answers it as `api.schemas.usage.UsageBatch`."""
+
     results: list[dict[str, Any]]
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
     rejected_by_code: Counter = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "object": "usage_batch",
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "results": self.results,
-        }
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kernel.db import keyset_page, utcnow, where_given
 from metering.models import UsageRecord
-
-
-def record_json(r: UsageRecord) -> dict[str, Any]:
-    return {
-        "object": "usage_record",
-        "id": f"ur_{r.id}",
-        "record_id": r.record_id,
-        "provider_id": r.provider_id,
-        "enterprise_uscc": r.enterprise_uscc,
-        "resource": r.resource,
-        "unit": r.unit,
-        "quantity": str(r.quantity),
-        "started_at": r.started_at.isoformat().replace("+00:00", "Z"),
-        "ended_at": r.ended_at.isoformat().replace("+00:00", "Z"),
-        "period": r.period,
-        "amount": r.amount,
-        "currency": r.currency,
-        "status": r.status,
-        "metadata": r.metadata_ or {},
-        "voided_at": r.voided_at.isoformat().replace("+00:00", "Z") if r.voided_at else None,
-        "void_reason": r.void_reason,
-        "created_at": r.created_at.isoformat().replace("+00:00", "Z"),
-    }
 
 
 def parse_public_id(value: str) -> int:

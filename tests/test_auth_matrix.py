@@ -202,10 +202,11 @@ def world(db, settings):
            "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"]}
     assert finance.post("/v1/reconciliations", json={"period": PERIOD}).status_code == 201
 
+    from api.schemas import JobRun
     from kernel import jobruns as jobs
 
     with db.session() as s:
-        ids["job_run"] = jobs.job_run_json(jobs.claim(s, "reconcile", PERIOD, "test"))["id"]
+        ids["job_run"] = JobRun.dump(jobs.claim(s, "reconcile", PERIOD, "test"))["id"]
     static = Path(app.static_folder or "")
     files = [p for p in static.rglob("*") if p.is_file()] if static.is_dir() else []
     ids["static_file"] = files[0].relative_to(static).as_posix() if files else "none.txt"
