@@ -38,7 +38,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
 from kernel.events import Events
-from kernel.periods import SHANGHAI, previous_period
+from kernel.periods import (
+    MINUTE_RE,
+    PERIOD_RE,
+    is_minute_key,
+    is_period,
+    minute_of,
+    previous_period,
+    shift_period,
+)
 
 log = logging.getLogger("voucher.jobs")
 
@@ -99,8 +107,8 @@ def parse_public_id(value: str) -> int:
 
 # --- the registry -------------------------------------------------------------------------
 
-MONTH_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
-MINUTE_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]$")
+MONTH_KEY = PERIOD_RE  # kernel/periods.py: the one definition of a period's syntax
+MINUTE_KEY = MINUTE_RE
 
 
 def previous_month(fire_time: datetime) -> str:
@@ -111,8 +119,7 @@ def previous_month(fire_time: datetime) -> str:
 def month_before_last(fire_time: datetime) -> str:
     """Two months before the fire's month (Asia/Shanghai): statements fired on 1 December
     are those of October, reconciled on 1 November and reviewed by finance since."""
-    local = fire_time.astimezone(SHANGHAI)
-    return previous_period(local.replace(day=1) - timedelta(days=1))
+    return shift_period(previous_period(fire_time), -1)
 
 
 def minute_slot(fire_time: datetime) -> str:
@@ -121,7 +128,7 @@ def minute_slot(fire_time: datetime) -> str:
     With the default pull schedule (*/15) this is the 15-minute slot; a denser schedule
     set by environment gets one period per fire rather than silently skipping fires.
     """
-    return fire_time.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+    return minute_of(fire_time)
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,9 @@ class JobSpec:
         return getattr(settings, self.cron_setting)
 
     def check_period(self, period: str) -> str:
-        if not self.period_pattern.match(period or ""):
+        valid = {MONTH_KEY: is_period, MINUTE_KEY: is_minute_key}.get(
+            self.period_pattern, lambda p: bool(self.period_pattern.fullmatch(p or "")))
+        if not valid(period):
             example = "YYYY-MM" if self.period_pattern is MONTH_KEY else "YYYY-MM-DDTHH:MM"
             raise ValueError(f"{period!r} is not a {self.name} period ({example})")
         return period
