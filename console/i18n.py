@@ -70,8 +70,9 @@ def init_i18n(app: Flask) -> None:
 
 # --- catalogue maintenance (python -m console.i18n) ----------------------------------------
 
-METHODS = [("console/**.py", "python"), ("console/templates/**.html", "jinja2")]
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None, "_l": None}
+METHODS = [("console/**.py", "python"), ("console/templates/**.html", "jinja2"),
+           ("kernel/vocabulary.py", "python")]  # the label table's N_() strings
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None, "_l": None, "N_": None}
 
 
 def extract_catalog():
@@ -85,7 +86,7 @@ def extract_catalog():
     for filename, lineno, message, comments, context in extract_from_dir(
             str(root), method_map=METHODS, options_map=options, keywords=KEYWORDS,
             strip_comment_tags=True):
-        if not filename.startswith("console"):
+        if not filename.startswith(("console", "kernel/vocabulary.py")):
             continue
         catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
     return catalog
