@@ -41,10 +41,8 @@ from billing.models import (
     ClaimItem,
     LedgerPosting,
     ProviderInvoice,
-    QuotaBalance,
     Reconciliation,
 )
-from billing.policy import cap_for
 from billing.reconciliation import adjustments_of, reconcile
 from console import charts
 from console.i18n import _, _l, current_lang, html_lang, local_date, local_datetime, remember_lang
@@ -729,22 +727,15 @@ def report(period: str, fmt: str):
 def quota_table(session, year: int) -> list[dict[str, Any]]:
     """Every enterprise's quota for `year` (three queries), the most used first."""
     ents = list(session.scalars(select(Enterprise).order_by(Enterprise.uscc)))
-    rows = {b.enterprise_uscc: b for b in session.scalars(select(QuotaBalance).where(QuotaBalance.year == year))}
-    filings: dict[str, list] = defaultdict(list)
-    for uscc, obtained_on in session.execute(select(ModelFiling.enterprise_uscc, ModelFiling.obtained_on)):
-        filings[uscc].append(obtained_on)
-    pol = policy()
+    balances = ledger.quotas(session, policy(), year)  # the one quota read (billing/ledger.py)
     out = []
     for e in ents:
-        row = rows.get(e.uscc)
-        if row is not None:
-            cap, basis, reserved, granted = row.cap, row.cap_basis, row.reserved, row.granted
-        else:
-            (cap, basis), reserved, granted = cap_for(pol, year, filings.get(e.uscc, [])), 0, 0
+        b = balances[e.uscc]
+        cap, basis, reserved, granted = b.cap, b.cap_basis, b.reserved, b.granted
         used = reserved + granted
         share = used / cap if cap else 0.0
         out.append({"ent": e, "cap": cap, "cap_basis": basis, "reserved": reserved,
-                    "granted": granted, "remaining": max(cap - used, 0), "used": used,
+                    "granted": granted, "remaining": b.remaining, "used": used,
                     "pct": used * 100 // cap if cap else 0, "near": share >= NEAR_CAP,
                     "meter": Markup(charts.meter(used=used, cap=cap, warn_at=NEAR_CAP,
                                                  label=_("已用 %(pct)s%%", pct=used * 100 // cap if cap else 0)))})
