@@ -30,6 +30,7 @@ from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, reconciliation_json, summarise
 from kernel.keys import key_select
 from kernel.periods import parse_period
+from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
@@ -218,8 +219,7 @@ def get_claim(claim_id: str):
 
 @doc("List claims", response=ListOf(out.Claim), tags=["claims"],
      query=[query("enterprise", "Enterprise USCC (finance)"), query("period", "YYYY-MM"),
-            query("status", "Claim status", enum=["submitted", "verified", "flagged", "approved",
-                                                  "rejected"]), *PAGE])
+            query("status", "Claim status", enum=list(CLAIM_STATUSES)), *PAGE])
 @bp.get("/claims")
 @requires("enterprise", "finance")
 def list_claims():
@@ -238,7 +238,7 @@ def list_claims():
         stmt = stmt.where(Claim.period == period)
     status = query_arg("status")
     if status:
-        if status not in ("submitted", "verified", "flagged", "approved", "rejected"):
+        if status not in CLAIM_STATUSES:
             raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
         stmt = stmt.where(Claim.status == status)
     after_id = _after_id("clm_", after)
@@ -327,7 +327,7 @@ def run_reconciliation():
     session = db_session()
     with session.begin():
         run, first = reconcile(session, policy(), body.period)
-    current_app.extensions["voucher.events"].emit("reconciled", run)
+    current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     return reconciliation_json(run), 201 if first else 200
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import sys
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from flask import Flask, request, session
@@ -30,6 +31,19 @@ DEFAULT_LANG = "zh"
 
 _ = gettext
 _l = lazy_gettext
+
+
+@lru_cache(maxsize=4)
+def _catalogue(lang: str):
+    from babel.support import Translations
+
+    return Translations.load(str(TRANSLATIONS), [LANGS[lang]])
+
+
+def translate(text: str, lang: str = "en") -> str:
+    """`text` (a Chinese message id, e.g. a label of kernel/vocabulary.py) in `lang`, through the
+    same catalogue as the console, without a Flask app: for the CLI and other non-web callers."""
+    return text if lang == DEFAULT_LANG else _catalogue(lang).gettext(text)
 
 
 def current_lang() -> str:

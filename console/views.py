@@ -75,7 +75,15 @@ from console.words import (
 )
 from kernel.errors import DomainError
 from kernel.keys import authenticate
-from kernel.periods import SHANGHAI, current_period, parse_period, previous_period
+from kernel.periods import (
+    current_period,
+    local_year,
+    parse_period,
+    period_year,
+    previous_period,
+    year_periods,
+)
+from kernel.vocabulary import RECONCILED, ClaimStatus, Event, UsageStatus
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
 
@@ -109,7 +117,7 @@ def database():
 
 
 def this_year() -> int:
-    return datetime.now(UTC).astimezone(SHANGHAI).year
+    return local_year(datetime.now(UTC), policy().timezone)
 
 
 # --- request plumbing -----------------------------------------------------------------------
@@ -288,7 +296,7 @@ def monthly_spend(session, uscc: str, year: int) -> dict[str, dict[str, int]]:
     """Active metered usage of one enterprise per provider and month of `year` (one query)."""
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.period, func.sum(UsageRecord.amount))
-        .where(UsageRecord.enterprise_uscc == uscc, UsageRecord.status == "active",
+        .where(UsageRecord.enterprise_uscc == uscc, UsageRecord.status == UsageStatus.ACTIVE,
                UsageRecord.period >= f"{year}-01", UsageRecord.period <= f"{year}-12")
         .group_by(UsageRecord.provider_id, UsageRecord.period))
     out: dict[str, dict[str, int]] = defaultdict(dict)
@@ -337,7 +345,7 @@ def enterprise(uscc: str):
     balance = ledger.read_quota(s, policy(), uscc, year)
     spend = monthly_spend(s, uscc, year)
     names = provider_names(s, spend)
-    periods = [f"{year}-{m:02d}" for m in range(1, 13)]
+    periods = year_periods(year)
     chart = Markup(charts.spend_bars(
         periods=periods, period_labels=[format_date(date(year, m, 1), "MMM") for m in range(1, 13)],
         series=spend,
@@ -392,7 +400,7 @@ def new_claim(uscc: str):
     uscc = uscc.upper()
     ent = _enterprise_or_404(uscc)
     s = db_session()
-    closed = current_period()
+    closed = current_period(tz=policy().timezone)
     periods = list(s.scalars(
         select(ProviderInvoice.period).where(ProviderInvoice.enterprise_uscc == uscc,
                                              ProviderInvoice.period < closed)
@@ -410,7 +418,7 @@ def new_claim(uscc: str):
                 select(Claim.id, ClaimItem.provider_id, ClaimItem.invoice_no)
                 .join(ClaimItem, ClaimItem.claim_id == Claim.id)
                 .where(Claim.enterprise_uscc == uscc, Claim.period == period,
-                       Claim.status != "rejected")):
+                       Claim.status != ClaimStatus.REJECTED)):
             held.setdefault((pid, no), claim_id)
     names = provider_names(s, {i.provider_id for i in invoices})
     end_reads()
@@ -481,7 +489,7 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
 def claim(claim_id: str):
     s = db_session()
     c = _claim_or_404(s, claim_id)
-    year = int(c.period[:4])
+    year = period_year(c.period)
     balance = ledger.read_quota(s, policy(), c.enterprise_uscc, year)
     movements = list(s.scalars(select(LedgerPosting).where(LedgerPosting.claim_id == c.id,
                                                            LedgerPosting.amount > 0)
@@ -494,7 +502,7 @@ def claim(claim_id: str):
         quota=quota_view(balance) if balance else None, movements=movements,
         adjustments=adjustments, claim_level=[(d, explain(d, c.period)) for d in c.discrepancies or []],
         other_total=sum(int(o.get("amount", 0)) for o in c.other_subsidies or []),
-        decidable=c.status in ("verified", "flagged"),
+        decidable=c.status in RECONCILED,
         active="reconciliation" if current_user().role == "finance" else "enterprise")
 
 
@@ -507,7 +515,7 @@ def _decide(claim_id: str, action: str):
         with database().session() as ws, ws.begin():
             c = _claim_or_404(ws, claim_id, lock=True)
             if action == "approve":
-                if c.status == "flagged" and not reason:
+                if c.status == ClaimStatus.FLAGGED and not reason:
                     raise FormError(_("批准有差异的申领时，必须写明理由。"))
                 amount = c.payable
                 claims_svc.approve(ws, policy(), c, reason or None)
@@ -631,7 +639,7 @@ def reconciliations():
     if runs and request.args.get("list") is None:
         return redirect(url_for(".reconciliation", period=runs[0].period))
     return render_template("console/reconciliations.html", runs=runs,
-                           suggested=previous_period(datetime.now(UTC)), active="reconciliation")
+                           suggested=previous_period(datetime.now(UTC), policy().timezone), active="reconciliation")
 
 
 @bp.post("/reconciliations")
@@ -646,7 +654,7 @@ def run_reconciliation():
     end_reads()
     with database().session() as ws, ws.begin():
         run, _first = reconcile(ws, policy(), period)
-    current_app.extensions["voucher.events"].emit("reconciled", run)
+    current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     flash(_("%(period)s 对账已完成（第 %(n)s 次运行）。", period=period, n=run.runs), "success")
     return redirect(url_for(".reconciliation", period=period))
 
@@ -690,7 +698,7 @@ def reconciliation(period: str):
             continue
         shown.append(c)
     # Discrepancies first: flagged claims, the most codes first, then the rest by id.
-    shown.sort(key=lambda c: (c.status != "flagged", -len(claim_codes(c)), c.id))
+    shown.sort(key=lambda c: (c.status != ClaimStatus.FLAGGED, -len(claim_codes(c)), c.id))
     runs = list(s.scalars(select(Reconciliation.period).order_by(Reconciliation.period.desc()).limit(36)))
     return render_template(
         "console/reconciliation.html", period=period, run=run, summary=(run.summary if run else None),

@@ -47,6 +47,7 @@ from kernel.periods import (
     previous_period,
     shift_period,
 )
+from kernel.vocabulary import Event
 
 log = logging.getLogger("voucher.jobs")
 
@@ -385,7 +386,7 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
                else claim(session, job, period, process))
     if run is None:
         log.info("job %s period %s: already claimed by another run; skipped", job, period)
-        _emit("job_skipped", job)
+        _emit(Event.JOB_SKIPPED, job)
         return None
     log.info("job %s period %s: started (attempt %d, %s)", job, period, run.attempt, run.process)
     beat = _Heartbeat(db, run, heartbeat_every)
@@ -414,7 +415,7 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
         except Exception:
             log.exception("job %s period %s: could not record outcome %s", job, period, status)
         log.info("job %s period %s: %s in %.3f s", job, period, status, duration)
-        _emit("job_finished", job, status, duration)
+        _emit(Event.JOB_FINISHED, job, status, duration)
     return run
 
 

@@ -38,6 +38,7 @@ from kernel.periods import (
     previous_period,
     shift_period,
 )
+from kernel.vocabulary import ClaimStatus, Discrepancy, label
 
 Fen = int
 
@@ -50,9 +51,9 @@ BATCH = 1000  # records per ingest transaction
 GPU_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CORE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 OUTSIDE_WINDOW_PERIOD = "2025-04"  # before the plan was issued: the outside_policy_window claim
-CODES = ("invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",
-         "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
-         "outside_policy_window", "cap_reached")
+CODES = (Discrepancy.INVOICE_NOT_FOUND, Discrepancy.INVOICE_AMOUNT_MISMATCH, Discrepancy.INVOICE_CLAIMED_TWICE,
+         Discrepancy.USAGE_INVOICE_MISMATCH, Discrepancy.ENTERPRISE_NOT_ELIGIBLE, Discrepancy.PROVIDER_NOT_LISTED,
+         Discrepancy.OUTSIDE_POLICY_WINDOW, Discrepancy.CAP_REACHED)
 
 
 def make_uscc(seq: int, region: str = "330402") -> str:
@@ -387,9 +388,9 @@ def _decide(db, policy, period: str, plan: Plan) -> None:
         claims = list(session.scalars(select(Claim).where(
             Claim.period == period, Claim.enterprise_uscc.in_(plan.usccs)).order_by(Claim.id)))
         for c in claims:
-            if c.status == "verified":
+            if c.status == ClaimStatus.VERIFIED:
                 approve(session, policy, c, "核验无误 verified against invoices and metering")
-            elif (c.status == "flagged" and c.enterprise_uscc == plan.usccs[CLAIMED_TWICE]
+            elif (c.status == ClaimStatus.FLAGGED and c.enterprise_uscc == plan.usccs[CLAIMED_TWICE]
                   and any(d["code"] == "invoice_claimed_twice" for i in c.items for d in i.discrepancies)):
                 reject(session, policy, c, "重复提交 duplicate submission of an earlier claim")
 
@@ -468,8 +469,11 @@ def discrepancy_table(db, usccs: list[str]) -> Counter:
                 example.setdefault(d["code"], f"clm_{c.id} {c.period} {names.get(c.enterprise_uscc, '')}: "
                                               f"{d['message']}")
     click.echo("\nDiscrepancies found by the reconciliations (docs/API.md#discrepancy-codes):")
-    for code in CODES:
-        click.echo(f"  {code:<24} {counts[code]:>3}  {example.get(code, '-')}")
+    from console.i18n import translate
+
+    for code in CODES:  # the label: the one label table (kernel/vocabulary.py), in English
+        click.echo(f"  {code.value:<24} {counts[code]:>3}  {example.get(code, '-')}"
+                   f"  [{translate(label(Discrepancy, code))}]")
     return counts
 
 
