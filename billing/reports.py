@@ -315,12 +315,14 @@ THIN = Side(style="thin", color="999999")
 HEADER_BORDER = Border(bottom=THIN)
 
 # (Chinese header, English header, width, kind)
-ITEM_COLUMNS = (
+CLAIM_COLUMNS = (  # the first columns of both sheets: which claim a row belongs to
     ("所属期", "Period", 9, "text"),
     ("申领编号", "Claim", 11, "text"),
     ("统一社会信用代码", "USCC", 21, "text"),
     ("企业名称", "Enterprise", 30, "text"),
     ("区县", "County", 9, "text"),
+)
+ITEM_COLUMNS = CLAIM_COLUMNS + (
     ("服务商", "Provider", 14, "text"),
     ("发票号码", "Invoice no.", 23, "text"),
     ("实付金额（元）", "Paid (CNY)", 15, "money"),
@@ -331,12 +333,7 @@ ITEM_COLUMNS = (
     ("状态", "Status", 15, "text"),
     ("差异代码", "Discrepancy codes", 40, "text"),
 )
-ADJUSTMENT_COLUMNS = (
-    ("所属期", "Period", 9, "text"),
-    ("申领编号", "Claim", 11, "text"),
-    ("统一社会信用代码", "USCC", 21, "text"),
-    ("企业名称", "Enterprise", 30, "text"),
-    ("区县", "County", 9, "text"),
+ADJUSTMENT_COLUMNS = CLAIM_COLUMNS + (
     ("类型", "Kind", 14, "text"),
     ("金额（元）", "Amount (CNY)", 15, "money"),
     ("原因", "Reason", 70, "text"),
