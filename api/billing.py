@@ -19,7 +19,6 @@ from api.http import json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
 from api.schemas.billing import (
-    CLAIM_STATUSES,
     ClaimIn,
     DecisionIn,
     InvoiceIn,
@@ -33,6 +32,7 @@ from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.keys import key_select
 from kernel.periods import parse_period
+from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
@@ -262,7 +262,7 @@ def run_reconciliation():
     session = db_session()
     with session.begin():
         run, first = reconcile(session, policy(), body.period)
-    current_app.extensions["voucher.events"].emit("reconciled", run)
+    current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     return out.Reconciliation.dump(run), 201 if first else 200
 
 

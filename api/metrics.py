@@ -68,6 +68,7 @@ from kernel.metrics import (  # noqa: F401  (re-exported: every voucher_* series
 )
 from kernel.metrics import error_code as _code
 from kernel.metrics import label as _label
+from kernel.vocabulary import Event
 from metering.models import Enterprise
 
 log = logging.getLogger("voucher.metrics")
@@ -395,8 +396,8 @@ def init_metrics(app: Flask) -> None:
     def _voided(_session: Any, record: Any) -> None:
         record_void(getattr(record, "provider_id", None))
 
-    events.on("batch_ingested", _batch)
-    events.on("record_voided", _voided)
+    events.on(Event.BATCH_INGESTED, _batch)
+    events.on(Event.RECORD_VOIDED, _voided)
 
     def metrics_view():
         return Response(exposition(current_app), mimetype=CONTENT_TYPE_LATEST)

@@ -13,10 +13,12 @@ from billing.policy import Policy
 from kernel import audit
 from kernel.db import utcnow
 from kernel.errors import Conflict, Invalid
-from kernel.periods import current_period, parse_period
+from kernel.periods import current_period, parse_period, period_year
+from kernel.vocabulary import OPEN as VOCAB_OPEN
+from kernel.vocabulary import RECONCILED, ClaimStatus
 from metering.models import Provider
 
-OPEN = ("submitted", "verified", "flagged")
+OPEN = VOCAB_OPEN  # kernel/vocabulary.py
 
 
 def parse_claim_id(value: str) -> int:
@@ -43,7 +45,7 @@ def submit_claim(session: Session, enterprise_uscc: str, period: str, items: lis
             raise Invalid("duplicate_item", f"Invoice {key[1]!r} is listed twice (items[{seen[key]}])",
                           f"items[{n}].invoice_no")
         seen[key] = n
-    claim = Claim(enterprise_uscc=enterprise_uscc, period=period, status="submitted",
+    claim = Claim(enterprise_uscc=enterprise_uscc, period=period, status=ClaimStatus.SUBMITTED,
                   other_subsidies=other_subsidies, items=[
                       ClaimItem(position=n, provider_id=it["provider_id"], invoice_no=it["invoice_no"],
                                 amount_paid=it["amount_paid"], discrepancies=[])
@@ -65,18 +67,18 @@ def get_claim(session: Session, claim_id: int, *, lock: bool = False) -> Claim |
 
 
 def _balance_for(session: Session, policy: Policy, claim: Claim) -> ledger.Balance:
-    key = (claim.enterprise_uscc, int(claim.period[:4]))
+    key = (claim.enterprise_uscc, period_year(claim.period))
     return ledger.lock_balances(session, policy, [key])[key]
 
 
 def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) -> Claim:
     """Move the claim's reservation to granted; a flagged claim needs a (non-blank) reason."""
-    if claim.status == "approved":
+    if claim.status == ClaimStatus.APPROVED:
         return claim  # idempotent
-    if claim.status not in ("verified", "flagged"):
-        raise Conflict("claim_not_reconciled" if claim.status == "submitted" else "claim_decided",
+    if claim.status not in RECONCILED:
+        raise Conflict("claim_not_reconciled" if claim.status == ClaimStatus.SUBMITTED else "claim_decided",
                        f"A {claim.status} claim cannot be approved; "
-                       + ("run the reconciliation of its period first" if claim.status == "submitted" else
+                       + ("run the reconciliation of its period first" if claim.status == ClaimStatus.SUBMITTED else
                           "it was already decided"), "status")
     if claim.status == "flagged" and not (reason or "").strip():
         # A flagged claim carries discrepancies: finance must say why it pays it anyway
@@ -87,14 +89,14 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
                  reason=reason or "approved")
     audit.append(session, "claim.approved", "claim", f"clm_{claim.id}",
                  before={"status": claim.status, "reserved": claim.payable},
-                 after={"status": "approved", "granted": claim.payable, "reason": reason})
-    claim.status, claim.decided_at, claim.decision_reason = "approved", utcnow(), reason
+                 after={"status": ClaimStatus.APPROVED.value, "granted": claim.payable, "reason": reason})
+    claim.status, claim.decided_at, claim.decision_reason = ClaimStatus.APPROVED, utcnow(), reason
     return claim
 
 
 def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim:
     """Release whatever the claim reserved; a rejected claim holds no quota and no invoice."""
-    if claim.status == "rejected":
+    if claim.status == ClaimStatus.REJECTED:
         return claim
     if claim.status not in OPEN:
         raise Conflict("claim_decided", f"An {claim.status} claim cannot be rejected", "status")
@@ -104,7 +106,7 @@ def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim
                        policy_id=claim.policy_id or policy.id, reason=f"rejected: {reason}")
     audit.append(session, "claim.rejected", "claim", f"clm_{claim.id}",
                  before={"status": claim.status, "reserved": claim.payable},
-                 after={"status": "rejected", "released": claim.payable, "reason": reason})
-    claim.status, claim.payable = "rejected", 0
+                 after={"status": ClaimStatus.REJECTED.value, "released": claim.payable, "reason": reason})
+    claim.status, claim.payable = ClaimStatus.REJECTED, 0
     claim.decided_at, claim.decision_reason = utcnow(), reason
     return claim

@@ -26,21 +26,34 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from billing.models import LedgerPosting, QuotaBalance
-from billing.policy import Policy, cap_for
+from billing.policy import Policy, cap_for, remaining
 from kernel.db import utcnow
 from metering.models import Enterprise, ModelFiling
 
 Fen = int
 
-# kind -> (debited account, credited account)
-TRANSFERS = {
-    "open": ("cap_source", "available"),
-    "cap_change": ("cap_source", "available"),
-    "reserve": ("available", "reserved"),
-    "release": ("reserved", "available"),
-    "grant": ("reserved", "granted"),
-    "clawback": ("granted", "available"),
+@dataclass(frozen=True)
+class Move:
+    """What one kind of transfer does: the account pair, and how the balance row's reserved
+    and granted columns change per fen transferred."""
+
+    debit: str
+    credit: str
+    reserved: int = 0
+    granted: int = 0
+
+
+# The one table of transfer kinds: the single-row path (transfer) and the batch path
+# (apply_transfers) both read it, and both refuse a result outside the same bounds.
+MOVES = {
+    "open": Move("cap_source", "available"),
+    "cap_change": Move("cap_source", "available"),
+    "reserve": Move("available", "reserved", reserved=1),
+    "release": Move("reserved", "available", reserved=-1),
+    "grant": Move("reserved", "granted", reserved=-1, granted=1),
+    "clawback": Move("granted", "available", granted=-1),
 }
+TRANSFERS = {kind: (m.debit, m.credit) for kind, m in MOVES.items()}  # kind -> (debit, credit)
 
 
 class CapExceeded(Exception):
@@ -59,12 +72,7 @@ class Balance:
 
     @property
     def remaining(self) -> Fen:
-        return max(self.cap - self.reserved - self.granted, 0)
-
-
-def _snapshot(row: QuotaBalance) -> Balance:
-    return Balance(row.enterprise_uscc, row.year, row.cap, row.cap_basis, row.reserved,
-                   row.granted, row.policy_id)
+        return remaining(self.cap, self.granted, self.reserved)
 
 
 def filing_dates(session: Session, usccs: Iterable[str]) -> dict[str, list]:
@@ -77,19 +85,6 @@ def filing_dates(session: Session, usccs: Iterable[str]) -> dict[str, list]:
         ):
             out[uscc].append(obtained_on)
     return out
-
-
-def post(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
-         policy_id: str, reason: str) -> None:
-    """Append the two legs of one transfer."""
-    if amount <= 0:
-        raise ValueError(f"{kind}: transfer amount must be positive, got {amount}")
-    debit, credit = TRANSFERS[kind]
-    entry = uuid.uuid4().hex
-    common = dict(entry_id=entry, enterprise_uscc=b.enterprise_uscc, year=b.year, kind=kind,
-                  claim_id=claim_id, policy_id=policy_id, reason=reason)
-    session.add_all([LedgerPosting(account=debit, amount=-amount, **common),
-                     LedgerPosting(account=credit, amount=amount, **common)])
 
 
 @dataclass(frozen=True)
@@ -106,24 +101,26 @@ class Transfer:
 
 
 def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
-    """Append the legs of many transfers with one multi-row INSERT (Core, no ORM objects)."""
+    """Append the two legs of each transfer (they sum to zero), all with one multi-row INSERT."""
     rows = []
     now = utcnow()
     for t in transfers:
         if t.amount <= 0:
             raise ValueError(f"{t.kind}: transfer amount must be positive, got {t.amount}")
-        debit, credit = TRANSFERS[t.kind]
+        move = MOVES[t.kind]
         common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
                       kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id, reason=t.reason,
                       created_at=now)
-        rows += [dict(account=debit, amount=-t.amount, **common),
-                 dict(account=credit, amount=t.amount, **common)]
+        rows += [dict(account=move.debit, amount=-t.amount, **common),
+                 dict(account=move.credit, amount=t.amount, **common)]
     if rows:
         session.execute(LedgerPosting.__table__.insert(), rows)
 
 
-# How each kind moves the balance row's columns: (reserved, granted) per fen transferred.
-_EFFECT = {"reserve": (1, 0), "release": (-1, 0), "grant": (-1, 1), "clawback": (0, -1)}
+def _within_bounds(q, dr, dg):
+    """The balance row stays inside its bounds after adding (dr, dg): reserved and granted not
+    below 0, reserved + granted not above the cap (the CHECK constraints say the same)."""
+    return and_(q.c.reserved + dr >= 0, q.c.granted + dg >= 0, q.c.reserved + q.c.granted + dr + dg <= q.c.cap)
 
 
 def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
@@ -136,10 +133,10 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
     """
     net: dict[tuple[str, int], list[int]] = {}
     for t in transfers:
-        dr, dg = _EFFECT[t.kind]
+        move = MOVES[t.kind]
         d = net.setdefault((t.enterprise_uscc, t.year), [0, 0])
-        d[0] += dr * t.amount
-        d[1] += dg * t.amount
+        d[0] += move.reserved * t.amount
+        d[1] += move.granted * t.amount
     params = [{"b_uscc": u, "b_year": y, "d_reserved": dr, "d_granted": dg}
               for (u, y), (dr, dg) in net.items() if dr or dg]
     if params:
@@ -148,8 +145,7 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
         result = session.execute(
             update(q)
             .where(q.c.enterprise_uscc == bindparam("b_uscc"), q.c.year == bindparam("b_year"),
-                   q.c.reserved + dr >= 0, q.c.granted + dg >= 0,
-                   q.c.reserved + q.c.granted + dr + dg <= q.c.cap)
+                   _within_bounds(q, dr, dg))
             .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg),
             params,
         )
@@ -211,65 +207,93 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
     return balances
 
 
-def _conditional(session: Session, b: Balance, values: dict, condition) -> None:
+def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
+             policy_id: str, reason: str) -> None:
+    """The one write path: move `amount` fen between the accounts of `kind` (MOVES) for the
+    locked balance `b`: one conditional UPDATE of the balance row (refused outside its bounds,
+    CapExceeded) and the two postings. A zero amount changes nothing."""
+    if amount == 0:
+        return
+    move = MOVES[kind]
+    dr, dg = move.reserved * amount, move.granted * amount
+    q = QuotaBalance.__table__
     result = session.execute(
-        update(QuotaBalance)
-        .where(QuotaBalance.enterprise_uscc == b.enterprise_uscc, QuotaBalance.year == b.year, condition)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        update(q)
+        .where(q.c.enterprise_uscc == b.enterprise_uscc, q.c.year == b.year, _within_bounds(q, dr, dg))
+        .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg)
     )
     if result.rowcount != 1:
         raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
+    b.reserved += dr
+    b.granted += dg
+    post_many(session, [Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason)])
 
 
-def reserve(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
+def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
+          policy_id: str, reason: str) -> None:
+    """The batch form of transfer(): move the locked balance `b` in Python, refused outside the
+    same bounds, and queue the transfer for apply_transfers() (which writes the row's net change
+    and the postings). A zero amount changes nothing."""
     if amount == 0:
         return
-    _conditional(session, b, {"reserved": QuotaBalance.reserved + amount},
-                 QuotaBalance.reserved + QuotaBalance.granted + amount <= QuotaBalance.cap)
-    b.reserved += amount
-    post(session, "reserve", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+    move = MOVES[kind]
+    dr, dg = move.reserved * amount, move.granted * amount
+    if b.reserved + dr < 0 or b.granted + dg < 0 or b.reserved + b.granted + dr + dg > b.cap:
+        raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
+    b.reserved += dr
+    b.granted += dg
+    transfers.append(Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason))
 
 
-def release(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
-    if amount == 0:
-        return
-    _conditional(session, b, {"reserved": QuotaBalance.reserved - amount}, QuotaBalance.reserved >= amount)
-    b.reserved -= amount
-    post(session, "release", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+def reserve(session: Session, b: Balance, amount: Fen, **why) -> None:
+    """available → reserved (keyword arguments: claim_id, policy_id, reason)."""
+    transfer(session, "reserve", b, amount, **why)
 
 
-def grant(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
-    if amount == 0:
-        return
-    _conditional(session, b, {"reserved": QuotaBalance.reserved - amount,
-                              "granted": QuotaBalance.granted + amount}, QuotaBalance.reserved >= amount)
-    b.reserved -= amount
-    b.granted += amount
-    post(session, "grant", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+def release(session: Session, b: Balance, amount: Fen, **why) -> None:
+    """reserved → available."""
+    transfer(session, "release", b, amount, **why)
 
 
-def clawback(session: Session, b: Balance, amount: Fen, *, claim_id: int, policy_id: str, reason: str) -> None:
-    if amount == 0:
-        return
-    _conditional(session, b, {"granted": QuotaBalance.granted - amount}, QuotaBalance.granted >= amount)
-    b.granted -= amount
-    post(session, "clawback", b, amount, claim_id=claim_id, policy_id=policy_id, reason=reason)
+def grant(session: Session, b: Balance, amount: Fen, **why) -> None:
+    """reserved → granted."""
+    transfer(session, "grant", b, amount, **why)
+
+
+def clawback(session: Session, b: Balance, amount: Fen, **why) -> None:
+    """granted → available."""
+    transfer(session, "clawback", b, amount, **why)
+
+
+def quota_of(policy: Policy, uscc: str, year: int, row, filings: Iterable) -> Balance:
+    """The definition of an enterprise's quota for a year (docs/ARCHITECTURE.md#rule-homes):
+    its balance row's figures when the year has one (`row`: anything with cap, cap_basis,
+    reserved, granted, policy_id), else the policy's cap for its filings with nothing used."""
+    if row is not None:
+        return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
+    cap, basis = cap_for(policy, year, filings)
+    return Balance(uscc, year, cap, basis, 0, 0, policy.id)
 
 
 def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balance | None:
-    """One round trip when the year has a balance row; otherwise the cap from the filings.
+    """One enterprise's quota (quota_of): one round trip when the year has a balance row.
 
     None when the enterprise is not registered.
     """
     row = session.scalars(select(QuotaBalance).where(
         QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year)).first()
-    if row is not None:
-        return _snapshot(row)
-    if session.get(Enterprise, uscc) is None:
+    if row is None and session.get(Enterprise, uscc) is None:
         return None
-    cap, basis = cap_for(policy, year, filing_dates(session, [uscc]).get(uscc, []))
-    return Balance(uscc, year, cap, basis, 0, 0, policy.id)
+    filings = filing_dates(session, [uscc]).get(uscc, []) if row is None else ()
+    return quota_of(policy, uscc, year, row, filings)
+
+
+def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
+    """Every registered enterprise's quota for `year` (quota_of), by USCC: three queries."""
+    usccs = list(session.scalars(select(Enterprise.uscc).order_by(Enterprise.uscc)))
+    rows = {r.enterprise_uscc: r for r in session.scalars(select(QuotaBalance).where(QuotaBalance.year == year))}
+    filings = filing_dates(session, [u for u in usccs if u not in rows])
+    return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
 
 def quota_with_key(key_select: Select) -> Select:
@@ -287,7 +311,7 @@ def quota_with_key(key_select: Select) -> Select:
 
 
 def balance_of_row(row, uscc: str, year: int) -> Balance | None:
-    """The Balance in a quota_with_key() row; None when the year has no balance row yet."""
+    """The Balance in a quota_with_key() row (quota_of); None when the year has no balance row yet."""
     if row.cap is None:
         return None
     return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
@@ -376,8 +400,12 @@ __all__ = [
     "clawback",
     "grant",
     "lock_balances",
+    "quota_of",
     "quota_with_key",
+    "quotas",
     "read_quota",
+    "stage",
+    "transfer",
     "release",
     "reserve",
     "verify",

@@ -21,8 +21,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.db import Base, BigId, UTCDateTime, utcnow
+from kernel.vocabulary import ClaimStatus
 
-CLAIM_STATUSES = ("submitted", "verified", "flagged", "approved", "rejected")
+CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)  # kernel/vocabulary.py
 
 
 class ProviderInvoice(Base):
@@ -55,7 +56,7 @@ class Claim(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
     period: Mapped[str] = mapped_column(String(7))
-    status: Mapped[str] = mapped_column(String(16), default="submitted")
+    status: Mapped[str] = mapped_column(String(16), default=ClaimStatus.SUBMITTED.value)
     other_subsidies: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     base: Mapped[int] = mapped_column(BigInteger, default=0)
     computed: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -9,25 +9,25 @@ docs/POLICY.md.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from kernel import periods
+from kernel.vocabulary import CapBasis, Discrepancy
+
 Fen = int
 
-CAP_STANDARD = "standard"
-CAP_NEW_MODEL_FILING = "new_model_filing"
+CAP_STANDARD = CapBasis.STANDARD
+CAP_NEW_MODEL_FILING = CapBasis.NEW_MODEL_FILING
 
-INVOICE_AMOUNT_MISMATCH = "invoice_amount_mismatch"
-USAGE_INVOICE_MISMATCH = "usage_invoice_mismatch"
+INVOICE_AMOUNT_MISMATCH = Discrepancy.INVOICE_AMOUNT_MISMATCH
+USAGE_INVOICE_MISMATCH = Discrepancy.USAGE_INVOICE_MISMATCH
 
 # The provider kinds (docs/API.md#providers) of the city's catalogue (智算, 超算).
 RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
-
-_PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 
 
 class PolicyError(ValueError):
@@ -161,13 +161,8 @@ def remaining(cap: Fen, granted: Fen, reserved: Fen) -> Fen:
 
 
 def period_dates(period: str) -> tuple[date, date]:
-    """First and last day of a 'YYYY-MM' period. ValueError for anything else."""
-    m = _PERIOD.match(period) if isinstance(period, str) else None
-    if not m:
-        raise ValueError(f"{period!r} is not a YYYY-MM period")
-    first = date(int(m.group(1)), int(m.group(2)), 1)
-    following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-    return first, following - timedelta(days=1)
+    """First and last day of a 'YYYY-MM' period. ValueError for anything else (kernel/periods.py)."""
+    return periods.period_dates(period)
 
 
 def in_window(policy: Policy, period: str) -> bool:
@@ -187,6 +182,16 @@ def usage_in_window(policy: Policy, ended_on: date) -> bool:
     本行动计划自公布之日起施行，有效期至2027年12月31日 — both ends inclusive.
     """
     return policy.effective_from <= ended_on <= policy.effective_until
+
+
+def window_bounds(policy: Policy) -> tuple[datetime, datetime]:
+    """`usage_in_window` as an instant range [start, end) in the policy's timezone, for queries:
+    a moment `t` is in window exactly when start <= t < end."""
+    tz = periods.zone(policy.timezone)
+    start = datetime.combine(policy.effective_from, time.min, tz)
+    end = datetime.combine(policy.effective_until + timedelta(days=1), time.min, tz)
+    return start, end
+
 
 
 def within_tolerance(policy: Policy, a: Fen, b: Fen) -> bool:

@@ -11,17 +11,15 @@ clawed back.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.claims import OPEN
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -30,10 +28,29 @@ from billing.models import (
     QuotaBalance,
     Reconciliation,
 )
-from billing.policy import Policy, compute_claim, in_window
+from billing.policy import (
+    INVOICE_AMOUNT_MISMATCH,
+    USAGE_INVOICE_MISMATCH,
+    Policy,
+    compute_claim,
+    in_window,
+    item_base,
+    period_dates,
+    window_bounds,
+)
+from billing.totals import ClaimTotals, codes_of
 from kernel import audit
 from kernel.db import utcnow
-from kernel.periods import SHANGHAI, parse_period
+from kernel.periods import period_year
+from kernel.vocabulary import (
+    OPEN,
+    RECONCILED,
+    AdjustmentKind,
+    AuditAction,
+    ClaimStatus,
+    Discrepancy,
+    UsageStatus,
+)
 from metering.models import Enterprise, Provider, UsageRecord
 from metering.registry import provider_listed
 
@@ -61,34 +78,35 @@ class ItemOutcome:
 
 
 def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
-    """Item checks, steps 5–6 of docs/API.md#rec-steps for one item (pure)."""
-    tol = policy.tolerance
-    found: list[dict[str, Any]] = []
+    """Item checks, steps 5–6 of docs/API.md#rec-steps for one item (pure).
+
+    The arithmetic (tolerance, the base) is billing/policy.py's `item_base`; this adds the
+    checks that need the database's facts (the invoice exists, no other claim holds it) and
+    the discrepancies' figures.
+    """
     if f.invoice_amount is None:
-        found.append({"code": "invoice_not_found",
-                      "message": f"No invoice {f.invoice_no} from {f.provider_id} to this enterprise for the period",
-                      "provider_id": f.provider_id, "invoice_no": f.invoice_no})
-        return ItemOutcome(0, found)
-    if abs(f.amount_paid - f.invoice_amount) > tol:
-        found.append({"code": "invoice_amount_mismatch",
-                      "message": f"Paid {f.amount_paid} fen but the invoice says {f.invoice_amount} fen",
-                      "amount_paid": f.amount_paid, "invoice_amount": f.invoice_amount,
-                      "difference": f.amount_paid - f.invoice_amount, "tolerance": tol})
+        return ItemOutcome(0, [{"code": Discrepancy.INVOICE_NOT_FOUND,
+                                "message": f"No invoice {f.invoice_no} from {f.provider_id} to this enterprise for the period",
+                                "provider_id": f.provider_id, "invoice_no": f.invoice_no}])
+    base, codes = item_base(policy, f.amount_paid, f.invoice_amount, f.metered, f.eligible_metered)
+    found: list[dict[str, Any]] = []
+    if INVOICE_AMOUNT_MISMATCH in codes:
+        found.append(_mismatch(policy, INVOICE_AMOUNT_MISMATCH, "amount_paid", f.amount_paid, f.invoice_amount,
+                               f"Paid {f.amount_paid} fen"))
     if f.first_claim_id is not None:
-        found.append({"code": "invoice_claimed_twice",
+        found.append({"code": Discrepancy.INVOICE_CLAIMED_TWICE,
                       "message": f"Invoice {f.invoice_no} is already claimed by clm_{f.first_claim_id}",
                       "invoice_no": f.invoice_no, "first_claim_id": f"clm_{f.first_claim_id}"})
-    if abs(f.metered - f.invoice_amount) > tol:
-        found.append({"code": "usage_invoice_mismatch",
-                      "message": f"Metered usage is {f.metered} fen but the invoice says {f.invoice_amount} fen",
-                      "metered": f.metered, "invoice_amount": f.invoice_amount,
-                      "difference": f.metered - f.invoice_amount, "tolerance": tol})
-    if found:
-        return ItemOutcome(0, found)
-    base = min(f.amount_paid, f.invoice_amount, f.metered)
-    if f.eligible_metered is not None:  # usage before effective_from never earns subsidy
-        base = min(base, f.eligible_metered)
-    return ItemOutcome(base, [])
+    if USAGE_INVOICE_MISMATCH in codes:
+        found.append(_mismatch(policy, USAGE_INVOICE_MISMATCH, "metered", f.metered, f.invoice_amount,
+                               f"Metered usage is {f.metered} fen"))
+    return ItemOutcome(0 if found else base, found)
+
+
+def _mismatch(policy: Policy, code: str, name: str, amount: Fen, invoiced: Fen, said: str) -> dict[str, Any]:
+    return {"code": code, "message": f"{said} but the invoice says {invoiced} fen",
+            name: amount, "invoice_amount": invoiced, "difference": amount - invoiced,
+            "tolerance": policy.tolerance}
 
 
 def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
@@ -96,40 +114,31 @@ def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
     """Claim-level checks (docs/API.md#rec-steps, step 4); any of them sets every item's base to 0 (pure)."""
     found: list[dict[str, Any]] = []
     if not in_window(policy, period):
-        found.append({"code": "outside_policy_window",
+        found.append({"code": Discrepancy.OUTSIDE_POLICY_WINDOW,
                       "message": f"{period} is outside the policy window "
                                  f"{policy.effective_from} – {policy.effective_until}",
                       "period": period, "effective_from": policy.effective_from.isoformat(),
                       "effective_until": policy.effective_until.isoformat()})
     if enterprise is None or not enterprise.eligible:
-        found.append({"code": "enterprise_not_eligible",
+        found.append({"code": Discrepancy.ENTERPRISE_NOT_ELIGIBLE,
                       "message": "The enterprise is not eligible for the programme"})
-    year, month = parse_period(period)
-    first = date(year, month, 1)
-    last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    first, last = period_dates(period)
     for pid in sorted(set(provider_ids)):
         p = providers.get(pid)
         if p is None or not provider_listed(p, first, last):
-            found.append({"code": "provider_not_listed",
+            found.append({"code": Discrepancy.PROVIDER_NOT_LISTED,
                           "message": f"Provider {pid} was not in the catalogue during {period}",
                           "provider_id": pid,
                           "listed_from": p.listed_from.isoformat() if p and p.listed_from else None,
                           "listed_until": p.listed_until.isoformat() if p and p.listed_until else None})
         elif p.kind not in policy.resource_kinds:
             # Listed, but selling power this policy does not subsidise (智算/超算 only).
-            found.append({"code": "provider_not_listed",
+            found.append({"code": Discrepancy.PROVIDER_NOT_LISTED,
                           "message": f"Provider {pid} sells {p.kind} power, which policy "
                                      f"{policy.id} does not subsidise",
                           "provider_id": pid, "kind": p.kind,
                           "resource_kinds": list(policy.resource_kinds)})
     return found
-
-
-def window_bounds(policy: Policy) -> tuple[datetime, datetime]:
-    """Usage counts when it ended within [effective_from, effective_until] in Asia/Shanghai."""
-    start = datetime.combine(policy.effective_from, time.min, SHANGHAI)
-    end = datetime.combine(policy.effective_until + timedelta(days=1), time.min, SHANGHAI)
-    return start, end
 
 
 def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[str, str], tuple[Fen, Fen]]:
@@ -140,7 +149,7 @@ def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[st
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount),
                func.sum(in_window))
-        .where(UsageRecord.period == period, UsageRecord.status == "active")
+        .where(UsageRecord.period == period, UsageRecord.status == UsageStatus.ACTIVE)
         .group_by(UsageRecord.provider_id, UsageRecord.enterprise_uscc)
     )
     return {(p, e): (int(total), int(eligible)) for p, e, total, eligible in rows}
@@ -221,9 +230,9 @@ def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]
     first, else the earliest claim not rejected (an invoice in one claim only is its own)."""
     rows = session.execute(
         select(ClaimItem.provider_id, ClaimItem.invoice_no,
-               func.min(case((Claim.status == "approved", Claim.id))), func.min(Claim.id))
+               func.min(case((Claim.status == ClaimStatus.APPROVED, Claim.id))), func.min(Claim.id))
         .join(Claim, Claim.id == ClaimItem.claim_id)
-        .where(Claim.period == period, Claim.status != "rejected")
+        .where(Claim.period == period, Claim.status != ClaimStatus.REJECTED)
         .group_by(ClaimItem.provider_id, ClaimItem.invoice_no)
         .having(func.count(func.distinct(Claim.id)) > 1)
     )
@@ -251,8 +260,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     for the quota rows (net change per enterprise) and ledger postings. Only clawbacks, which
     are rare, go through the ORM one claim at a time.
     """
-    parse_period(period)
-    year = int(period[:4])
+    year = period_year(period)
     usccs = list(session.scalars(select(Claim.enterprise_uscc).where(Claim.period == period)
                                  .distinct().order_by(Claim.enterprise_uscc)))
     metered = metered_sums(session, policy, period)
@@ -276,7 +284,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
                                claim_level(policy, period, enterprise, providers,
                                            [i.provider_id for i in claim.items]),
                                now, transfers, claim_rows, item_rows)
-            elif claim.status == "approved":
+            elif claim.status == ClaimStatus.APPROVED:
                 _claw_back_if_needed(session, policy, claim, balance, metered, now)
             totals.add(claim)
         ledger.apply_transfers(session, transfers)
@@ -301,7 +309,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     run.last_run_at = now
     run.policy_id = policy.id
     run.summary = totals.result()
-    audit.append(session, "reconciliation.run", "reconciliation", f"rec_{period}",
+    audit.append(session, AuditAction.RECONCILIATION_RUN, "reconciliation", f"rec_{period}",
                  after={"run": run.runs, "policy_id": policy.id, "summary": run.summary})
     return run, first_time
 
@@ -318,34 +326,30 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     outcomes = [evaluate_item(policy, f) for f in facts]
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
-    held = claim.payable if claim.status in ("verified", "flagged") else 0
+    held = claim.payable if claim.status in RECONCILED else 0
     amounts = compute_claim(policy, bases, others, balance.remaining + held)
     discrepancies = list(claim_codes)
     if amounts.cap_reached:
-        discrepancies.append({"code": "cap_reached",
+        discrepancies.append({"code": Discrepancy.CAP_REACHED,
                               "message": f"Cut to the remaining quota: {amounts.payable} of "
                                          f"{amounts.payable_before_cap} fen",
                               "payable_before_cap": amounts.payable_before_cap,
                               "remaining": balance.remaining + held, "cap": balance.cap,
                               "payable": amounts.payable})
     delta = amounts.payable - held
+    why = dict(claim_id=claim.id, policy_id=policy.id)
     if delta > 0:
-        if delta > balance.remaining:
-            raise ledger.CapExceeded(f"quota {balance.enterprise_uscc}/{balance.year} refused the change")
-        balance.reserved += delta
-        transfers.append(ledger.Transfer("reserve", balance.enterprise_uscc, balance.year, delta, claim.id,
-                                         policy.id, f"reconciliation {claim.period}"))
+        ledger.stage(transfers, "reserve", balance, delta, reason=f"reconciliation {claim.period}", **why)
     elif delta < 0:
-        balance.reserved += delta
-        transfers.append(ledger.Transfer("release", balance.enterprise_uscc, balance.year, -delta, claim.id,
-                                         policy.id, f"reconciliation {claim.period}: payable lowered"))
+        ledger.stage(transfers, "release", balance, -delta,
+                     reason=f"reconciliation {claim.period}: payable lowered", **why)
     for item, fact, outcome, base in zip(claim.items, facts, outcomes, bases, strict=True):
         item.invoice_amount, item.metered, item.base = fact.invoice_amount, fact.metered, base
         item.discrepancies = outcome.discrepancies
         item_rows.append({"b_id": item.id, "invoice_amount": item.invoice_amount, "metered": item.metered,
                           "base": base, "discrepancies": item.discrepancies})
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
-    claim.status = "flagged" if flagged else "verified"
+    claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
     claim.base, claim.computed = amounts.base, amounts.computed
     claim.payable_before_cap, claim.payable = amounts.payable_before_cap, amounts.payable
     claim.cap_reached = amounts.cap_reached
@@ -378,9 +382,9 @@ def _claw_back_if_needed(session: Session, policy: Policy, claim: _Claim, balanc
               f"grant {claim.payable} → {target} fen")
     ledger.clawback(session, balance, cut, claim_id=claim.id, policy_id=claim.policy_id or policy.id,
                     reason=reason)
-    session.add(ClaimAdjustment(claim_id=claim.id, period=claim.period, kind="clawback", amount=-cut,
+    session.add(ClaimAdjustment(claim_id=claim.id, period=claim.period, kind=AdjustmentKind.CLAWBACK, amount=-cut,
                                 reason=reason, created_at=now))
-    audit.append(session, "claim.clawed_back", "claim", f"clm_{claim.id}",
+    audit.append(session, AuditAction.CLAIM_CLAWED_BACK, "claim", f"clm_{claim.id}",
                  before={"granted": claim.payable, "clawed_back": claim.clawed_back},
                  after={"granted": target, "clawed_back": claim.clawed_back + cut, "reason": reason})
     c = Claim.__table__
@@ -390,51 +394,19 @@ def _claw_back_if_needed(session: Session, policy: Policy, claim: _Claim, balanc
     claim.clawed_back += cut
 
 
-class _Summary:
-    """The run's summary, added up claim by claim as the batches stream past."""
-
-    def __init__(self) -> None:
-        self.claims = 0
-        self.by_status: Counter = Counter()
-        self.codes: Counter = Counter()
-        self.totals: dict[str, int] = defaultdict(int)
-        self.cap_reached = 0
+class _Summary(ClaimTotals):
+    """The run's summary, added up claim by claim as the batches stream past (billing/totals.py)."""
 
     def add(self, c) -> None:
-        """`c`: a Claim or a _Claim, with its items."""
-        self.claims += 1
-        self.by_status[c.status] += 1
-        totals = self.totals
-        for d in c.discrepancies or []:
-            self.codes[d["code"]] += 1
+        """`c`: a Claim or a _Claim, with its items (the claim's base: items' bases are not added)."""
+        self.add_claim(c.status, codes_of(c.discrepancies), c.computed, c.payable, c.clawed_back,
+                       c.cap_reached, base=c.base)
         for item in c.items:
-            for d in item.discrepancies or []:
-                self.codes[d["code"]] += 1
-            totals["amount_paid"] += item.amount_paid
-            totals["invoiced"] += item.invoice_amount or 0
-            totals["metered"] += item.metered or 0
-        totals["base"] += c.base
-        totals["computed"] += c.computed
-        if c.status in ("verified", "flagged"):
-            totals["reserved"] += c.payable
-        if c.status == "approved":
-            totals["granted"] += c.payable
-        totals["clawed_back"] += c.clawed_back
-        totals["payable"] += c.payable
-        if c.cap_reached:
-            self.cap_reached += 1
+            self.add_item(codes_of(item.discrepancies), item.amount_paid, item.invoice_amount,
+                          item.metered, None)
 
     def result(self) -> dict[str, Any]:
-        return {
-            "claims": self.claims,
-            "by_status": {s: self.by_status.get(s, 0)
-                          for s in ("submitted", "verified", "flagged", "approved", "rejected")},
-            "discrepancies": dict(sorted(self.codes.items())),
-            "cap_reached": self.cap_reached,
-            "totals": {k: self.totals[k] for k in ("amount_paid", "invoiced", "metered", "base", "computed",
-                                                   "payable", "reserved", "granted", "clawed_back")},
-            "currency": "CNY",
-        }
+        return self.summary()
 
 
 def summarise(session: Session, period: str, claims: Iterable[Claim]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,30 +37,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.models import Claim, ClaimAdjustment, ClaimItem, Reconciliation
+from billing.totals import TOTAL_KEYS, ClaimTotals, codes_of
 from kernel.money import yuan_decimal
 from kernel.periods import parse_period
+from kernel.vocabulary import CLAIM_STATUSES, AdjustmentKind, ClaimStatus, Discrepancy, label
 from metering.models import Enterprise, Provider
 
 Fen = int
 
 FORMATS = {"csv": "text/csv",  # Flask adds "; charset=utf-8"
            "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
-STATUSES = ("submitted", "verified", "flagged", "approved", "rejected")
-STATUS_ZH = {"submitted": "已提交", "verified": "已核验", "flagged": "待复核", "approved": "已批准",
-             "rejected": "已驳回"}
-CODE_ZH = {
-    "invoice_not_found": "发票不存在",
-    "invoice_amount_mismatch": "实付与发票金额不符",
-    "invoice_claimed_twice": "发票重复申领",
-    "usage_invoice_mismatch": "计量与发票金额不符",
-    "enterprise_not_eligible": "企业不符合条件",
-    "provider_not_listed": "服务商不在目录内",
-    "outside_policy_window": "超出政策有效期",
-    "cap_reached": "达到年度补贴上限",
-}
-KIND_ZH = {"clawback": "追回"}
-TOTAL_KEYS = ("amount_paid", "invoiced", "metered", "base", "computed", "payable", "reserved",
-              "granted", "clawed_back")
+STATUSES = CLAIM_STATUSES
 TOTAL_LABELS = {
     "amount_paid": ("实付金额", "Paid"),
     "invoiced": ("发票金额", "Invoiced"),
@@ -141,10 +127,6 @@ def allocate(total: Fen, weights: list[Fen]) -> list[Fen]:
     return shares
 
 
-def _codes(discrepancies: list[dict[str, Any]] | None) -> tuple[str, ...]:
-    return tuple(d["code"] for d in discrepancies or [])
-
-
 def iter_rows(session: Session, period: str, batch: int = 1000) -> Iterator[ReportRow]:
     """Every item row of `period` (one streamed query, claim by claim), then its clawbacks."""
     parse_period(period)
@@ -185,7 +167,7 @@ def iter_rows(session: Session, period: str, batch: int = 1000) -> Iterator[Repo
          clawed_back, cap_reached, claim_disc, name, county) in session.execute(adjustments):
         yield ReportRow(kind=kind, period=period, claim_id=claim_id, enterprise_uscc=uscc,
                         enterprise_name=name, county=county, status=status,
-                        claim_codes=_codes(claim_disc), claim_computed=computed, claim_payable=payable,
+                        claim_codes=codes_of(claim_disc), claim_computed=computed, claim_payable=payable,
                         claim_payable_before_cap=before_cap, claim_clawed_back=clawed_back,
                         cap_reached=bool(cap_reached), adjustment=int(amount), note=reason,
                         created_at=created_at)
@@ -195,7 +177,7 @@ def _claim_rows(period: str, items: list[tuple]) -> Iterator[ReportRow]:
     (claim_id, _, _, _, _, _, _, _, uscc, status, computed, payable, before_cap, clawed_back,
      cap_reached, claim_disc, name, county, _) = items[0]
     shares = allocate(int(payable), [int(it[6] or 0) for it in items])
-    claim_codes = _codes(claim_disc)
+    claim_codes = codes_of(claim_disc)
     for it, share in zip(items, shares, strict=True):
         yield ReportRow(kind="item", period=period, claim_id=claim_id, enterprise_uscc=uscc,
                         enterprise_name=name, county=county, status=status, claim_codes=claim_codes,
@@ -204,20 +186,18 @@ def _claim_rows(period: str, items: list[tuple]) -> Iterator[ReportRow]:
                         cap_reached=bool(cap_reached), provider_id=it[1], provider_name=it[18],
                         invoice_no=it[2], amount_paid=int(it[3]), invoice_amount=it[4],
                         metered=it[5], base=int(it[6] or 0), payable=share,
-                        item_codes=_codes(it[7]))
+                        item_codes=codes_of(it[7]))
 
 
 # --- summary ------------------------------------------------------------------------------
 
-@dataclass
-class ReportSummary:
+@dataclass(kw_only=True)
+class ReportSummary(ClaimTotals):
+    """The run's summary figures (billing/totals.py, as the reconciliation adds them up) plus the
+    report's breakdowns."""
+
     period: str
-    claims: int = 0
     items: int = 0
-    by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
-    discrepancies: Counter = field(default_factory=Counter)
-    cap_reached: int = 0
-    totals: dict[str, Fen] = field(default_factory=lambda: dict.fromkeys(TOTAL_KEYS, 0))
     by_county: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_provider: dict[str, dict[str, Any]] = field(default_factory=dict)
     cap_reached_enterprises: list[dict[str, Any]] = field(default_factory=list)
@@ -226,15 +206,16 @@ class ReportSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """Shaped like the API's reconciliation summary, plus the breakdowns."""
+        s = self.summary()
         return {
             "period": self.period,
-            "claims": self.claims,
+            "claims": s["claims"],
             "items": self.items,
             "by_status": dict(self.by_status),
-            "discrepancies": dict(sorted(self.discrepancies.items())),
-            "cap_reached": self.cap_reached,
+            "discrepancies": s["discrepancies"],
+            "cap_reached": s["cap_reached"],
             "totals": dict(self.totals),
-            "currency": "CNY",
+            "currency": s["currency"],
             "by_county": {k: {n: (len(v) if isinstance(v, set) else v) for n, v in d.items()}
                           for k, d in self.by_county.items()},
             "by_provider": self.by_provider,
@@ -243,11 +224,14 @@ class ReportSummary:
         }
 
 
+_PROVIDER_SUMS = ("amount_paid", "invoiced", "metered", "base", "payable")
+
+
 class SummaryBuilder:
     """Adds up report rows as they stream past; claim-level figures count once per claim."""
 
     def __init__(self, period: str) -> None:
-        self.s = ReportSummary(period)
+        self.s = ReportSummary(period=period)
         self._last_claim: int | None = None
 
     def add(self, row: ReportRow) -> None:
@@ -260,46 +244,26 @@ class SummaryBuilder:
         c = s.by_county.setdefault(county, {"claims": 0, "enterprises": set(), "base": 0, "payable": 0})
         if row.claim_id != self._last_claim:  # rows of a claim are consecutive
             self._last_claim = row.claim_id
-            s.claims += 1
-            s.by_status[row.status] = s.by_status.get(row.status, 0) + 1
-            for code in row.claim_codes:
-                s.discrepancies[code] += 1
-            t = s.totals
-            t["computed"] += row.claim_computed
-            t["payable"] += row.claim_payable
-            t["clawed_back"] += row.claim_clawed_back
-            if row.status in ("verified", "flagged"):
-                t["reserved"] += row.claim_payable
-            elif row.status == "approved":
-                t["granted"] += row.claim_payable
+            s.add_claim(row.status, row.claim_codes, row.claim_computed, row.claim_payable,
+                        row.claim_clawed_back, row.cap_reached)
             c["claims"] += 1
             c["enterprises"].add(row.enterprise_uscc)
             if row.cap_reached:
-                s.cap_reached += 1
                 s.cap_reached_enterprises.append({
                     "enterprise_uscc": row.enterprise_uscc, "enterprise_name": row.enterprise_name,
                     "county": row.county, "claim_id": row.claim_ref,
                     "payable_before_cap": row.claim_payable_before_cap, "payable": row.claim_payable,
                     "cut": row.claim_payable_before_cap - row.claim_payable})
         s.items += 1
-        for code in row.item_codes:
-            s.discrepancies[code] += 1
-        t = s.totals
-        t["amount_paid"] += row.amount_paid or 0
-        t["invoiced"] += row.invoice_amount or 0
-        t["metered"] += row.metered or 0
-        t["base"] += row.base or 0
+        s.add_item(row.item_codes, row.amount_paid, row.invoice_amount, row.metered, row.base)
         c["base"] += row.base or 0
         c["payable"] += row.payable or 0
         p = s.by_provider.setdefault(row.provider_id or "", {
-            "name": row.provider_name, "items": 0, "amount_paid": 0, "invoiced": 0, "metered": 0,
-            "base": 0, "payable": 0})
+            "name": row.provider_name, "items": 0, **dict.fromkeys(_PROVIDER_SUMS, 0)})
         p["items"] += 1
-        p["amount_paid"] += row.amount_paid or 0
-        p["invoiced"] += row.invoice_amount or 0
-        p["metered"] += row.metered or 0
-        p["base"] += row.base or 0
-        p["payable"] += row.payable or 0
+        for key, value in zip(_PROVIDER_SUMS, (row.amount_paid, row.invoice_amount, row.metered, row.base,
+                                               row.payable), strict=True):
+            p[key] += value or 0
 
     def result(self) -> ReportSummary:
         return self.s
@@ -351,12 +315,14 @@ THIN = Side(style="thin", color="999999")
 HEADER_BORDER = Border(bottom=THIN)
 
 # (Chinese header, English header, width, kind)
-ITEM_COLUMNS = (
+CLAIM_COLUMNS = (  # the first columns of both sheets: which claim a row belongs to
     ("所属期", "Period", 9, "text"),
     ("申领编号", "Claim", 11, "text"),
     ("统一社会信用代码", "USCC", 21, "text"),
     ("企业名称", "Enterprise", 30, "text"),
     ("区县", "County", 9, "text"),
+)
+ITEM_COLUMNS = CLAIM_COLUMNS + (
     ("服务商", "Provider", 14, "text"),
     ("发票号码", "Invoice no.", 23, "text"),
     ("实付金额（元）", "Paid (CNY)", 15, "money"),
@@ -367,12 +333,7 @@ ITEM_COLUMNS = (
     ("状态", "Status", 15, "text"),
     ("差异代码", "Discrepancy codes", 40, "text"),
 )
-ADJUSTMENT_COLUMNS = (
-    ("所属期", "Period", 9, "text"),
-    ("申领编号", "Claim", 11, "text"),
-    ("统一社会信用代码", "USCC", 21, "text"),
-    ("企业名称", "Enterprise", 30, "text"),
-    ("区县", "County", 9, "text"),
+ADJUSTMENT_COLUMNS = CLAIM_COLUMNS + (
     ("类型", "Kind", 14, "text"),
     ("金额（元）", "Amount (CNY)", 15, "money"),
     ("原因", "Reason", 70, "text"),
@@ -429,7 +390,7 @@ class _Sheet:
 
 
 def _status_text(status: str) -> str:
-    return f"{STATUS_ZH.get(status, status)} {status}"
+    return f"{label(ClaimStatus, status)} {status}"
 
 
 def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
@@ -456,7 +417,7 @@ def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
                           items.money(r.payable), _status_text(r.status), " ".join(r.codes)))
         else:
             adjustments.append((r.period, r.claim_ref, r.enterprise_uscc, r.enterprise_name, r.county,
-                                f"{KIND_ZH.get(r.kind, r.kind)} {r.kind}", adjustments.money(r.adjustment),
+                                f"{label(AdjustmentKind, r.kind)} {r.kind}", adjustments.money(r.adjustment),
                                 r.note, r.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
                                 if r.created_at else None))
     s = b.result()
@@ -498,7 +459,7 @@ def _write_summary(sh: _Sheet, s: ReportSummary, run: Reconciliation | None, gen
     sh.append([sh.cell("申领状态 Claims by status", font=BOLD)])
     sh.header(("状态", "", "申领数"), ("Status", "", "Claims"))
     for status in STATUSES:
-        sh.append((STATUS_ZH[status], status, sh.cell(s.by_status.get(status, 0), fmt=COUNT)))
+        sh.append((label(ClaimStatus, status), status.value, sh.cell(s.by_status.get(status, 0), fmt=COUNT)))
     sh.append(("合计", "Total", sh.cell(s.claims, fmt=COUNT, font=BOLD)))
     sh.append(("达到年度上限", "Cap reached", sh.cell(s.cap_reached, fmt=COUNT)))
     sh.append(("申领明细", "Claim items", sh.cell(s.items, fmt=COUNT)))
@@ -530,7 +491,7 @@ def _write_summary(sh: _Sheet, s: ReportSummary, run: Reconciliation | None, gen
     sh.append([sh.cell("差异 Discrepancies", font=BOLD)])
     sh.header(("差异代码", "说明", "次数"), ("Code", "Meaning", "Count"))
     for code, n in sorted(s.discrepancies.items()):
-        sh.append((code, CODE_ZH.get(code, ""), sh.cell(n, fmt=COUNT)))
+        sh.append((code, label(Discrepancy, code, ""), sh.cell(n, fmt=COUNT)))
     if not s.discrepancies:
         sh.append(("—", "无 none", 0))
     sh.append([])

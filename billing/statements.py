@@ -41,13 +41,14 @@ from billing.settlement import PaymentError, Payments
 from kernel import audit
 from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
 from kernel.periods import parse_period
+from kernel.vocabulary import PROVIDER_KIND_SHORT, ClaimStatus, UsageStatus
 from metering.models import Enterprise, Provider, UsageRecord
 
 Fen = int
 
 PENDING, DRAFT, FINALIZED = "pending", "draft", "finalized"
 UNREACHABLE = "unreachable"  # an outcome: the payment API did not answer at all
-KIND_ZH = {"intelligent_computing": "智算", "supercomputing": "超算"}
+KIND_ZH = PROVIDER_KIND_SHORT  # kernel/vocabulary.py
 
 
 class Statement(Base):
@@ -189,7 +190,7 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
     spend: dict[str, dict[str, Fen]] = defaultdict(dict)
     for provider_id, uscc, amount in session.execute(
         select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount))
-        .where(UsageRecord.period == period, UsageRecord.status == "active")
+        .where(UsageRecord.period == period, UsageRecord.status == UsageStatus.ACTIVE)
         .group_by(UsageRecord.provider_id, UsageRecord.enterprise_uscc)
     ):
         if amount:
@@ -197,7 +198,7 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
     subsidy: dict[str, Fen] = {
         uscc: int(total) for uscc, total in session.execute(
             select(Claim.enterprise_uscc, func.sum(Claim.payable))
-            .where(Claim.period == period, Claim.status == "approved")
+            .where(Claim.period == period, Claim.status == ClaimStatus.APPROVED)
             .group_by(Claim.enterprise_uscc))
         if total
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import sys
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from flask import Flask, request, session
@@ -30,6 +31,19 @@ DEFAULT_LANG = "zh"
 
 _ = gettext
 _l = lazy_gettext
+
+
+@lru_cache(maxsize=4)
+def _catalogue(lang: str):
+    from babel.support import Translations
+
+    return Translations.load(str(TRANSLATIONS), [LANGS[lang]])
+
+
+def translate(text: str, lang: str = "en") -> str:
+    """`text` (a Chinese message id, e.g. a label of kernel/vocabulary.py) in `lang`, through the
+    same catalogue as the console, without a Flask app: for the CLI and other non-web callers."""
+    return text if lang == DEFAULT_LANG else _catalogue(lang).gettext(text)
 
 
 def current_lang() -> str:
@@ -70,8 +84,9 @@ def init_i18n(app: Flask) -> None:
 
 # --- catalogue maintenance (python -m console.i18n) ----------------------------------------
 
-METHODS = [("console/**.py", "python"), ("console/templates/**.html", "jinja2")]
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None, "_l": None}
+METHODS = [("console/**.py", "python"), ("console/templates/**.html", "jinja2"),
+           ("kernel/vocabulary.py", "python")]  # the label table's N_() strings
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None, "_l": None, "N_": None}
 
 
 def extract_catalog():
@@ -85,7 +100,7 @@ def extract_catalog():
     for filename, lineno, message, comments, context in extract_from_dir(
             str(root), method_map=METHODS, options_map=options, keywords=KEYWORDS,
             strip_comment_tags=True):
-        if not filename.startswith("console"):
+        if not filename.startswith(("console", "kernel/vocabulary.py")):
             continue
         catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
     return catalog

@@ -42,10 +42,8 @@ from billing.models import (
     ClaimItem,
     LedgerPosting,
     ProviderInvoice,
-    QuotaBalance,
     Reconciliation,
 )
-from billing.policy import cap_for
 from billing.reconciliation import adjustments_of, reconcile
 from console import charts
 from console.i18n import _, _l, current_lang, html_lang, local_date, local_datetime, remember_lang
@@ -78,7 +76,15 @@ from console.words import (
 )
 from kernel.errors import DomainError
 from kernel.keys import authenticate
-from kernel.periods import SHANGHAI, current_period, parse_period, previous_period
+from kernel.periods import (
+    current_period,
+    local_year,
+    parse_period,
+    period_year,
+    previous_period,
+    year_periods,
+)
+from kernel.vocabulary import RECONCILED, ClaimStatus, Event, UsageStatus
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
 
@@ -111,7 +117,7 @@ def database():
 
 
 def this_year() -> int:
-    return datetime.now(UTC).astimezone(SHANGHAI).year
+    return local_year(datetime.now(UTC), policy().timezone)
 
 
 # --- request plumbing -----------------------------------------------------------------------
@@ -292,7 +298,7 @@ def monthly_spend(session, uscc: str, year: int) -> dict[str, dict[str, int]]:
     """Active metered usage of one enterprise per provider and month of `year` (one query)."""
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.period, func.sum(UsageRecord.amount))
-        .where(UsageRecord.enterprise_uscc == uscc, UsageRecord.status == "active",
+        .where(UsageRecord.enterprise_uscc == uscc, UsageRecord.status == UsageStatus.ACTIVE,
                UsageRecord.period >= f"{year}-01", UsageRecord.period <= f"{year}-12")
         .group_by(UsageRecord.provider_id, UsageRecord.period))
     out: dict[str, dict[str, int]] = defaultdict(dict)
@@ -341,7 +347,7 @@ def enterprise(uscc: str):
     balance = ledger.read_quota(s, policy(), uscc, year)
     spend = monthly_spend(s, uscc, year)
     names = provider_names(s, spend)
-    periods = [f"{year}-{m:02d}" for m in range(1, 13)]
+    periods = year_periods(year)
     chart = Markup(charts.spend_bars(
         periods=periods, period_labels=[format_date(date(year, m, 1), "MMM") for m in range(1, 13)],
         series=spend,
@@ -397,7 +403,7 @@ def new_claim(uscc: str):
     uscc = uscc.upper()
     ent = _enterprise_or_404(uscc)
     s = db_session()
-    closed = current_period()
+    closed = current_period(tz=policy().timezone)
     periods = list(s.scalars(
         select(ProviderInvoice.period).where(ProviderInvoice.enterprise_uscc == uscc,
                                              ProviderInvoice.period < closed)
@@ -415,7 +421,7 @@ def new_claim(uscc: str):
                 select(Claim.id, ClaimItem.provider_id, ClaimItem.invoice_no)
                 .join(ClaimItem, ClaimItem.claim_id == Claim.id)
                 .where(Claim.enterprise_uscc == uscc, Claim.period == period,
-                       Claim.status != "rejected")):
+                       Claim.status != ClaimStatus.REJECTED)):
             held.setdefault((pid, no), claim_id)
     names = provider_names(s, {i.provider_id for i in invoices})
     end_reads()
@@ -486,7 +492,7 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
 def claim(claim_id: str):
     s = db_session()
     c = _claim_or_404(s, claim_id)
-    year = int(c.period[:4])
+    year = period_year(c.period)
     balance = ledger.read_quota(s, policy(), c.enterprise_uscc, year)
     movements = list(s.scalars(select(LedgerPosting).where(LedgerPosting.claim_id == c.id,
                                                            LedgerPosting.amount > 0)
@@ -499,7 +505,7 @@ def claim(claim_id: str):
         quota=quota_view(balance) if balance else None, movements=movements,
         adjustments=adjustments, claim_level=[(d, explain(d, c.period)) for d in c.discrepancies or []],
         other_total=sum(int(o.get("amount", 0)) for o in c.other_subsidies or []),
-        decidable=c.status in ("verified", "flagged"),
+        decidable=c.status in RECONCILED,
         active="reconciliation" if current_user().role == "finance" else "enterprise")
 
 
@@ -634,7 +640,7 @@ def reconciliations():
     if runs and request.args.get("list") is None:
         return redirect(url_for(".reconciliation", period=runs[0].period))
     return render_template("console/reconciliations.html", runs=runs,
-                           suggested=previous_period(datetime.now(UTC)), active="reconciliation")
+                           suggested=previous_period(datetime.now(UTC), policy().timezone), active="reconciliation")
 
 
 @bp.post("/reconciliations")
@@ -649,7 +655,7 @@ def run_reconciliation():
     end_reads()
     with database().session() as ws, ws.begin():
         run, _first = reconcile(ws, policy(), period)
-    current_app.extensions["voucher.events"].emit("reconciled", run)
+    current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     flash(_("%(period)s 对账已完成（第 %(n)s 次运行）。", period=period, n=run.runs), "success")
     return redirect(url_for(".reconciliation", period=period))
 
@@ -693,7 +699,7 @@ def reconciliation(period: str):
             continue
         shown.append(c)
     # Discrepancies first: flagged claims, the most codes first, then the rest by id.
-    shown.sort(key=lambda c: (c.status != "flagged", -len(claim_codes(c)), c.id))
+    shown.sort(key=lambda c: (c.status != ClaimStatus.FLAGGED, -len(claim_codes(c)), c.id))
     runs = list(s.scalars(select(Reconciliation.period).order_by(Reconciliation.period.desc()).limit(36)))
     return render_template(
         "console/reconciliation.html", period=period, run=run, summary=(run.summary if run else None),
@@ -730,22 +736,15 @@ def report(period: str, fmt: str):
 def quota_table(session, year: int) -> list[dict[str, Any]]:
     """Every enterprise's quota for `year` (three queries), the most used first."""
     ents = list(session.scalars(select(Enterprise).order_by(Enterprise.uscc)))
-    rows = {b.enterprise_uscc: b for b in session.scalars(select(QuotaBalance).where(QuotaBalance.year == year))}
-    filings: dict[str, list] = defaultdict(list)
-    for uscc, obtained_on in session.execute(select(ModelFiling.enterprise_uscc, ModelFiling.obtained_on)):
-        filings[uscc].append(obtained_on)
-    pol = policy()
+    balances = ledger.quotas(session, policy(), year)  # the one quota read (billing/ledger.py)
     out = []
     for e in ents:
-        row = rows.get(e.uscc)
-        if row is not None:
-            cap, basis, reserved, granted = row.cap, row.cap_basis, row.reserved, row.granted
-        else:
-            (cap, basis), reserved, granted = cap_for(pol, year, filings.get(e.uscc, [])), 0, 0
+        b = balances[e.uscc]
+        cap, basis, reserved, granted = b.cap, b.cap_basis, b.reserved, b.granted
         used = reserved + granted
         share = used / cap if cap else 0.0
         out.append({"ent": e, "cap": cap, "cap_basis": basis, "reserved": reserved,
-                    "granted": granted, "remaining": max(cap - used, 0), "used": used,
+                    "granted": granted, "remaining": b.remaining, "used": used,
                     "pct": used * 100 // cap if cap else 0, "near": share >= NEAR_CAP,
                     "meter": Markup(charts.meter(used=used, cap=cap, warn_at=NEAR_CAP,
                                                  label=_("已用 %(pct)s%%", pct=used * 100 // cap if cap else 0)))})

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from kernel.vocabulary import Event
+
 
 class Events:
     def __init__(self) -> None:
@@ -23,7 +25,7 @@ class Events:
 
     # Named shortcuts keep call sites readable.
     def batch_ingested(self, provider_id: str, result: Any) -> None:
-        self.emit("batch_ingested", provider_id, result)
+        self.emit(Event.BATCH_INGESTED, provider_id, result)
 
     def record_voided(self, session: Any, record: Any) -> None:
-        self.emit("record_voided", session, record)
+        self.emit(Event.RECORD_VOIDED, session, record)

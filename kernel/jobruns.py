@@ -38,7 +38,16 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.db import Base, BigId, Database, UTCDateTime, keyset_page, utcnow, where_given
 from kernel.events import Events
-from kernel.periods import SHANGHAI, previous_period
+from kernel.periods import (
+    MINUTE_RE,
+    PERIOD_RE,
+    is_minute_key,
+    is_period,
+    minute_of,
+    previous_period,
+    shift_period,
+)
+from kernel.vocabulary import Event
 
 log = logging.getLogger("voucher.jobs")
 
@@ -82,8 +91,8 @@ def parse_public_id(value: str) -> int:
 
 # --- the registry -------------------------------------------------------------------------
 
-MONTH_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
-MINUTE_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]$")
+MONTH_KEY = PERIOD_RE  # kernel/periods.py: the one definition of a period's syntax
+MINUTE_KEY = MINUTE_RE
 
 
 def previous_month(fire_time: datetime) -> str:
@@ -94,8 +103,7 @@ def previous_month(fire_time: datetime) -> str:
 def month_before_last(fire_time: datetime) -> str:
     """Two months before the fire's month (Asia/Shanghai): statements fired on 1 December
     are those of October, reconciled on 1 November and reviewed by finance since."""
-    local = fire_time.astimezone(SHANGHAI)
-    return previous_period(local.replace(day=1) - timedelta(days=1))
+    return shift_period(previous_period(fire_time), -1)
 
 
 def minute_slot(fire_time: datetime) -> str:
@@ -104,7 +112,7 @@ def minute_slot(fire_time: datetime) -> str:
     With the default pull schedule (*/15) this is the 15-minute slot; a denser schedule
     set by environment gets one period per fire rather than silently skipping fires.
     """
-    return fire_time.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+    return minute_of(fire_time)
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,9 @@ class JobSpec:
         return getattr(settings, self.cron_setting)
 
     def check_period(self, period: str) -> str:
-        if not self.period_pattern.match(period or ""):
+        valid = {MONTH_KEY: is_period, MINUTE_KEY: is_minute_key}.get(
+            self.period_pattern, lambda p: bool(self.period_pattern.fullmatch(p or "")))
+        if not valid(period):
             example = "YYYY-MM" if self.period_pattern is MONTH_KEY else "YYYY-MM-DDTHH:MM"
             raise ValueError(f"{period!r} is not a {self.name} period ({example})")
         return period
@@ -359,7 +369,7 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
                else claim(session, job, period, process))
     if run is None:
         log.info("job %s period %s: already claimed by another run; skipped", job, period)
-        _emit("job_skipped", job)
+        _emit(Event.JOB_SKIPPED, job)
         return None
     log.info("job %s period %s: started (attempt %d, %s)", job, period, run.attempt, run.process)
     beat = _Heartbeat(db, run, heartbeat_every)
@@ -388,7 +398,7 @@ def run_once(db: Database, job: str, period: str, fn: str | JobFn, *,
         except Exception:
             log.exception("job %s period %s: could not record outcome %s", job, period, status)
         log.info("job %s period %s: %s in %.3f s", job, period, status, duration)
-        _emit("job_finished", job, status, duration)
+        _emit(Event.JOB_FINISHED, job, status, duration)
     return run
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from kernel.vocabulary import Event
+
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 # --- Metering -------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def hook_jobs() -> None:
         return
     from kernel.jobruns import events as job_events
 
-    job_events.on("job_finished", lambda job, status, duration: record_job_run(
+    job_events.on(Event.JOB_FINISHED, lambda job, status, duration: record_job_run(
         job, status, duration=duration))
     _jobs_hooked = True
 

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kernel.db import keyset_page, utcnow, where_given
+from kernel.vocabulary import UsageStatus
 from metering.models import UsageRecord
 
 
@@ -42,9 +43,9 @@ def get_record(session: Session, provider_id: str, record_id: str, *, lock: bool
 
 def void_record(session: Session, record: UsageRecord, reason: str | None) -> tuple[UsageRecord, bool]:
     """Void once; voiding again returns the record unchanged (idempotent). True if changed."""
-    if record.status == "void":
+    if record.status == UsageStatus.VOID:
         return record, False
-    record.status = "void"
+    record.status = UsageStatus.VOID.value
     record.voided_at = utcnow()
     record.void_reason = reason
     return record, True

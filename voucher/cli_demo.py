@@ -30,6 +30,15 @@ from sqlalchemy import func, select
 from stdnum.cn import uscc as uscc_mod
 
 from config.settings import REPO_ROOT
+from kernel.periods import (
+    date_of_month,
+    local_bounds,
+    period_start_date,
+    period_year,
+    previous_period,
+    shift_period,
+)
+from kernel.vocabulary import ClaimStatus, Discrepancy, label
 from voucher.cli_settings import settings as cli_settings
 
 Fen = int
@@ -43,9 +52,9 @@ BATCH = 1000  # records per ingest transaction
 GPU_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CORE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 OUTSIDE_WINDOW_PERIOD = "2025-04"  # before the plan was issued: the outside_policy_window claim
-CODES = ("invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",
-         "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
-         "outside_policy_window", "cap_reached")
+CODES = (Discrepancy.INVOICE_NOT_FOUND, Discrepancy.INVOICE_AMOUNT_MISMATCH, Discrepancy.INVOICE_CLAIMED_TWICE,
+         Discrepancy.USAGE_INVOICE_MISMATCH, Discrepancy.ENTERPRISE_NOT_ELIGIBLE, Discrepancy.PROVIDER_NOT_LISTED,
+         Discrepancy.OUTSIDE_POLICY_WINDOW, Discrepancy.CAP_REACHED)
 
 
 def make_uscc(seq: int, region: str = "330402") -> str:
@@ -157,37 +166,20 @@ STORY = {HEAVY_NO_FILING, OUTSIDE_WINDOW, AMOUNT_MISMATCH, CLAWBACK, NOT_FOUND, 
          USAGE_MISMATCH, NOT_LISTED, INELIGIBLE, *FILINGS, *OTHER_SUBSIDIES}
 
 
-def shift(period: str, months: int) -> str:
-    y, m = map(int, period.split("-"))
-    n = y * 12 + m - 1 + months
-    return f"{n // 12:04d}-{n % 12 + 1:02d}"
-
-
 def demo_periods(policy, now: datetime) -> list[str]:
     """The last three complete months (clamped to the policy window's end)."""
-    from kernel.periods import previous_period
-
-    last = min(previous_period(now), f"{policy.effective_until:%Y-%m}")
-    return [shift(last, -2), shift(last, -1), last]
+    last = min(previous_period(now, policy.timezone), date_of_month(policy.effective_until))
+    return [shift_period(last, -2), shift_period(last, -1), last]
 
 
 def half_up(x: Decimal) -> int:
     return int(x.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def month_bounds(period: str) -> tuple[datetime, datetime]:
-    from kernel.periods import SHANGHAI
-
-    y, m = map(int, period.split("-"))
-    start = datetime(y, m, 1, tzinfo=SHANGHAI)
-    ny, nm = map(int, shift(period, 1).split("-"))
-    return start, datetime(ny, nm, 1, tzinfo=SHANGHAI)
-
-
 def job_records(rng: random.Random, p: DemoProvider, res: Resource, uscc: str, period: str,
                 target: Fen, seq: Counter) -> list[dict[str, Any]]:
     """Finished jobs of one enterprise on one resource in `period`, about `target` fen in all."""
-    start, end = month_bounds(period)
+    start, end = local_bounds(period)
     span = int((end - start).total_seconds()) - 3600
     # Job sizes a team of this budget would run: about 150-350 jobs a month of ~5.5 h on
     # average (log-normal), on a realistic number of GPUs (or cores) per job.
@@ -266,12 +258,12 @@ def _registry(db, plan: Plan) -> None:
     from metering.models import Enterprise, ModelFiling, Provider
 
     first = plan.periods[0]
-    year = int(plan.periods[-1][:4])
+    year = period_year(plan.periods[-1])
     with db.session() as session, session.begin():
         for p in PROVIDERS:
             if session.get(Provider, p.id) is None:
                 # jx-hpc joined the catalogue in the second demo month: its month-1 usage is not eligible.
-                listed_from = (date.fromisoformat(shift(first, 1) + "-01") if p.id == "jx-hpc"
+                listed_from = (period_start_date(shift_period(first, 1)) if p.id == "jx-hpc"
                                else date(2025, 3, 1))
                 session.add(Provider(id=p.id, name=p.name, kind=p.kind, county=p.county,
                                      listed_from=listed_from))
@@ -330,7 +322,7 @@ def _invoices(db, plan: Plan) -> dict[tuple[str, str, str], tuple[str, Fen]]:
             amount = int(metered)
             if uscc == plan.usccs[USAGE_MISMATCH] and period == plan.periods[2] and pid == "wz-aicc":
                 amount += 188_000  # ¥1,880 of storage billed on the compute invoice, never metered
-            _, last = month_bounds(period)
+            _, last = local_bounds(period)
             no = _invoice_no(period, n)
             submit_invoice(session, pid, invoice_no=no, enterprise_uscc=uscc, period=period,
                            amount=amount, tax_amount=half_up(Decimal(amount) * 6 / 106),
@@ -397,9 +389,9 @@ def _decide(db, policy, period: str, plan: Plan) -> None:
         claims = list(session.scalars(select(Claim).where(
             Claim.period == period, Claim.enterprise_uscc.in_(plan.usccs)).order_by(Claim.id)))
         for c in claims:
-            if c.status == "verified":
+            if c.status == ClaimStatus.VERIFIED:
                 approve(session, policy, c, "核验无误 verified against invoices and metering")
-            elif (c.status == "flagged" and c.enterprise_uscc == plan.usccs[CLAIMED_TWICE]
+            elif (c.status == ClaimStatus.FLAGGED and c.enterprise_uscc == plan.usccs[CLAIMED_TWICE]
                   and any(d["code"] == "invoice_claimed_twice" for i in c.items for d in i.discrepancies)):
                 reject(session, policy, c, "重复提交 duplicate submission of an earlier claim")
 
@@ -478,8 +470,11 @@ def discrepancy_table(db, usccs: list[str]) -> Counter:
                 example.setdefault(d["code"], f"clm_{c.id} {c.period} {names.get(c.enterprise_uscc, '')}: "
                                               f"{d['message']}")
     click.echo("\nDiscrepancies found by the reconciliations (docs/API.md#discrepancy-codes):")
-    for code in CODES:
-        click.echo(f"  {code:<24} {counts[code]:>3}  {example.get(code, '-')}")
+    from console.i18n import translate
+
+    for code in CODES:  # the label: the one label table (kernel/vocabulary.py), in English
+        click.echo(f"  {code.value:<24} {counts[code]:>3}  {example.get(code, '-')}"
+                   f"  [{translate(label(Discrepancy, code))}]")
     return counts
 
 
@@ -569,7 +564,7 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
         click.echo("\nReconciliations:")
         print_reconciliations(db, [OUTSIDE_WINDOW_PERIOD, *plan.periods])
         discrepancy_table(db, plan.usccs)
-        quota_table(db, policy, plan.usccs, int(plan.periods[-1][:4]))
+        quota_table(db, policy, plan.usccs, period_year(plan.periods[-1]))
         paths = write_reports(db, plan.periods, reports_dir or REPO_ROOT / "var" / "reports")
         click.echo("\nMonthly reports (XLSX):")
         for path in paths:

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_f
 
 from api.schemas.base import USCC_EXAMPLE as USCC
 from api.schemas.base import Resource, Timestamp, Uscc, omitted_when_none, or_empty, public_id
+from kernel.vocabulary import CLAIM_STATUSES
 
-ClaimStatus = Literal["submitted", "verified", "flagged", "approved", "rejected"]
-CLAIM_STATUSES: tuple[str, ...] = ClaimStatus.__args__  # type: ignore[attr-defined]
+# The claim statuses of kernel/vocabulary.py, as a Literal so the OpenAPI enum lists them inline.
+ClaimStatus = Literal[tuple(s.value for s in CLAIM_STATUSES)]  # type: ignore[valid-type]
 Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
 FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]

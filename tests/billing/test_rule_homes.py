@@ -1,0 +1,83 @@
+"""One home per rule (docs/ARCHITECTURE.md#rule-homes): production runs the functions the
+policy tests and docs point at, and the quota's fast path agrees with its definition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.schemas.billing import Quota
+from billing import ledger, policy, reconciliation
+from billing.policy_file import load_policy
+from billing.reconciliation import ItemFacts, evaluate_item
+from tests.factories import claim, invoice, setup_programme, usage
+
+POLICY = load_policy()
+fen = st.integers(min_value=0, max_value=10**9)
+near = st.integers(min_value=-300, max_value=300)
+
+
+@given(paid=fen, d_invoice=near, d_metered=near, eligible_share=st.fractions(0, 1),
+       tolerance=st.integers(0, 200), claimed_by=st.one_of(st.none(), st.integers(1, 10)))
+def test_reconciliation_item_equals_the_policy_item(paid, d_invoice, d_metered, eligible_share,
+                                                    tolerance, claimed_by):
+    pol = dataclasses.replace(POLICY, tolerance=tolerance)
+    invoiced, metered = max(paid + d_invoice, 0), max(paid + d_metered, 0)
+    eligible = int(metered * eligible_share)
+    outcome = evaluate_item(pol, ItemFacts("prov-a", "INV-1", paid, invoiced, metered, claimed_by, eligible))
+    base, codes = policy.item_base(pol, paid, invoiced, metered, eligible)
+    got = [d["code"] for d in outcome.discrepancies if d["code"] != "invoice_claimed_twice"]
+    assert got == codes
+    assert outcome.base == (0 if claimed_by is not None else base)
+
+
+def test_reconciliation_runs_the_policy_functions(monkeypatch):
+    """A change made where the docs point changes what the reconciliation pays."""
+    calls = []
+
+    def item_base(pol, paid, invoiced, metered, eligible=None):
+        calls.append((paid, invoiced, metered, eligible))
+        return 7, []
+
+    monkeypatch.setattr(reconciliation, "item_base", item_base)
+    outcome = evaluate_item(POLICY, ItemFacts("prov-a", "INV-1", 1_000, 1_000, 1_000, None, 1_000))
+    assert calls == [(1_000, 1_000, 1_000, 1_000)] and outcome.base == 7
+    assert reconciliation.compute_claim is policy.compute_claim
+    assert reconciliation.in_window is policy.in_window
+    assert reconciliation.window_bounds is policy.window_bounds
+
+
+def test_balance_remaining_is_the_policy_remaining():
+    b = ledger.Balance("U", 2026, 100, "standard", 30, 80, POLICY.id)
+    assert b.remaining == policy.remaining(100, 80, 30) == 0
+
+
+def test_hot_quota_read_equals_the_domain_quota(finance, as_key, app, db):
+    """api/billing.py's one-statement read answers exactly what billing.ledger.read_quota
+    defines: with a balance row, without one, with a filing, and for every enterprise of quotas()."""
+    _providers, usccs = setup_programme(finance, enterprises=3)
+    u_row, u_none, u_filing = usccs
+    finance.post(f"/v1/enterprises/{u_filing}/model-filings",
+                 json={"filing_no": "ZJ-2026-9", "model_name": "m", "obtained_on": "2026-02-01"})
+    provider = as_key("provider", "prov-a")
+    usage(provider, u_row, 1_000_000)
+    invoice(provider, "INV-1", u_row, 1_000_000)
+    claim(as_key("enterprise", u_row), [("prov-a", "INV-1", 1_000_000)])
+    assert finance.post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 201
+    pol = app.extensions["voucher.policy"]
+    hot = {}
+    for uscc in usccs:  # all HTTP first: an open session would hold SQLite's lock
+        for year in (2026, 2027):
+            r = finance.get(f"/v1/enterprises/{uscc}/quota?year={year}")
+            assert r.status_code == 200, r.json
+            hot[(uscc, year)] = r.json
+    with db.session() as s:
+        everyone = ledger.quotas(s, pol, 2026)
+        for (uscc, year), body in hot.items():
+            assert body == Quota.dump(ledger.read_quota(s, pol, uscc, year))
+        for uscc in usccs:
+            assert everyone[uscc] == ledger.read_quota(s, pol, uscc, 2026)
+    assert everyone[u_row].reserved == 500_000 and everyone[u_none].reserved == 0
+    assert everyone[u_filing].cap_basis == "new_model_filing"
