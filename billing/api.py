@@ -6,7 +6,15 @@ from datetime import date
 from typing import Annotated
 
 from flask import Blueprint, current_app
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -27,14 +35,31 @@ from voucher.auth import (
     ensure_subject,
     requires,
 )
+from voucher.db import parse_row_id
 from voucher.errors import ApiError, not_found
-from voucher.http import json_body, list_envelope, page_args, parse_model, query_arg
+from voucher.http import (
+    cursor,
+    json_body,
+    list_envelope,
+    page_args,
+    parse_model,
+    query_arg,
+    whole_number,
+)
 from voucher.keys import key_select
 from voucher.openapi import PAGE, ListOf, doc, query
 
 bp = Blueprint("billing", __name__, url_prefix="/v1")
 
-Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+def _period(value: str) -> str:
+    try:
+        parse_period(value)  # the one period parser: years 2000–2100 (0000-01 passes the pattern)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_field", str(exc)) from None
+    return value
+
+
+Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$"), AfterValidator(_period)]
 FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]
 
@@ -101,11 +126,7 @@ class RejectIn(BaseModel):
 
 
 def _after_id(prefix: str, value: str | None) -> int | None:
-    if not value:
-        return None
-    if not value.startswith(prefix) or not value[len(prefix):].isdigit():
-        raise ApiError(400, "invalid_query", f"starting_after must be a {prefix}… id", "starting_after")
-    return int(value[len(prefix):])
+    return cursor(lambda v: parse_row_id(prefix, v, "invoice" if prefix == "inv_" else "claim"), value)
 
 
 # --- invoices -----------------------------------------------------------------------------
@@ -292,7 +313,7 @@ def get_quota(uscc: str):
     # The hot read: the key and the balance row arrive in one statement (one round trip).
     uscc = uscc.upper()
     try:
-        year = query_arg("year", int)
+        year = query_arg("year", whole_number)
         if year is None:
             raise ApiError(400, "missing_param", "year is required (?year=YYYY)", "year")
         if not 2000 <= year <= 2100:

@@ -13,7 +13,7 @@ from billing.policy import Policy
 from metering.models import Provider
 from metering.periods import current_period, parse_period
 from voucher import audit
-from voucher.db import utcnow
+from voucher.db import parse_row_id, utcnow
 from voucher.errors import ApiError
 
 OPEN = ("submitted", "verified", "flagged")
@@ -65,9 +65,7 @@ def claim_json(c: Claim) -> dict[str, Any]:
 
 
 def parse_claim_id(value: str) -> int:
-    if not value.startswith("clm_") or not value[4:].isdigit():
-        raise ValueError(f"{value!r} is not a claim id (clm_…)")
-    return int(value[4:])
+    return parse_row_id("clm_", value, "claim")
 
 
 def submit_claim(session: Session, enterprise_uscc: str, period: str, items: list[dict[str, Any]],

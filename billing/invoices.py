@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.models import ProviderInvoice
-from metering.models import Enterprise
+from metering.models import Enterprise, Provider
 from voucher import audit
 from voucher.errors import ApiError
 
@@ -49,6 +49,9 @@ def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enter
             return existing, False
         raise ApiError(409, "conflict", f"Invoice {invoice_no!r} was already submitted with different "
                        "content; invoices are never overwritten", "invoice_no")
+    if session.get(Provider, provider_id) is None:  # finance names it; a foreign key would 500
+        raise ApiError(422, "unknown_provider", f"Provider {provider_id!r} is not registered",
+                       "provider_id")
     if session.get(Enterprise, enterprise_uscc) is None:
         raise ApiError(422, "unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
                        "enterprise_uscc")

@@ -9,12 +9,13 @@ docs/POLICY.md.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
+
+from metering.periods import parse_period
 
 Fen = int
 
@@ -26,8 +27,6 @@ USAGE_INVOICE_MISMATCH = "usage_invoice_mismatch"
 
 # SPEC §3: the provider kinds of the city's catalogue (智算, 超算).
 RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
-
-_PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 
 
 class PolicyError(ValueError):
@@ -162,10 +161,8 @@ def remaining(cap: Fen, granted: Fen, reserved: Fen) -> Fen:
 
 def period_dates(period: str) -> tuple[date, date]:
     """First and last day of a 'YYYY-MM' period. ValueError for anything else."""
-    m = _PERIOD.match(period) if isinstance(period, str) else None
-    if not m:
-        raise ValueError(f"{period!r} is not a YYYY-MM period")
-    first = date(int(m.group(1)), int(m.group(2)), 1)
+    year, month = parse_period(period)
+    first = date(year, month, 1)
     following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
     return first, following - timedelta(days=1)
 

@@ -13,7 +13,7 @@ from metering.usage import get_record, list_records, parse_public_id, record_jso
 from voucher import audit
 from voucher.auth import current_principal, db_session, requires
 from voucher.errors import ApiError, not_found
-from voucher.http import json_body, list_envelope, page_args, query_arg
+from voucher.http import cursor, json_body, list_envelope, page_args, query_arg
 from voucher.openapi import PAGE, ListOf, doc, query
 from voucher.schemas import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 
@@ -95,12 +95,7 @@ def list_usage_records():
     if status and status not in ("active", "void"):
         raise ApiError(400, "invalid_query", "status must be active or void", "status")
     limit, after = page_args()
-    after_id = None
-    if after:
-        try:
-            after_id = parse_public_id(after)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+    after_id = cursor(parse_public_id, after)
     rows, has_more = list_records(db_session(), provider_id=provider, enterprise_uscc=enterprise,
                                   period=period, status=status, limit=limit, after_id=after_id)
     return list_envelope([record_json(r) for r in rows], has_more, "/v1/usage-records")

@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-_PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+FIRST_YEAR, LAST_YEAR = 2000, 2100  # the years a period can name
 
 
 def period_of(moment: datetime) -> str:
@@ -17,10 +18,16 @@ def period_of(moment: datetime) -> str:
 
 
 def parse_period(text: str) -> tuple[int, int]:
-    m = _PERIOD.match(text or "")
+    """(year, month) of a 'YYYY-MM' period of the years 2000–2100; ValueError for anything
+    else (a trailing newline, non-ASCII digits and year 0000 included). Every period that
+    comes in — API, console, CLI, jobs, policy — is parsed here."""
+    m = _PERIOD.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not a YYYY-MM period")
-    return int(m.group(1)), int(m.group(2))
+    year = int(m.group(1))
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValueError(f"{text!r} is not a period of the years {FIRST_YEAR}–{LAST_YEAR}")
+    return year, int(m.group(2))
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from metering.models import UsageRecord
-from voucher.db import utcnow
+from voucher.db import parse_row_id, utcnow
 
 
 def record_json(r: UsageRecord) -> dict[str, Any]:
@@ -35,9 +35,7 @@ def record_json(r: UsageRecord) -> dict[str, Any]:
 
 
 def parse_public_id(value: str) -> int:
-    if not value.startswith("ur_") or not value[3:].isdigit():
-        raise ValueError(f"{value!r} is not a usage record id (ur_…)")
-    return int(value[3:])
+    return parse_row_id("ur_", value, "usage record")
 
 
 def list_records(

@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from voucher.audit import AuditEvent, event_json, parse_public_id
 from voucher.auth import db_session, requires
-from voucher.errors import ApiError
-from voucher.http import list_envelope, page_args, query_arg
+from voucher.http import cursor, list_envelope, page_args, query_arg
 from voucher.openapi import PAGE, ListOf, doc, query
 
 bp = Blueprint("audit", __name__, url_prefix="/v1")
@@ -58,9 +57,6 @@ def list_audit_events():
         if value:
             stmt = stmt.where(getattr(AuditEvent, name) == value)
     if after:
-        try:
-            stmt = stmt.where(AuditEvent.seq > parse_public_id(after))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+        stmt = stmt.where(AuditEvent.seq > cursor(parse_public_id, after))
     rows = list(db_session().scalars(stmt.order_by(AuditEvent.seq).limit(limit + 1)))
     return list_envelope([event_json(r) for r in rows[:limit]], len(rows) > limit, "/v1/audit-events")

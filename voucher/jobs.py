@@ -36,8 +36,8 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from metering.periods import SHANGHAI, previous_period
-from voucher.db import Base, BigId, Database, UTCDateTime, utcnow
+from metering.periods import SHANGHAI, parse_period, previous_period
+from voucher.db import Base, BigId, Database, UTCDateTime, parse_row_id, utcnow
 from voucher.events import Events
 
 log = logging.getLogger("voucher.jobs")
@@ -92,15 +92,14 @@ def job_run_json(run: JobRun) -> dict[str, Any]:
 
 
 def parse_public_id(value: str) -> int:
-    if not value.startswith("jr_") or not value[3:].isdigit():
-        raise ValueError(f"{value!r} is not a job run id (jr_…)")
-    return int(value[3:])
+    return parse_row_id("jr_", value, "job run")
 
 
 # --- the registry -------------------------------------------------------------------------
 
-MONTH_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
-MINUTE_KEY = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]$")
+# Matched whole (fullmatch): with re.match, "$" would also accept a trailing newline.
+MONTH_KEY = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+MINUTE_KEY = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]")
 
 
 def previous_month(fire_time: datetime) -> str:
@@ -124,6 +123,14 @@ def minute_slot(fire_time: datetime) -> str:
     return fire_time.astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
 
 
+def _in_years(period: str) -> bool:
+    try:
+        parse_period(period[:7])  # the month of a month or minute key: years 2000–2100
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A scheduled job: when it fires, which period a fire stands for, and what it runs.
@@ -144,7 +151,8 @@ class JobSpec:
         return getattr(settings, self.cron_setting)
 
     def check_period(self, period: str) -> str:
-        if not self.period_pattern.match(period or ""):
+        if not (isinstance(period, str) and self.period_pattern.fullmatch(period)
+                and (self.period_pattern not in (MONTH_KEY, MINUTE_KEY) or _in_years(period))):
             example = "YYYY-MM" if self.period_pattern is MONTH_KEY else "YYYY-MM-DDTHH:MM"
             raise ValueError(f"{period!r} is not a {self.name} period ({example})")
         return period

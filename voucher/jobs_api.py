@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from voucher.auth import db_session, requires
 from voucher.errors import ApiError, not_found
-from voucher.http import list_envelope, page_args, query_arg
+from voucher.http import cursor, list_envelope, page_args, query_arg
 from voucher.jobs import STATUSES, JobRun, job_run_json, list_runs, parse_public_id
 from voucher.openapi import PAGE, ListOf, doc, query
 
@@ -41,12 +41,10 @@ class JobRunOut(BaseModel):
                         "failed run, what it got done if it says (statements: the counts)")
 
 
-def _run_id(value: str, param: str | None = None) -> int:
+def _run_id(value: str) -> int:
     try:
         return parse_public_id(value)
-    except ValueError as exc:
-        if param:
-            raise ApiError(400, "invalid_query", str(exc), param) from None
+    except ValueError:
         raise not_found("job run", value) from None
 
 
@@ -66,7 +64,7 @@ def list_job_runs():
         raise ApiError(400, "invalid_query", f"status must be one of {', '.join(STATUSES)}",
                        "status")
     limit, after = page_args()
-    after_id = _run_id(after, "starting_after") if after else None
+    after_id = cursor(parse_public_id, after)
     runs, has_more = list_runs(db_session(), job=query_arg("job"), status=status,
                                period=query_arg("period"), limit=limit, after_id=after_id)
     return list_envelope([job_run_json(r) for r in runs], has_more, "/v1/job-runs")

@@ -90,7 +90,7 @@ def configure_logging(json_lines: bool = True, level: int | str = logging.INFO,
 
 
 def request_id_from(header: str | None) -> str:
-    if header and SAFE_REQUEST_ID.match(header):
+    if header and SAFE_REQUEST_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
 

@@ -116,7 +116,7 @@ def _label(value: Any, default: str = "unknown", limit: int = 64) -> str:
 def _code(value: Any) -> str:
     """Error codes are a closed vocabulary; anything else is folded into `other`."""
     text = str(value or "")
-    return text if _CODE.match(text) else "other"
+    return text if _CODE.fullmatch(text) else "other"
 
 
 def _ts(moment: datetime | float | None) -> float:
