@@ -167,6 +167,10 @@ JOBS: dict[str, JobSpec] = {
     "statements": JobSpec("statements", "statements_cron", "billing.jobs:statements_job",
                           month_before_last, catch_up=True,
                           description="issue the statements of the month before last"),
+    "idempotency-expiry": JobSpec("idempotency-expiry", "idempotency_expiry_cron",
+                                  "voucher.idempotency:expire_job", minute_slot, MINUTE_KEY,
+                                  description="delete stored Idempotency-Key answers older "
+                                              "than VOUCHER_IDEMPOTENCY_TTL_HOURS"),
 }
 
 
