@@ -23,3 +23,31 @@ def upgrade(url: str, revision: str = "heads") -> None:
 
 def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def schema_problem(url: str) -> str | None:
+    """What keeps the database at `url` from running this code's commands, or None: never
+    migrated, migrated to an older revision, or to one this code does not know (newer)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from voucher.db import make_engine
+
+    script = ScriptDirectory.from_config(alembic_config(url))
+    heads = set(script.get_heads())
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    if current == heads:
+        return None
+    if not current:
+        return "database not migrated: run 'voucher db upgrade'"
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current <= known:
+        return (f"database schema outdated (at revision {', '.join(sorted(current))}): "
+                "run 'voucher db upgrade'")
+    return (f"database at revision {', '.join(sorted(current - known))}, unknown to this version "
+            "of voucher (migrated by a newer one?): run the matching version")
