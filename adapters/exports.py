@@ -129,7 +129,7 @@ def export_format(config: ProviderConfig) -> ExportFormat:
         raise bad("amount_unit", "must be 'fen' or 'yuan'")
     resources = s.get("resources", {})
     if not isinstance(resources, Mapping) or not all(
-        isinstance(v, str) and _RESOURCE.match(v) for v in resources.values()
+        isinstance(v, str) and _RESOURCE.fullmatch(v) for v in resources.values()
     ):
         raise bad("resources", "must be a table export SKU → resource such as 'gpu.a100'")
     return ExportFormat(
@@ -245,7 +245,7 @@ def row_to_record(
             raise _BadField("record_id", "must be a non-empty printable string")
         resource_text = convert("resource", _text)
         resource = fmt.resources.get(resource_text, resource_text.lower())
-        if not _RESOURCE.match(resource):
+        if not _RESOURCE.fullmatch(resource):
             raise _BadField(
                 "resource", f"{resource_text!r} is not a resource such as gpu.a100 or cpu"
             )

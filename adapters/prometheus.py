@@ -113,7 +113,7 @@ def complete_windows(
 
 def default_query(metric: str = DEFAULT_METRIC, resource: str = DEFAULT_RESOURCE) -> str:
     """GPUs allocated to Running pods, per namespace (see the module docstring)."""
-    if not _METRIC_NAME.match(metric):
+    if not _METRIC_NAME.fullmatch(metric):
         raise ValueError(f"not a metric name: {metric!r}")
     value = json.dumps(resource)  # a PromQL double-quoted string, escapes included
     return (
@@ -158,7 +158,7 @@ class PrometheusAdapter:
         if not s.get("url"):
             raise bad("url", "missing")
         self.metric = str(s.get("metric", DEFAULT_METRIC))
-        if not _METRIC_NAME.match(self.metric):
+        if not _METRIC_NAME.fullmatch(self.metric):
             raise bad("metric", f"not a metric name: {self.metric!r}")
         self.resource_label = str(s.get("resource", DEFAULT_RESOURCE))
         step = s.get("step", DEFAULT_STEP)
@@ -174,13 +174,13 @@ class PrometheusAdapter:
             raise bad("hours_per_query", "must be a positive whole number")
         self.hours_per_query = max(1, min(per_query, MAX_POINTS * step // 3600))
         self.tenant_label = str(s.get("tenant_label", "namespace"))
-        if not _LABEL_NAME.match(self.tenant_label):
+        if not _LABEL_NAME.fullmatch(self.tenant_label):
             raise bad("tenant_label", f"not a label name: {self.tenant_label!r}")
         models = s.get("gpu_model")
         if models is not None and not isinstance(models, (str, Mapping)):
             raise bad("gpu_model", "must be a model name or a table namespace → model")
         for model in [models] if isinstance(models, str) else (models or {}).values():
-            if not isinstance(model, str) or not _MODEL.match(model):
+            if not isinstance(model, str) or not _MODEL.fullmatch(model):
                 raise bad("gpu_model", f"not a GPU model name: {model!r} (e.g. a100, h800)")
         self.gpu_model = models
         self.config = config

@@ -6,8 +6,7 @@ from flask import Blueprint
 from sqlalchemy import select
 
 from api.auth import db_session, requires
-from api.errors import ApiError
-from api.http import page_args, query_arg
+from api.http import cursor, page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas.service import AuditEvent as AuditEventOut
 from kernel.audit import AuditEvent, parse_public_id
@@ -32,9 +31,6 @@ def list_audit_events():
         if value:
             stmt = stmt.where(getattr(AuditEvent, name) == value)
     if after:
-        try:
-            stmt = stmt.where(AuditEvent.seq > parse_public_id(after))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+        stmt = stmt.where(AuditEvent.seq > cursor(parse_public_id, after))
     rows = list(db_session().scalars(stmt.order_by(AuditEvent.seq).limit(limit + 1)))
     return AuditEventOut.page(rows[:limit], len(rows) > limit, "/v1/audit-events")

@@ -15,7 +15,7 @@ from api.auth import (
     requires,
 )
 from api.errors import ApiError, not_found
-from api.http import json_body, page_args, parse_model, query_arg
+from api.http import cursor, json_body, page_args, parse_model, query_arg, whole_number
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
 from api.schemas.billing import (
@@ -30,6 +30,7 @@ from billing import ledger
 from billing.invoices import submit_invoice
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
+from kernel.db import parse_row_id
 from kernel.keys import key_select
 from kernel.periods import parse_period
 from kernel.vocabulary import CLAIM_STATUSES, Event
@@ -43,11 +44,7 @@ def policy():
 
 
 def _after_id(prefix: str, value: str | None) -> int | None:
-    if not value:
-        return None
-    if not value.startswith(prefix) or not value[len(prefix):].isdigit():
-        raise ApiError(400, "invalid_query", f"starting_after must be a {prefix}… id", "starting_after")
-    return int(value[len(prefix):])
+    return cursor(lambda v: parse_row_id(prefix, v, "invoice" if prefix == "inv_" else "claim"), value)
 
 
 # --- invoices -----------------------------------------------------------------------------
@@ -227,7 +224,7 @@ def get_quota(uscc: str):
     # The hot read: the key and the balance row arrive in one statement (one round trip).
     uscc = uscc.upper()
     try:
-        year = query_arg("year", int)
+        year = query_arg("year", whole_number)
         if year is None:
             raise ApiError(400, "missing_param", "year is required (?year=YYYY)", "year")
         if not 2000 <= year <= 2100:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -12,11 +13,24 @@ from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError
 from api.schemas.base import error_of
+from kernel.db import NoSuchRow
+from kernel.nesting import deeper_than
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+# Arrays and objects nested deeper than this are refused (400 json_too_deep) rather than
+# parsed into a RecursionError (a 500). Generous, so that a usage batch (3 levels) with a
+# record's metadata too deep still parses and only that record is rejected
+# (metering.records.MAX_METADATA_DEPTH); a deeper body is refused whole.
+MAX_JSON_DEPTH = 512
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+def whole_number(text: str) -> int:
+    """int() of ASCII digits only: int() itself takes '٢٠٢٦' and '２０２６' too."""
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def json_body(required: bool = True) -> Any:
@@ -32,10 +46,17 @@ def json_body(required: bool = True) -> Any:
         if required:
             raise ApiError(400, "bad_request", "Request body must be a JSON object")
         return {}
+    too_deep = ApiError(400, "json_too_deep",
+                        f"Request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
     try:
         data = json.loads(raw, parse_float=Decimal)
+    except RecursionError:
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"Request body is not valid JSON: {exc}") from None
+    # Fewer opening brackets than the limit cannot nest past it (counted at C speed).
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and deeper_than(data, MAX_JSON_DEPTH):
+        raise too_deep
     return data
 
 
@@ -62,7 +83,21 @@ def query_arg(name: str, parse: Callable[[str], Any] | None = None, default: Any
 
 
 def page_args() -> tuple[int, str | None]:
-    limit = query_arg("limit", int, DEFAULT_LIMIT)
+    limit = query_arg("limit", whole_number, DEFAULT_LIMIT)
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, "invalid_query", f"limit must be between 1 and {MAX_LIMIT}", "limit")
     return limit, request.args.get("starting_after") or None
+
+
+def cursor(parse: Callable[[str], int], value: str | None) -> int | None:
+    """`starting_after` as a row id through the resource's id parser: a malformed id is a
+    400; one no row can have (beyond 64 bits) names nothing, a 404."""
+    if not value:
+        return None
+    try:
+        return parse(value)
+    except NoSuchRow as exc:
+        raise ApiError(404, "resource_missing", str(exc), "starting_after") from None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+

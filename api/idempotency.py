@@ -3,7 +3,9 @@
 The first request with a key claims it (a unique row) before the view runs; its answer is
 stored afterwards. The same key with the same body replays that answer; with a different
 body it is refused; while the first is still running, a second gets 409. A 5xx answer
-frees the key so the client can retry. Keys are scoped to the API key and kept 24 hours.
+frees the key so the client can retry. Keys are scoped to the API key and kept
+VOUCHER_IDEMPOTENCY_TTL_HOURS (24): the `idempotency-expiry` job deletes older ones
+(`expire_answers`), and a key older than that is free for a new request at once.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from datetime import datetime, timedelta
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy import String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from api.errors import ApiError
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 
 HEADER = "Idempotency-Key"
-TTL = timedelta(hours=24)
+TTL = timedelta(hours=24)  # default of settings.idempotency_ttl_hours
 
 
 class IdempotencyKey(Base):
@@ -62,9 +64,10 @@ def _claim() -> Response | None:
     with db.session() as session:
         try:
             with session.begin():
+                ttl = timedelta(hours=current_app.config["VOUCHER_SETTINGS"].idempotency_ttl_hours)
                 session.execute(delete(IdempotencyKey).where(
                     IdempotencyKey.api_key_id == principal.key_id, IdempotencyKey.key == key,
-                    IdempotencyKey.created_at < utcnow() - TTL))
+                    IdempotencyKey.created_at < utcnow() - ttl))
                 row = IdempotencyKey(api_key_id=principal.key_id, key=key, request_hash=digest,
                                      status="processing")
                 session.add(row)
@@ -105,6 +108,14 @@ def _store(resp: Response) -> Response:
             row.response_status = resp.status_code
             row.response_body = resp.get_data(as_text=True)
     return resp
+
+
+def expire_answers(session: Session, older_than: timedelta = TTL) -> int:
+    """Delete the stored answers (and abandoned claims) made more than `older_than` ago; how
+    many. Their answers held the bodies of past requests' results: they are not kept forever."""
+    result = session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.created_at < utcnow() - older_than))
+    return result.rowcount
 
 
 def init_idempotency(app: Flask) -> None:

@@ -6,7 +6,7 @@ from flask import Blueprint
 
 from api.auth import db_session, requires
 from api.errors import ApiError, not_found
-from api.http import page_args, query_arg
+from api.http import cursor, page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas.service import JobRun as JobRunOut
 from kernel.jobruns import STATUSES, JobRun, list_runs, parse_public_id
@@ -14,12 +14,10 @@ from kernel.jobruns import STATUSES, JobRun, list_runs, parse_public_id
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
 
-def _run_id(value: str, param: str | None = None) -> int:
+def _run_id(value: str) -> int:
     try:
         return parse_public_id(value)
-    except ValueError as exc:
-        if param:
-            raise ApiError(400, "invalid_query", str(exc), param) from None
+    except ValueError:
         raise not_found("job run", value) from None
 
 
@@ -39,7 +37,7 @@ def list_job_runs():
         raise ApiError(400, "invalid_query", f"status must be one of {', '.join(STATUSES)}",
                        "status")
     limit, after = page_args()
-    after_id = _run_id(after, "starting_after") if after else None
+    after_id = cursor(parse_public_id, after)
     runs, has_more = list_runs(db_session(), job=query_arg("job"), status=status,
                                period=query_arg("period"), limit=limit, after_id=after_id)
     return JobRunOut.page(runs, has_more, "/v1/job-runs")

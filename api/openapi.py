@@ -13,6 +13,8 @@ the server: no script, no font, nothing fetched from another host.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import re
@@ -350,7 +352,14 @@ def init_openapi(app: Flask) -> None:
         return jsonify(spec_of(current_app))
 
     def docs_html():
-        return Response(render_html(spec_of(current_app)), mimetype="text/html")
+        response = Response(render_html(spec_of(current_app)), mimetype="text/html")
+        # The console's security headers (console/security.py); the page's one inline
+        # stylesheet is allowed by its hash, nothing else (no script at all).
+        response.headers.update({
+            "Content-Security-Policy": DOCS_CSP, "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "Cross-Origin-Opener-Policy": "same-origin"})
+        return response
 
     doc("The OpenAPI 3.1 description of this API", tags=["operations"],
         response={"type": "object", "description": "An OpenAPI 3.1 document"})(openapi_json)
@@ -371,8 +380,11 @@ margin:1em 0;padding:.8em 1em}.m{display:inline-block;min-width:4.5em;font-weigh
 .get{color:#1565c0}.post{color:#2e7d32}.patch{color:#ef6c00}.delete{color:#c62828}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em}pre{background:#f5f7fa;
 padding:.6em;overflow:auto;border-radius:4px}table{border-collapse:collapse}td,th{border:1px solid #dde;
-padding:.2em .5em;text-align:left;vertical-align:top}details{margin:.3em 0}
+padding:.2em .5em;text-align:left;vertical-align:top}details{margin:.3em 0}header a{color:#9cf}
 """
+DOCS_CSP = ("default-src 'none'; style-src 'sha256-"
+            + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
+            + "'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 
 def _e(text: Any) -> str:
@@ -393,7 +405,7 @@ def render_html(spec: dict[str, Any]) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>{_e(spec['info']['title'])}</title><style>{_CSS}</style></head><body>",
         f"<header><h1>{_e(spec['info']['title'])} <small>{_e(spec['info']['version'])}</small></h1>",
-        f"<p>{_e(spec['info']['description'])}</p><p>Machine-readable: <a style=color:#9cf "
+        f"<p>{_e(spec['info']['description'])}</p><p>Machine-readable: <a "
         "href=/openapi.json>/openapi.json</a> (OpenAPI 3.1)</p></header><main><nav>",
     ]
     for tag in sorted(by_tag):

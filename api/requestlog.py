@@ -20,7 +20,7 @@ from flask import Flask, g, has_request_context, request
 from kernel.logging import OUTSIDE_REQUEST, set_request_id_source
 
 REQUEST_ID_HEADER = "X-Request-Id"
-SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 request_log = logging.getLogger("voucher.request")
 
@@ -33,7 +33,7 @@ def current_request_id() -> Any:
 
 
 def request_id_from(header: str | None) -> str:
-    if header and SAFE_REQUEST_ID.match(header):
+    if header and SAFE_REQUEST_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
 

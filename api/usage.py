@@ -8,7 +8,7 @@ from flask import Blueprint, current_app
 
 from api.auth import current_principal, db_session, requires
 from api.errors import ApiError, not_found
-from api.http import json_body, page_args, parse_model, query_arg
+from api.http import cursor, json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.ratelimit import push_limiter_of
 from api.schemas.usage import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
@@ -97,12 +97,7 @@ def list_usage_records():
     if status and status not in ("active", "void"):
         raise ApiError(400, "invalid_query", "status must be active or void", "status")
     limit, after = page_args()
-    after_id = None
-    if after:
-        try:
-            after_id = parse_public_id(after)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
+    after_id = cursor(parse_public_id, after)
     rows, has_more = list_records(db_session(), provider_id=provider, enterprise_uscc=enterprise,
                                   period=period, status=status, limit=limit, after_id=after_id)
     return UsageRecord.page(rows, has_more, "/v1/usage-records")

@@ -11,7 +11,7 @@ from billing import ledger
 from billing.models import Claim, ClaimItem
 from billing.policy import Policy
 from kernel import audit
-from kernel.db import utcnow
+from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import current_period, parse_period, period_year
 from kernel.vocabulary import OPEN as VOCAB_OPEN
@@ -22,9 +22,7 @@ OPEN = VOCAB_OPEN  # kernel/vocabulary.py
 
 
 def parse_claim_id(value: str) -> int:
-    if not value.startswith("clm_") or not value[4:].isdigit():
-        raise ValueError(f"{value!r} is not a claim id (clm_…)")
-    return int(value[4:])
+    return parse_row_id("clm_", value, "claim")
 
 
 def submit_claim(session: Session, enterprise_uscc: str, period: str, items: list[dict[str, Any]],

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from billing.models import ProviderInvoice
 from kernel import audit
 from kernel.errors import Conflict, Invalid
-from metering.models import Enterprise
+from metering.models import Enterprise, Provider
 
 
 def _hash(fields: dict[str, Any]) -> str:
@@ -33,6 +33,9 @@ def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enter
             return existing, False
         raise Conflict("conflict", f"Invoice {invoice_no!r} was already submitted with different "
                        "content; invoices are never overwritten", "invoice_no")
+    if session.get(Provider, provider_id) is None:  # finance names it; a foreign key would 500
+        raise Invalid("unknown_provider", f"Provider {provider_id!r} is not registered",
+                      "provider_id")
     if session.get(Enterprise, enterprise_uscc) is None:
         raise Invalid("unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
                       "enterprise_uscc")

@@ -106,7 +106,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         return v
 
     policy_id = text("id")
-    if not _ID.match(policy_id):
+    if not _ID.fullmatch(policy_id):
         raise fail(
             "id",
             "must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
@@ -120,7 +120,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     raw_rate = data["rate"]
     if isinstance(raw_rate, float):
         raise fail("rate", 'must be an exact string such as "0.5" or "1/2", not a float')
-    if not isinstance(raw_rate, str) or not _RATE.match(raw_rate):
+    if not isinstance(raw_rate, str) or not _RATE.fullmatch(raw_rate):
         raise fail("rate", 'must be a string holding a decimal ("0.5") or a fraction ("1/2")')
     rate = Fraction(raw_rate)
     if not 0 < rate <= 1:

@@ -278,6 +278,19 @@ def summarise_rows(period: str, rows: Iterable[ReportRow]) -> ReportSummary:
 
 # --- CSV ----------------------------------------------------------------------------------
 
+# A text cell starting with one of these is a formula to Excel, LibreOffice and Sheets
+# (OWASP "CSV injection"): names and invoice numbers are typed by enterprises and providers.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(value: Any) -> Any:
+    """A text cell as data, never a formula: a quote before a formula's first character.
+    Numbers (fen, counts) are not text and stay numbers, negative ones included."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(period: str, rows: Iterable[ReportRow], out: IO[bytes]) -> ReportSummary:
     """Integer fen, English header, UTF-8 with BOM. Returns the summary of what was written."""
     text = io.TextIOWrapper(out, encoding="utf-8-sig", newline="")
@@ -287,13 +300,13 @@ def write_csv(period: str, rows: Iterable[ReportRow], out: IO[bytes]) -> ReportS
     for r in rows:
         b.add(r)
         if r.kind == "item":
-            w.writerow(("item", r.period, r.claim_ref, r.enterprise_uscc, r.enterprise_name,
+            w.writerow(_csv_text(v) for v in ("item", r.period, r.claim_ref, r.enterprise_uscc, r.enterprise_name,
                         r.county or "", r.provider_id, r.invoice_no, r.amount_paid,
                         "" if r.invoice_amount is None else r.invoice_amount,
                         "" if r.metered is None else r.metered, r.base, r.payable, r.status,
                         " ".join(r.codes), "", ""))
         else:
-            w.writerow((r.kind, r.period, r.claim_ref, r.enterprise_uscc, r.enterprise_name,
+            w.writerow(_csv_text(v) for v in (r.kind, r.period, r.claim_ref, r.enterprise_uscc, r.enterprise_name,
                         r.county or "", "", "", "", "", "", "", "", r.status, "", r.adjustment,
                         r.note or ""))
     text.flush()
@@ -360,6 +373,13 @@ class _Sheet:
              fill: PatternFill | None = None, border: Border | None = None,
              align: Alignment | None = None) -> WriteOnlyCell:
         c = WriteOnlyCell(self.ws, value=value)
+        if isinstance(value, str):
+            # openpyxl stores a string starting with "=" as a formula: every text cell is a
+            # string, and one that looks like a formula also carries Excel's quote prefix so
+            # that editing the cell keeps it text.
+            c.data_type = "s"
+            if value.startswith(FORMULA_STARTS):
+                c.quotePrefix = True
         if font is not None:
             c.font = font
         if fmt is not None:
@@ -378,7 +398,8 @@ class _Sheet:
         return self.cell(yuan_decimal(fen), fmt=MONEY, **style)
 
     def append(self, values: Iterable[Any]) -> int:
-        self.ws.append(list(values))
+        # Plain strings go through cell() too: openpyxl's append would make "=…" a formula.
+        self.ws.append([self.cell(v) if isinstance(v, str) else v for v in values])
         self.row += 1
         return self.row
 

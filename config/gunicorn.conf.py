@@ -23,6 +23,12 @@ from config.gunicorn_worker import HeadBufferingWorker  # noqa: E402
 
 HeadBufferingWorker.head_timeout = float(os.environ.get("VOUCHER_HEADER_TIMEOUT", 10))
 accesslog = None  # the app logs one structured line per request itself
+# What gunicorn refuses before the app sees a request (answered by _json_error below):
+# a request line over 4094 bytes is 414; over 100 header fields, or one over 8190 bytes, 431.
+# The API's longest line (a list with every filter and a cursor) is under 400 bytes.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
 errorlog = "-"
 loglevel = os.environ.get("VOUCHER_LOG_LEVEL", "info")
 
@@ -65,6 +71,39 @@ logconfig_dict = {
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }
+
+# --- gunicorn's own error answers as the API's error body ----------------------------------
+# gunicorn answers requests it cannot parse (414, 431, 400, …) itself, with an HTML page,
+# before any worker runs the app. Every worker class writes it through gunicorn.util.write_error,
+# replaced here (in the master, so every forked worker has it) by the Stripe-style JSON body.
+_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "request_line_too_long",
+                417: "expectation_failed", 431: "request_headers_too_large",
+                500: "internal_error", 501: "not_implemented"}
+
+
+def _json_error(sock, status_int, reason, mesg):
+    import json
+
+    from gunicorn.util import write_nonblock
+
+    body = json.dumps({"error": {
+        "type": "api_error" if status_int >= 500 else "invalid_request_error",
+        "code": _ERROR_CODES.get(status_int, "bad_request"),
+        "message": f"{reason}: {mesg}"[:300] if mesg else reason,
+    }}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    write_nonblock(sock, head + body)
+
+
+def _answer_errors_as_json():
+    from gunicorn import util
+
+    util.write_error = _json_error
+
+
+_answer_errors_as_json()
 
 # gunicorn 27's control socket lives in $HOME; the service needs none (and several test
 # servers on one machine would share its path).

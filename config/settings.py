@@ -37,6 +37,9 @@ class Settings:
     pull_cron: str = "*/15 * * * *"
     reconcile_cron: str = "0 2 1 * *"
     statements_cron: str = "0 4 1 * *"
+    # Stored Idempotency-Key answers are kept this long, then deleted by the hourly job.
+    idempotency_ttl_hours: int = 24
+    idempotency_expiry_cron: str = "40 * * * *"
     catch_up_periods: int = 12  # per job, at scheduler start: missed periods run, oldest first
     timezone: str = "Asia/Shanghai"
     secret_key: str = ""  # signs console sessions; empty: generated once into var/secret_key
@@ -77,6 +80,8 @@ class Settings:
             "VOUCHER_PULL_CRON": ("pull_cron", str),
             "VOUCHER_RECONCILE_CRON": ("reconcile_cron", str),
             "VOUCHER_STATEMENTS_CRON": ("statements_cron", str),
+            "VOUCHER_IDEMPOTENCY_TTL_HOURS": ("idempotency_ttl_hours", int),
+            "VOUCHER_IDEMPOTENCY_EXPIRY_CRON": ("idempotency_expiry_cron", str),
             "VOUCHER_SECRET_KEY": ("secret_key", str),
             "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
             "VOUCHER_CATCH_UP_PERIODS": ("catch_up_periods", int),

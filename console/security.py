@@ -92,8 +92,12 @@ def current_user() -> Principal | None:
 
 
 def safe_next(target: str | None) -> str | None:
-    """Only a path inside the console (no scheme, no host) is followed after sign-in."""
-    if target and target.startswith("/console") and not target.startswith("//") and "\\" not in target:
+    """Only a path inside the console (no scheme, no host) is followed after sign-in.
+
+    No backslash, and no control character at all: CR/LF would split the Location header,
+    and browsers drop tabs and newlines from URLs, so what is checked is not what is followed."""
+    if (target and target.startswith("/console") and not target.startswith("//")
+            and "\\" not in target and not any(ord(ch) < 0x20 or ord(ch) == 0x7f for ch in target)):
         return target
     return None
 

@@ -281,7 +281,7 @@ def _year_arg() -> int:
     raw = request.args.get("year")
     if raw is None or raw == "":
         return this_year()
-    if not raw.isdigit() or not 2000 <= int(raw) <= 2100:
+    if not re.fullmatch(r"[0-9]{4}", raw) or not 2000 <= int(raw) <= 2100:  # ASCII digits only
         abort(400)
     return int(raw)
 
@@ -372,7 +372,7 @@ def enterprise(uscc: str):
 def parse_yuan(text: str) -> int:
     """'1,234.5' or '¥1234.50' → 123450 fen, exactly; ValueError otherwise."""
     cleaned = (text or "").replace(",", "").replace("¥", "").replace("，", "").strip()
-    if not _YUAN.match(cleaned):
+    if not _YUAN.fullmatch(cleaned):
         raise ValueError(text)
     try:
         return int(Decimal(cleaned) * 100)

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, String, event, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, UTCDateTime, parse_row_id, utcnow
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key for the chain head: any constant the app uses for nothing else.
@@ -295,6 +295,4 @@ def public_id(seq: int) -> str:
 
 
 def parse_public_id(value: str) -> int:
-    if not value.startswith("aud_") or not value[4:].isdigit():
-        raise ValueError(f"{value!r} is not an audit event id (aud_…)")
-    return int(value[4:])
+    return parse_row_id("aud_", value, "audit event")

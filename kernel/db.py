@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,27 @@ NAMING = {
 
 # Autoincrementing 64-bit ids; SQLite only autoincrements INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
+MAX_ROW_ID = 2**63 - 1
+_ROW_DIGITS = re.compile(r"[0-9]+")
+
+
+class NoSuchRow(ValueError):
+    """A well-formed public id whose number no row can have (beyond a 64-bit id)."""
+
+
+def parse_row_id(prefix: str, value: str, what: str) -> int:
+    """The row id in a public id (`prefix` + ASCII digits, e.g. clm_17).
+
+    ValueError when malformed (str.isdigit() would let '²' and '٢' through); NoSuchRow, a
+    ValueError too, when beyond a 64-bit id: such an id names nothing (404), and the
+    database would refuse it as a parameter.
+    """
+    digits = value[len(prefix):] if isinstance(value, str) and value.startswith(prefix) else ""
+    if not _ROW_DIGITS.fullmatch(digits):
+        raise ValueError(f"{value!r} is not a {what} id ({prefix}…)")
+    if len(digits) > 19 or int(digits) > MAX_ROW_ID:
+        raise NoSuchRow(f"No such {what}: {value!r}")
+    return int(digits)
 
 
 class Base(DeclarativeBase):

@@ -36,7 +36,16 @@ from sqlalchemy import JSON, Integer, String, Text, UniqueConstraint, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, BigId, Database, UTCDateTime, keyset_page, utcnow, where_given
+from kernel.db import (
+    Base,
+    BigId,
+    Database,
+    UTCDateTime,
+    keyset_page,
+    parse_row_id,
+    utcnow,
+    where_given,
+)
 from kernel.events import Events
 from kernel.periods import (
     MINUTE_RE,
@@ -84,9 +93,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def parse_public_id(value: str) -> int:
-    if not value.startswith("jr_") or not value[3:].isdigit():
-        raise ValueError(f"{value!r} is not a job run id (jr_…)")
-    return int(value[3:])
+    return parse_row_id("jr_", value, "job run")
 
 
 # --- the registry -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 
 from kernel.vocabulary import Event
 
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 # --- Metering -------------------------------------------------------------------------------
 USAGE_RECORDS = Counter(
@@ -58,7 +58,7 @@ def label(value: Any, default: str = "unknown", limit: int = 64) -> str:
 def error_code(value: Any) -> str:
     """Error codes are a closed vocabulary; anything else is folded into `other`."""
     text = str(value or "")
-    return text if _CODE.match(text) else "other"
+    return text if _CODE.fullmatch(text) else "other"
 
 
 # --- Functions the domain code calls --------------------------------------------------------

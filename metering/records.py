@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 from stdnum.cn import uscc as uscc_mod
 
+from kernel.nesting import deeper_than
 from kernel.periods import period_of
 
 UNITS = ("gpu_hour", "core_hour", "node_hour")
@@ -26,6 +27,7 @@ CURRENCIES = ("CNY",)
 MAX_QUANTITY = Decimal(1000000000000)  # 10^12 units in one record is a typo, not usage
 MAX_AMOUNT = 10**15  # fen
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 32  # objects and arrays; deeper would only be a way to exhaust the stack
 QUANTITY_STEP = Decimal("0.000001")
 _RESOURCE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -152,7 +154,7 @@ class UsageRecordIn(BaseModel):
     @field_validator("resource", mode="before")
     @classmethod
     def _resource(cls, v: Any) -> Any:
-        if not isinstance(v, str) or not _RESOURCE.match(v):
+        if not isinstance(v, str) or not _RESOURCE.fullmatch(v):
             raise _fail("invalid_field", "must match ^[a-z0-9][a-z0-9._-]{0,63}$ (e.g. gpu.h800, cpu)")
         return v
 
@@ -182,6 +184,8 @@ class UsageRecordIn(BaseModel):
             return None
         if not isinstance(v, dict):
             raise _fail("invalid_field", "must be an object")
+        if deeper_than(v, MAX_METADATA_DEPTH):  # before anything that walks it recursively
+            raise _fail("invalid_field", f"must nest at most {MAX_METADATA_DEPTH} levels deep")
         if metadata_too_big(v):
             raise _fail("invalid_field", f"must be at most {MAX_METADATA_BYTES} bytes")
         return _plain_json(v)

@@ -5,15 +5,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kernel.db import keyset_page, utcnow, where_given
+from kernel.db import keyset_page, parse_row_id, utcnow, where_given
 from kernel.vocabulary import UsageStatus
 from metering.models import UsageRecord
 
 
 def parse_public_id(value: str) -> int:
-    if not value.startswith("ur_") or not value[3:].isdigit():
-        raise ValueError(f"{value!r} is not a usage record id (ur_…)")
-    return int(value[3:])
+    return parse_row_id("ur_", value, "usage record")
 
 
 def list_records(

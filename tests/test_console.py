@@ -203,6 +203,31 @@ def test_sign_in_never_redirects_off_the_console(app, world):
         assert r.headers["Location"] == "/console/", target
 
 
+def test_next_with_control_characters_is_not_followed(app, world):
+    """CR/LF (header splitting) and tabs (dropped by browsers) in `next`: the default page."""
+    for target in ("/console/\r\nSet-Cookie: x=1", "/console/\n//evil.example/", "/console\t/x",
+                   "/console/\x00", "/console/\x7f"):
+        console = Console(app.test_client())
+        page = console.get("/console/sign-in", query_string={"next": target})
+        assert page.status_code == 200 and 'name="next"' not in page.get_data(as_text=True)
+        r = console.post("/console/sign-in", {"api_key": world.keys["finance"], "next": target})
+        assert r.status_code == 302 and r.headers["Location"] == "/console/", target
+
+
+@pytest.mark.parametrize("year", ["202²", "①", "٢٠٢٦", "２０２６", "2026\n", "0000"])
+def test_year_of_non_ascii_digits_is_400(console, world, year):
+    console.sign_in(world.keys["finance"])
+    assert console.get("/console/quotas", query_string={"year": year}).status_code == 400
+    assert console.get(f"/console/enterprises/{world.usccs['A']}",
+                       query_string={"year": year}).status_code == 400
+
+
+def test_claim_id_beyond_64_bits_is_404(console, world):
+    console.sign_in(world.keys["finance"])
+    for cid in ("clm_9223372036854775808", "clm_99999999999999999999999", "clm_²"):
+        assert console.get(f"/console/claims/{cid}").status_code == 404, cid
+
+
 def test_sign_out_ends_the_session(console, world):
     console.sign_in(world.keys["finance"])
     console.get("/console/registry")

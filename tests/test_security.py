@@ -222,3 +222,69 @@ def test_wrong_console_sign_ins_share_the_failure_limit(app, client, db):
     assert statuses == [401] * limit + [429], statuses
     r = client.get("/v1/providers", headers={"Authorization": f"Bearer {new_key(db, 'finance')}"})
     assert r.status_code == 429 and r.headers["Retry-After"]
+
+
+# --- headers of every answer; gunicorn's own refusals as the error body ------------------------
+
+def test_json_answers_say_nosniff_and_docs_carry_the_console_headers(client, finance):
+    for r in (client.get("/healthz"), client.get("/v1/providers"), finance.get("/v1/providers"),
+              finance.get("/v1/no-such-thing"), client.get("/openapi.json"),
+              finance.post("/v1/providers", data="{", headers={"Content-Type": "application/json"})):
+        assert r.mimetype == "application/json" and r.headers["X-Content-Type-Options"] == "nosniff"
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.mimetype == "text/html"
+    csp = docs.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
+    assert "unsafe-inline" not in csp and "style=" not in docs.get_data(as_text=True)
+    assert docs.headers["X-Frame-Options"] == "DENY"
+    assert docs.headers["X-Content-Type-Options"] == "nosniff"
+    assert docs.headers["Referrer-Policy"] == "no-referrer"
+    # The one inline stylesheet is the one the CSP allows by its hash.
+    import base64
+    import hashlib
+
+    css = re.search(r"<style>(.*?)</style>", docs.get_data(as_text=True), re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in csp
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_gunicorn_refusals_are_the_json_error_body(db, database_url, tmp_path):
+    import json
+
+    with Server(database_url, workers=1, log_path=tmp_path / "server.log") as server:
+        long_line = b"GET /v1/providers?x=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        big_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n"
+        many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n"
+        garbage = b"NOT A REQUEST\r\n\r\n"
+        for request, status, code in ((long_line, 414, "request_line_too_long"),
+                                      (big_header, 431, "request_headers_too_large"),
+                                      (many, 431, "request_headers_too_large"),
+                                      (garbage, 400, "bad_request")):
+            got, headers, body = _raw(server.url, request)
+            assert got == status, (got, body[:200])
+            assert headers["Content-Type"] == "application/json", headers
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            error = json.loads(body)["error"]
+            assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
+        # Just under the limits the app answers as usual.
+        ok = requests.get(server.url + "/healthz", headers={"X-Big": "b" * 8000}, timeout=10)
+        assert ok.status_code == 200 and ok.headers["X-Content-Type-Options"] == "nosniff"
+        r = requests.get(server.url + "/v1/providers?x=" + "a" * 3900, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"

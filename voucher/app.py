@@ -73,6 +73,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             session.close()
 
     register_error_handlers(app)
+
+    @app.after_request
+    def _nosniff(response):
+        # Every answer, JSON above all: a browser must not sniff an API body into HTML.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
     configure_logging(settings.log_json, settings.log_level.upper())
     init_request_logging(app)  # first: its request id and timer wrap every other hook
     audit.set_request_actor_source(request_actor)  # who acts in a request, for the audit trail

@@ -16,13 +16,38 @@ from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
 
 
-@click.group()
+class _Main(click.Group):
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta["voucher.command_args"] = rest  # so that --help is answered on any database
+        return name, command, rest
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
     from kernel.audit import acting_as
 
+    ctx = click.get_current_context()
+    # Every command but `db` works on the migrated schema: say so once, up front, rather than
+    # fail with "no such table" from the first query (or, for `serve`, from every request).
+    if ctx.invoked_subcommand != "db" and "--help" not in ctx.meta.get("voucher.command_args", ()):
+        _require_schema()
     # Changes made by commands are audited as the operator's CLI (until the command ends).
-    click.get_current_context().with_resource(acting_as("cli"))
+    ctx.with_resource(acting_as("cli"))
+
+
+def _require_schema() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from voucher.migrate import schema_problem
+
+    try:
+        problem = schema_problem(settings().database_url)
+    except OperationalError as exc:
+        raise click.ClickException(f"database unavailable: {str(exc.orig).splitlines()[0]}") from None
+    if problem:
+        raise click.ClickException(problem)
 
 
 @main.group()

