@@ -144,7 +144,8 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
         cid = claims_svc.parse_claim_id(claim_id)
     except ValueError:
         raise not_found("claim", claim_id) from None
-    claim = claims_svc.get_claim(session, cid, lock=lock)
+    claim = (claims_svc.lock_claim(session, policy(), cid) if lock
+             else claims_svc.get_claim(session, cid))
     principal = current_principal()
     if claim is None or (principal.role == "enterprise" and claim.enterprise_uscc != principal.subject):
         raise not_found("claim", claim_id)

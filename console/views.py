@@ -480,7 +480,8 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
         cid = claims_svc.parse_claim_id(claim_id)
     except ValueError:
         abort(404)
-    claim = claims_svc.get_claim(session, cid, lock=lock)
+    claim = (claims_svc.lock_claim(session, policy(), cid) if lock
+             else claims_svc.get_claim(session, cid))
     user = current_user()
     if claim is None or (user.role == "enterprise" and claim.enterprise_uscc != user.subject):
         abort(404)
