@@ -35,7 +35,7 @@ class Settings:
     max_content_length: int = 32 * 1024 * 1024
     future_skew_seconds: int = 300  # records may end at most 5 minutes in the future
     pull_cron: str = "*/15 * * * *"
-    reconcile_cron: str = "0 2 1 * *"
+    reconcile_cron: str = "0 2 * * *"  # daily: every open period re-run (docs/API.md#period-close)
     statements_cron: str = "0 4 1 * *"
     catch_up_periods: int = 12  # per job, at scheduler start: missed periods run, oldest first
     timezone: str = "Asia/Shanghai"
