@@ -1,6 +1,7 @@
 """Batch ingestion: one transaction, set-based SQL, one result per record in input order.
 
-Per batch, whatever its size: one SELECT for the enterprises named, one bulk load of the
+Per batch, whatever its size: one SELECT for the enterprises named, one for the closed periods
+among the records' (docs/API.md#period-close), one bulk load of the
 new rows into a session-local staging table (PostgreSQL: COPY; SQLite: executemany), one
 INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING from it, and one SELECT for the record
 ids that already existed (to tell a replay from a conflict). No query per record.

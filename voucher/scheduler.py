@@ -9,7 +9,8 @@ that needs collaborators built from the settings (the payment back-end of `state
 them here, when its run starts, so the domain modules never build them themselves.
 
 A process keeps its schedule in memory, so fires missed while no scheduler was running are
-recovered by the catch-up pass at start: for each job marked `catch_up`, it walks back through
+recovered by the catch-up pass at start (for the daily `reconcile`, the latest missed day
+only: each run covers every open month): for each job marked `catch_up`, it walks back through
 the cron fires from the latest one to the newest period the job already has a run for, and
 runs every period in between, oldest first (a scheduler down across two monthly fires runs
 both months). At most `catch_up_periods` periods per job (VOUCHER_CATCH_UP_PERIODS, default
