@@ -28,6 +28,7 @@ from api.schemas.billing import (
 from billing import claims as claims_svc
 from billing import ledger
 from billing.invoices import submit_invoice
+from billing.lifecycle import close_period, period_view
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.db import parse_row_id
@@ -141,7 +142,8 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
         cid = claims_svc.parse_claim_id(claim_id)
     except ValueError:
         raise not_found("claim", claim_id) from None
-    claim = claims_svc.get_claim(session, cid, lock=lock)
+    claim = (claims_svc.lock_claim(session, policy(), cid) if lock
+             else claims_svc.get_claim(session, cid))
     principal = current_principal()
     if claim is None or (principal.role == "enterprise" and claim.enterprise_uscc != principal.subject):
         raise not_found("claim", claim_id)
@@ -263,6 +265,25 @@ def run_reconciliation():
     return out.Reconciliation.dump(run), 201 if first else 200
 
 
+@doc("Close a period: its figures become final (docs/API.md#period-close)", response=out.BillingPeriod,
+     description="Refused while any claim of the period is undecided. Closing a closed period "
+                 "answers it unchanged. Afterwards runs, new usage records, voids, invoices and "
+                 "claims of the period are refused with `period_closed`.",
+     errors={409: "claims_undecided, or period_not_over"}, tags=["reconciliations"])
+@bp.post("/reconciliations/<period>/close")
+@requires("finance")
+def close_reconciliation_period(period: str):
+    json_body(required=False)  # no fields, but a body sent must be JSON like any other POST's
+    try:
+        parse_period(period)
+    except ValueError:
+        raise not_found("period", period) from None
+    session = db_session()
+    with session.begin():
+        close_period(session, period)
+    return out.BillingPeriod.dump(period_view(session, period))
+
+
 @doc("A reconciliation with every claim's outcome and the clawbacks", response=out.Reconciliation,
      tags=["reconciliations"])
 @bp.get("/reconciliations/<period>")
@@ -278,5 +299,7 @@ def get_reconciliation(period: str):
         raise not_found("reconciliation", period)
     claims = list(session.scalars(select(Claim).where(Claim.period == period).order_by(Claim.id)))
     # Approvals and rejections since the last run change the figures: summarise what is now.
+    state = period_view(session, period)
     return out.Reconciliation.dump(run, claims=claims, adjustments=adjustments_of(session, period),
-                                   summary=summarise(session, period, claims))
+                                   summary=summarise(session, period, claims), state=state.state,
+                                   closed_at=state.closed_at)

@@ -11,6 +11,7 @@ from billing import ledger
 from billing.models import Claim, ClaimItem
 from billing.policy import Policy
 from kernel import audit
+from kernel.billing_periods import SHARED, lock_period, refuse_if_closed
 from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import current_period, parse_period, period_year
@@ -31,6 +32,7 @@ def submit_claim(session: Session, enterprise_uscc: str, period: str, items: lis
         raise Invalid("period_not_closed", f"Claims are for past months only; {period} is not over",
                       "period")
     parse_period(period)
+    refuse_if_closed(session, period)  # and holds the period's shared lock: a close waits for this claim
     seen: dict[tuple[str, str], int] = {}
     provider_ids = {it["provider_id"] for it in items}
     known = set(session.scalars(select(Provider.id).where(Provider.id.in_(provider_ids))))
@@ -62,6 +64,24 @@ def get_claim(session: Session, claim_id: int, *, lock: bool = False) -> Claim |
     if lock:
         stmt = stmt.with_for_update()
     return session.scalars(stmt).first()
+
+
+def lock_claim(session: Session, policy: Policy, claim_id: int) -> Claim | None:
+    """The claim, locked for a decision in the one lock order (docs/ARCHITECTURE.md#lock-order):
+    its period's row (shared: decisions wait for a run of the period, and a run for them), then
+    its balance row, then the claim itself — re-read, so its status is the committed one.
+
+    A claim's enterprise and period never change, so the unlocked first read that names the
+    rows to lock cannot be stale in what matters.
+    """
+    found = session.execute(select(Claim.enterprise_uscc, Claim.period).where(Claim.id == claim_id)).first()
+    if found is None:
+        return None
+    uscc, period = found
+    lock_period(session, period, SHARED)
+    ledger.lock_balances(session, policy, [(uscc, period_year(period))])
+    return session.scalars(select(Claim).where(Claim.id == claim_id).with_for_update()
+                           .execution_options(populate_existing=True)).first()
 
 
 def _balance_for(session: Session, policy: Policy, claim: Claim) -> ledger.Balance:

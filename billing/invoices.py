@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from billing.models import ProviderInvoice
 from kernel import audit
+from kernel.billing_periods import refuse_if_closed
 from kernel.errors import Conflict, Invalid
 from metering.models import Enterprise, Provider
 
@@ -36,6 +37,7 @@ def submit_invoice(session: Session, provider_id: str, *, invoice_no: str, enter
     if session.get(Provider, provider_id) is None:  # finance names it; a foreign key would 500
         raise Invalid("unknown_provider", f"Provider {provider_id!r} is not registered",
                       "provider_id")
+    refuse_if_closed(session, period)  # a replay above still answers; a new invoice of a closed period is refused
     if session.get(Enterprise, enterprise_uscc) is None:
         raise Invalid("unknown_enterprise", f"Enterprise {enterprise_uscc} is not registered",
                       "enterprise_uscc")

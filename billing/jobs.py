@@ -38,6 +38,18 @@ def reconcile_job(db: Database, period: str, policy: Policy) -> dict[str, Any]:
                 "policy_id": run.policy_id, **run.summary}
 
 
+def reconcile_open_job(db: Database, day: str, policy: Policy) -> dict[str, Any]:
+    """The daily run (docs/API.md#period-close): re-run every open period, close the due ones.
+
+    `day` is the fire's date (YYYY-MM-DD, Asia/Shanghai), the job run's key: one run per day
+    across every scheduler process. Raises billing.lifecycle.PeriodsIncomplete (with the
+    summary) when a period failed, so the run is failed and `voucher jobs rerun` retries it.
+    """
+    from billing.lifecycle import run_open_periods
+
+    return run_open_periods(db, policy, day)
+
+
 def statements_job(db: Database, period: str, payments: Payments, policy: Policy) -> dict[str, Any]:
     """Issue the statements of `period` under `policy` through `payments` (the back-end).
 

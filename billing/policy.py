@@ -83,6 +83,7 @@ class Policy:
     tolerance: Fen
     currency: str
     resource_kinds: tuple[str, ...]
+    close_after_days: int = 90  # a period closes on its own this many days after its end (docs/API.md#period-close)
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by
@@ -102,6 +103,8 @@ class Policy:
             )
         if not _is_int(self.tolerance) or self.tolerance < 0:
             raise PolicyError("tolerance", "must be a non-negative integer (fen)")
+        if not _is_int(self.close_after_days) or self.close_after_days < 1:
+            raise PolicyError("close_after_days", "must be an integer >= 1 (days)")
         if not _is_int(self.new_filing_years) or self.new_filing_years < 1:
             raise PolicyError("new_filing_years", "must be an integer >= 1")
         if self.effective_until < self.effective_from:

@@ -29,6 +29,7 @@ _KEYS = {
     "cap_standard": "caps.standard",
     "cap_new_model_filing": "caps.new_model_filing",
     "tolerance": "reconciliation.tolerance",
+    "close_after_days": "reconciliation.close_after_days",
 }
 
 _TOP = {
@@ -48,7 +49,8 @@ _TOP = {
     "caps",
     "reconciliation",
 }
-_TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance"}}
+_TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"}}
+_OPTIONAL = {"reconciliation.close_after_days"}  # added in v2: files written before keep loading (default 90)
 
 
 def default_policy_path() -> Path:
@@ -168,6 +170,10 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         "currency": "CNY",
         "resource_kinds": tuple(kinds),
     }
+    if "close_after_days" in recon:
+        fields["close_after_days"] = integer(
+            recon, "close_after_days", "reconciliation.close_after_days", 1, "an integer >= 1 (days)"
+        )
     try:
         return Policy(**fields)
     except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
@@ -187,7 +193,8 @@ def _check_keys(data: dict[str, Any], source: str) -> None:
 
 
 def _check_names(found: dict[str, Any], wanted: set[str], prefix: str, source: str) -> None:
-    unknown, missing = sorted(set(found) - wanted), sorted(wanted - set(found))
+    unknown = sorted(set(found) - wanted)
+    missing = sorted(k for k in wanted - set(found) if prefix + k not in _OPTIONAL)
     if unknown:
         raise PolicyError(prefix + unknown[0], "unknown key", source)
     if missing:

@@ -40,7 +40,9 @@ from billing.policy import (
 )
 from billing.totals import ClaimTotals, codes_of
 from kernel import audit
+from kernel.billing_periods import EXCLUSIVE, lock_period
 from kernel.db import utcnow
+from kernel.errors import Conflict
 from kernel.periods import period_year
 from kernel.vocabulary import (
     OPEN,
@@ -49,6 +51,7 @@ from kernel.vocabulary import (
     AuditAction,
     ClaimStatus,
     Discrepancy,
+    PeriodState,
     UsageStatus,
 )
 from metering.models import Enterprise, Provider, UsageRecord
@@ -259,7 +262,14 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     at a time: evaluated in Python, then written back with one executemany per table and one
     for the quota rows (net change per enterprise) and ledger postings. Only clawbacks, which
     are rare, go through the ORM one claim at a time.
+
+    Locks in the one order (docs/ARCHITECTURE.md#lock-order): the period's row first, exclusive
+    — a second run of the period waits here for the first to commit, then re-runs (never a
+    duplicate run row) — then the balance rows, then the claims. A closed period is refused
+    (Conflict `period_closed`): its figures are final.
     """
+    if lock_period(session, period, EXCLUSIVE).state == PeriodState.CLOSED:
+        raise Conflict("period_closed", f"Period {period} is closed: its figures are final", "period")
     year = period_year(period)
     usccs = list(session.scalars(select(Claim.enterprise_uscc).where(Claim.period == period)
                                  .distinct().order_by(Claim.enterprise_uscc)))

@@ -35,7 +35,7 @@ class Settings:
     max_content_length: int = 32 * 1024 * 1024
     future_skew_seconds: int = 300  # records may end at most 5 minutes in the future
     pull_cron: str = "*/15 * * * *"
-    reconcile_cron: str = "0 2 1 * *"
+    reconcile_cron: str = "0 2 * * *"  # daily: every open period re-run (docs/API.md#period-close)
     statements_cron: str = "0 4 1 * *"
     # Stored Idempotency-Key answers are kept this long, then deleted by the hourly job.
     idempotency_ttl_hours: int = 24

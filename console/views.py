@@ -35,7 +35,7 @@ from adapters.registry import UPLOAD_FORMATS
 from api.auth import db_session
 from api.errors import ApiError, from_domain
 from billing import claims as claims_svc
-from billing import ledger
+from billing import ledger, lifecycle
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -388,6 +388,9 @@ SERVICE_ERRORS = {
     "claim_not_reconciled": _l("该申领尚未经过月度对账，暂不能批准。"),
     "claim_decided": _l("该申领已经作出决定，不能再更改。"),
     "reason_required": _l("批准有差异的申领时，必须写明理由。"),
+    "period_closed": _l("该月已关闭，数字为最终结果。"),
+    "claims_undecided": _l("该月还有尚未决定的申领，批准或驳回后才能关闭。"),
+    "period_not_over": _l("只能关闭已经结束的月份。"),
 }
 
 
@@ -480,7 +483,8 @@ def _claim_or_404(session, claim_id: str, *, lock: bool = False) -> Claim:
         cid = claims_svc.parse_claim_id(claim_id)
     except ValueError:
         abort(404)
-    claim = claims_svc.get_claim(session, cid, lock=lock)
+    claim = (claims_svc.lock_claim(session, policy(), cid) if lock
+             else claims_svc.get_claim(session, cid))
     user = current_user()
     if claim is None or (user.role == "enterprise" and claim.enterprise_uscc != user.subject):
         abort(404)
@@ -653,8 +657,12 @@ def run_reconciliation():
         flash(_("月份格式应为 YYYY-MM。"), "error")
         return redirect(url_for(".reconciliations", list=1))
     end_reads()
-    with database().session() as ws, ws.begin():
-        run, _first = reconcile(ws, policy(), period)
+    try:
+        with database().session() as ws, ws.begin():
+            run, _first = reconcile(ws, policy(), period)
+    except DomainError as exc:  # a closed period (docs/API.md#period-close)
+        flash(service_error(exc), "error")
+        return redirect(url_for(".reconciliation", period=period))
     current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     flash(_("%(period)s 对账已完成（第 %(n)s 次运行）。", period=period, n=run.runs), "success")
     return redirect(url_for(".reconciliation", period=period))
@@ -705,7 +713,27 @@ def reconciliation(period: str):
         "console/reconciliation.html", period=period, run=run, summary=(run.summary if run else None),
         claims=shown, total=len(claims), ents=ents, names=names, options=options, chosen=chosen,
         codes_of=claim_codes, explanations={c.id: claim_explanations(c) for c in shown},
-        adjustments=adjustments_of(s, period), runs=runs, active="reconciliation")
+        adjustments=adjustments_of(s, period), runs=runs, state=lifecycle.period_view(s, period),
+        active="reconciliation")
+
+
+@bp.post("/reconciliations/<period>/close")
+@login_required("finance")
+def close_period(period: str):
+    """The same rule as POST /v1/reconciliations/{period}/close (billing.lifecycle)."""
+    try:
+        parse_period(period)
+    except ValueError:
+        abort(404)
+    end_reads()
+    try:
+        with database().session() as ws, ws.begin():
+            lifecycle.close_period(ws, period)
+    except DomainError as exc:
+        flash(service_error(exc), "error")
+    else:
+        flash(_("%(period)s 已关闭：数字不再变化。", period=period), "success")
+    return redirect(url_for(".reconciliation", period=period))
 
 
 @bp.get("/reconciliations/<period>/report.<fmt>")

@@ -48,8 +48,11 @@ from kernel.db import (
 )
 from kernel.events import Events
 from kernel.periods import (
+    DAY_RE,
     MINUTE_RE,
     PERIOD_RE,
+    day_of,
+    is_day_key,
     is_minute_key,
     is_period,
     minute_of,
@@ -100,6 +103,7 @@ def parse_public_id(value: str) -> int:
 
 MONTH_KEY = PERIOD_RE  # kernel/periods.py: the one definition of a period's syntax
 MINUTE_KEY = MINUTE_RE
+DAY_KEY = DAY_RE
 
 
 def previous_month(fire_time: datetime) -> str:
@@ -111,6 +115,11 @@ def month_before_last(fire_time: datetime) -> str:
     """Two months before the fire's month (Asia/Shanghai): statements fired on 1 December
     are those of October, reconciled on 1 November and reviewed by finance since."""
     return shift_period(previous_period(fire_time), -1)
+
+
+def fire_day(fire_time: datetime) -> str:
+    """The fire's date in Asia/Shanghai ('2026-11-28'): a daily job runs once per day."""
+    return day_of(fire_time)
 
 
 def minute_slot(fire_time: datetime) -> str:
@@ -136,16 +145,17 @@ class JobSpec:
     period_for: Callable[[datetime], str]
     period_pattern: re.Pattern = MONTH_KEY
     catch_up: bool = False  # on start, run the periods of fires missed while no scheduler ran
+    catch_up_latest: bool = False  # ... only the latest of them: each run covers all before it
     description: str = ""
 
     def cron(self, settings: Any) -> str:
         return getattr(settings, self.cron_setting)
 
     def check_period(self, period: str) -> str:
-        valid = {MONTH_KEY: is_period, MINUTE_KEY: is_minute_key}.get(
+        valid = {MONTH_KEY: is_period, MINUTE_KEY: is_minute_key, DAY_KEY: is_day_key}.get(
             self.period_pattern, lambda p: bool(self.period_pattern.fullmatch(p or "")))
         if not valid(period):
-            example = "YYYY-MM" if self.period_pattern is MONTH_KEY else "YYYY-MM-DDTHH:MM"
+            example = {MONTH_KEY: "YYYY-MM", DAY_KEY: "YYYY-MM-DD"}.get(self.period_pattern, "YYYY-MM-DDTHH:MM")
             raise ValueError(f"{period!r} is not a {self.name} period ({example})")
         return period
 

@@ -19,6 +19,7 @@ SHANGHAI = ZoneInfo(DEFAULT_TIMEZONE)
 MIN_YEAR, MAX_YEAR = 2000, 2100
 PERIOD_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 MINUTE_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]")
+DAY_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])-([0-3][0-9])")
 
 Zone = tzinfo | str | None
 
@@ -55,6 +56,22 @@ def is_minute_key(text: str) -> bool:
     """A `YYYY-MM-DDTHH:MM` job period (minute_slot), with the same year range."""
     m = MINUTE_RE.fullmatch(text) if isinstance(text, str) else None
     return bool(m) and MIN_YEAR <= int(m.group(1)) <= MAX_YEAR
+
+
+def parse_day(text: str) -> date:
+    """The date of a `YYYY-MM-DD` job period (day_of), same year range; ValueError otherwise."""
+    m = DAY_RE.fullmatch(text) if isinstance(text, str) else None
+    if not m or not MIN_YEAR <= int(m.group(1)) <= MAX_YEAR:
+        raise ValueError(f"{text!r} is not a YYYY-MM-DD day (years {MIN_YEAR}–{MAX_YEAR})")
+    return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))  # ValueError for 2026-02-30
+
+
+def is_day_key(text: str) -> bool:
+    try:
+        parse_day(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_period(year: int, month: int) -> str:
@@ -127,6 +144,11 @@ def current_period(now: datetime | None = None, tz: Zone = None) -> str:
 def minute_of(moment: datetime, tz: Zone = None) -> str:
     """`YYYY-MM-DDTHH:MM` of `moment` in the timezone (a job's minute slot)."""
     return moment.astimezone(zone(tz)).strftime("%Y-%m-%dT%H:%M")
+
+
+def day_of(moment: datetime, tz: Zone = None) -> str:
+    """`YYYY-MM-DD` of `moment` in the timezone (a daily job's period)."""
+    return moment.astimezone(zone(tz)).strftime("%Y-%m-%d")
 
 
 def date_of_month(d: date) -> str:

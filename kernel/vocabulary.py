@@ -35,6 +35,13 @@ OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # rec
 RECONCILED = (ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # hold a reservation; awaiting a decision
 
 
+class PeriodState(StrEnum):
+    """A billing period's state (kernel/billing_periods.py): closed periods' figures are final."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 class Discrepancy(StrEnum):
     """Discrepancy codes of a claim or an item (docs/API.md#discrepancy-codes)."""
 
@@ -85,6 +92,7 @@ class RecordCode(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"
     CONFLICT = "conflict"
     INVALID_FIELD = "invalid_field"
+    PERIOD_CLOSED = "period_closed"
 
 
 class SkipReason(StrEnum):
@@ -142,6 +150,7 @@ class AuditAction(StrEnum):
     CLAIM_REJECTED = "claim.rejected"
     CLAIM_CLAWED_BACK = "claim.clawed_back"
     RECONCILIATION_RUN = "reconciliation.run"
+    PERIOD_CLOSED = "period.closed"
     STATEMENT_ISSUED = "statement.issued"
     PROVIDER_INVOICE_SUBMITTED = "provider_invoice.submitted"
     USAGE_RECORD_VOIDED = "usage_record.voided"
@@ -186,7 +195,9 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         RecordCode.UNSUPPORTED_CURRENCY: N_("不支持的币种"),
         RecordCode.CONFLICT: N_("同一记录号内容不同"),
         RecordCode.INVALID_FIELD: N_("字段无效"),
+        RecordCode.PERIOD_CLOSED: N_("账期已关闭"),
     },
+    PeriodState: {PeriodState.OPEN: N_("未关闭"), PeriodState.CLOSED: N_("已关闭")},
     SkipReason: {
         SkipReason.UNMAPPED_TENANT: N_("租户未对应到企业"),
         SkipReason.NO_PRICE: N_("没有价格"),

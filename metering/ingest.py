@@ -1,6 +1,7 @@
 """Batch ingestion: one transaction, set-based SQL, one result per record in input order.
 
-Per batch, whatever its size: one SELECT for the enterprises named, one bulk load of the
+Per batch, whatever its size: one SELECT for the enterprises named, one for the closed periods
+among the records' (docs/API.md#period-close), one bulk load of the
 new rows into a session-local staging table (PostgreSQL: COPY; SQLite: executemany), one
 INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING from it, and one SELECT for the record
 ids that already existed (to tell a replay from a conflict). No query per record.
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from kernel.billing_periods import closed_among
 from kernel.db import MicroDecimal
 from metering.models import Enterprise, UsageRecord
 from metering.records import (
@@ -163,11 +165,16 @@ def ingest_records(
     for chunk in _chunks(usccs, IN_CHUNK):
         known.update(session.scalars(select(Enterprise.uscc).where(Enterprise.uscc.in_(chunk))))
 
+    # One lookup for the whole batch (docs/API.md#period-close): a closed period's figures are
+    # final, so its new records are refused; a replay of a stored one is still a duplicate.
+    closed = closed_among(session, {record_period(rec) for _, rec in valid})
+
     # First occurrence of each record_id in the batch is the one offered to the database;
     # later ones are judged against it (same content: duplicate, else conflict).
     first_seen: dict[str, tuple[int, str]] = {}
     repeats: list[tuple[int, str, str]] = []
     fresh: list[tuple[UsageRecordIn, str]] = []
+    refused: dict[str, str] = {}  # record_id -> its closed period: not offered to the database
     for i, rec in valid:
         if rec.enterprise_uscc not in known:
             reject(i, RecordError("unknown_enterprise",
@@ -179,6 +186,9 @@ def ingest_records(
             repeats.append((i, rec.record_id, digest))
             continue
         first_seen[rec.record_id] = (i, digest)
+        if closed and record_period(rec) in closed:
+            refused[rec.record_id] = record_period(rec)
+            continue
         fresh.append((rec, digest))
 
     inserted = _insert_rows(session, provider_id, fresh, now) if fresh else set()
@@ -197,6 +207,10 @@ def ingest_records(
     def judge(i: int, rid: str, digest: str, stored: str | None) -> None:
         if stored == digest:
             results[i] = {"record_id": rid, "status": "duplicate"}
+        elif stored is None and rid in refused:
+            reject(i, RecordError("period_closed",
+                                  f"period {refused[rid]} is closed: its figures are final",
+                                  f"{param_prefix}[{i}].ended_at"))
         else:
             reject(i, RecordError("conflict",
                                   f"record_id {rid!r} was already stored with different content; "

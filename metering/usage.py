@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kernel.billing_periods import refuse_if_closed
 from kernel.db import keyset_page, parse_row_id, utcnow, where_given
 from kernel.vocabulary import UsageStatus
 from metering.models import UsageRecord
@@ -43,6 +44,9 @@ def void_record(session: Session, record: UsageRecord, reason: str | None) -> tu
     """Void once; voiding again returns the record unchanged (idempotent). True if changed."""
     if record.status == UsageStatus.VOID:
         return record, False
+    # A closed period's figures are final (docs/API.md#period-close); the shared lock makes a
+    # close of the period wait for this void, and this void wait for a run of the period.
+    refuse_if_closed(session, record.period, None)
     record.status = UsageStatus.VOID.value
     record.voided_at = utcnow()
     record.void_reason = reason

@@ -113,6 +113,8 @@ EXPECT: dict[str, Route | Public] = {
         f"/v1/enterprises/{U0}/quota?year=2026", {"other_enterprise": 404, "enterprise": 200, "finance": 200}),
     "POST /v1/reconciliations": Route("/v1/reconciliations", {"finance": 200}, {"period": PERIOD}),
     "GET /v1/reconciliations/<period>": Route(f"/v1/reconciliations/{PERIOD}", {"finance": 200}),
+    # A month without claims, so the other routes' period stays open.
+    "POST /v1/reconciliations/<period>/close": Route("/v1/reconciliations/2026-08/close", {"finance": 200}, {}),
     "GET /v1/reconciliations/<period>/report.csv": Route(f"/v1/reconciliations/{PERIOD}/report.csv",
                                                          {"finance": 200}),
     "GET /v1/reconciliations/<period>/report.xlsx": Route(f"/v1/reconciliations/{PERIOD}/report.xlsx",
@@ -169,6 +171,7 @@ CONSOLE: dict[str, Page] = {
     "GET /console/reconciliations": Page("/console/reconciliations?list=1", {"finance": 200}),
     "POST /console/reconciliations": Page("/console/reconciliations", {"finance": 302}, {"period": PERIOD}),
     "GET /console/reconciliations/<period>": Page(f"/console/reconciliations/{PERIOD}", {"finance": 200}),
+    "POST /console/reconciliations/<period>/close": Page("/console/reconciliations/2026-07/close", {"finance": 302}),
     "GET /console/reconciliations/<period>/report.<fmt>": Page(
         f"/console/reconciliations/{PERIOD}/report.csv", {"finance": 200}),
 }

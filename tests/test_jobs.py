@@ -22,6 +22,7 @@ from kernel.jobruns import (
     events,
     fail,
     finish,
+    fire_day,
     get_run,
     minute_slot,
     month_before_last,
@@ -267,7 +268,21 @@ def test_monthly_jobs_work_on_the_previous_shanghai_month():
     assert previous_month(datetime(2026, 1, 1, 2, 0, tzinfo=SH)) == "2025-12"
     # 18:00 UTC on 30 November is already 1 December in Shanghai
     assert previous_month(datetime(2026, 11, 30, 18, 0, tzinfo=UTC)) == "2026-11"
-    assert JOBS["reconcile"].period_for is previous_month
+
+
+def test_the_reconcile_job_is_daily_and_keyed_by_the_shanghai_day():
+    """Every open period is re-run daily (docs/API.md#period-close): one run per day."""
+    assert JOBS["reconcile"].period_for is fire_day
+    trigger = cron_trigger(JOBS["reconcile"], Settings(), SH)
+    fired = last_fire_time(trigger, datetime(2026, 12, 15, 9, 0, tzinfo=SH))
+    assert fired == datetime(2026, 12, 15, 2, 0, tzinfo=SH)
+    assert JOBS["reconcile"].period_for(fired) == "2026-12-15"
+    # 18:00 UTC on 30 November is already 1 December in Shanghai
+    assert fire_day(datetime(2026, 11, 30, 18, 0, tzinfo=UTC)) == "2026-12-01"
+    assert JOBS["reconcile"].check_period("2026-12-15")
+    for bad in ("2026-12", "2026-02-30", "1999-12-01", "2026-12-15T02:00"):
+        with pytest.raises(ValueError, match="YYYY-MM-DD"):
+            JOBS["reconcile"].check_period(bad)
 
 
 def test_statements_work_on_the_month_before_last_reconciled_a_month_earlier():
@@ -281,10 +296,7 @@ def test_statements_work_on_the_month_before_last_reconciled_a_month_earlier():
     assert month_before_last(datetime(2026, 11, 30, 20, 0, tzinfo=UTC)) == "2026-10"  # 1 Dec SH
     fired = last_fire_time(cron_trigger(JOBS["statements"], Settings(), SH),
                            datetime(2026, 12, 15, tzinfo=SH))
-    reconciled = last_fire_time(cron_trigger(JOBS["reconcile"], Settings(), SH),
-                                datetime(2026, 12, 15, tzinfo=SH))
-    assert JOBS["statements"].period_for(fired) == "2026-10"
-    assert JOBS["reconcile"].period_for(reconciled - timedelta(days=30)) == "2026-10"
+    assert JOBS["statements"].period_for(fired) == "2026-10"  # re-run daily by reconcile since 1 November
 
 
 def test_pull_periods_are_the_fire_minute_in_shanghai():
@@ -299,7 +311,7 @@ def test_pull_periods_are_the_fire_minute_in_shanghai():
 
 def test_a_late_fire_runs_the_period_it_was_scheduled_for(db):
     """The period comes from the schedule's last fire time, not from the clock."""
-    trigger = cron_trigger(JOBS["reconcile"], Settings(), SH)
+    trigger = cron_trigger(JOBS["reconcile"], MONTHLY, SH)
     assert last_fire_time(trigger, datetime(2026, 12, 1, 2, 0, tzinfo=SH)) == \
         datetime(2026, 12, 1, 2, 0, tzinfo=SH)
     assert last_fire_time(trigger, datetime(2026, 12, 31, 23, 59, tzinfo=SH)) == \
@@ -366,6 +378,10 @@ def test_catch_up_runs_a_missed_period_once_and_leaves_failed_ones_for_rerun(db)
                                                      ("statements", "failed")}
 
 
+# The catch-up machinery, shown on monthly schedules (reconcile itself is daily now).
+MONTHLY = Settings(reconcile_cron="0 2 1 * *")
+
+
 def _monthly(seen: list, name: str = "reconcile", period_for=previous_month) -> JobSpec:
     return JobSpec(name, f"{name}_cron", lambda d, p: seen.append((name, p)), period_for,
                    catch_up=True)
@@ -374,7 +390,7 @@ def _monthly(seen: list, name: str = "reconcile", period_for=previous_month) -> 
 def test_missed_periods_walk_back_to_the_newest_period_that_ran(db):
     now = datetime(2026, 12, 15, 9, 0, tzinfo=SH)  # fires of 1 Dec, 1 Nov, 1 Oct... at 02:00/04:00
     reconcile, statements = _monthly([]), _monthly([], "statements", month_before_last)
-    triggers = {s.name: cron_trigger(s, Settings(), SH) for s in (reconcile, statements)}
+    triggers = {s.name: cron_trigger(s, MONTHLY, SH) for s in (reconcile, statements)}
     with db.session() as s:
         finish(s, claim(s, "reconcile", "2026-08"))
         fail(s, claim(s, "statements", "2026-08"), "RuntimeError: printer on fire")
@@ -403,7 +419,7 @@ def test_catch_up_runs_every_month_missed_while_down_oldest_first_once_each(db):
     """The scheduler was down across two monthly fires: both months run, each once."""
     seen: list = []
     jobs = {"reconcile": _monthly(seen), "statements": _monthly(seen, "statements", month_before_last)}
-    triggers = {n: cron_trigger(s, Settings(), SH) for n, s in jobs.items()}
+    triggers = {n: cron_trigger(s, MONTHLY, SH) for n, s in jobs.items()}
     periods = {n: [jobs[n].period_for(f) for f in latest_fires(triggers[n], 3)] for n in jobs}
     with db.session() as s:  # both ran three fires ago; the two fires since were missed
         finish(s, claim(s, "reconcile", periods["reconcile"][2]))
@@ -420,7 +436,7 @@ def test_schedulers_catching_up_together_run_each_missed_period_once(pg):
     """Four schedulers start at once on PostgreSQL after a long outage: every period once."""
     seen: list = []
     jobs = {"reconcile": _monthly(seen)}
-    triggers = {"reconcile": cron_trigger(jobs["reconcile"], Settings(), SH)}
+    triggers = {"reconcile": cron_trigger(jobs["reconcile"], MONTHLY, SH)}
     periods = [previous_month(f) for f in latest_fires(triggers["reconcile"], 6)]
     with pg.db.session() as s:
         finish(s, claim(s, "reconcile", periods[-1]))
@@ -443,7 +459,7 @@ def test_schedulers_catching_up_together_run_each_missed_period_once(pg):
 def test_catch_up_is_bounded_by_the_catch_up_periods_setting(db):
     seen: list = []
     jobs = {"reconcile": _monthly(seen)}
-    triggers = {"reconcile": cron_trigger(jobs["reconcile"], Settings(), SH)}
+    triggers = {"reconcile": cron_trigger(jobs["reconcile"], MONTHLY, SH)}
     with db.session() as s:
         finish(s, claim(s, "reconcile", "2020-01"))  # years ago
     catch_up(db, jobs, triggers, 15, timedelta(minutes=2), 3)

@@ -1,9 +1,11 @@
-"""Billing commands: reconcile a month, verify the ledger."""
+"""Billing commands: reconcile a month, close it, verify the ledger."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -18,6 +20,27 @@ def _db_and_policy():
     return Database(settings.database_url), load_policy(settings.policy_path)
 
 
+def _checked_period(period: str) -> str:
+    from kernel.periods import parse_period
+
+    try:
+        parse_period(period)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--period") from None
+    return period
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A domain refusal (e.g. `period_closed`) as a CLI error: its code and message, exit 1."""
+    from kernel.errors import DomainError
+
+    try:
+        yield
+    except DomainError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+
 @click.command()
 @click.option("--period", required=True, help="YYYY-MM (Asia/Shanghai)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -25,14 +48,10 @@ def reconcile(period: str, as_json: bool) -> None:
     """Run the reconciliation of PERIOD (idempotent: a re-run changes nothing)."""
     from billing.reconciliation import reconcile as run
     from kernel.money import yuan
-    from kernel.periods import parse_period
 
-    try:
-        parse_period(period)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--period") from None
+    _checked_period(period)
     db, policy = _db_and_policy()
-    with db.session() as session, session.begin():
+    with _refusals(), db.session() as session, session.begin():  # a closed period is refused
         result, _ = run(session, policy, period)
         summary = result.summary
     if as_json:
@@ -45,6 +64,24 @@ def reconcile(period: str, as_json: bool) -> None:
                f" · granted ¥{yuan(totals['granted'])} · clawed back ¥{yuan(totals['clawed_back'])}")
     for code, n in summary["discrepancies"].items():
         click.echo(f"  {code}: {n}")
+
+
+@click.command()
+@click.option("--period", required=True, help="YYYY-MM (Asia/Shanghai), a month that is over")
+def close(period: str) -> None:
+    """Close PERIOD: its figures become final (docs/API.md#period-close).
+
+    Refused while any claim of the month is undecided; closing a closed month changes nothing.
+    """
+    from billing.lifecycle import close_period, period_view
+
+    _checked_period(period)
+    db, _ = _db_and_policy()
+    with _refusals(), db.session() as session, session.begin():
+        close_period(session, period)
+    with db.session() as session:
+        view = period_view(session, period)
+    click.echo(f"period {period} {view.state} (closed at {view.closed_at:%Y-%m-%d %H:%M} UTC by {view.closed_by})")
 
 
 @click.group()
@@ -69,4 +106,4 @@ def ledger_verify() -> None:
     click.echo("ledger ok")
 
 
-COMMANDS = [reconcile, ledger]
+COMMANDS = [reconcile, close, ledger]

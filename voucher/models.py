@@ -14,6 +14,7 @@ from billing.models import (  # noqa: F401
 from billing.statements import Statement  # noqa: F401
 from console.sessions import ConsoleSession  # noqa: F401
 from kernel.audit import AuditEvent  # noqa: F401
+from kernel.billing_periods import BillingPeriod  # noqa: F401
 from kernel.db import Base  # noqa: F401
 from kernel.jobruns import JobRun  # noqa: F401
 from kernel.keys import ApiKey  # noqa: F401

@@ -9,7 +9,8 @@ that needs collaborators built from the settings (the payment back-end of `state
 them here, when its run starts, so the domain modules never build them themselves.
 
 A process keeps its schedule in memory, so fires missed while no scheduler was running are
-recovered by the catch-up pass at start: for each job marked `catch_up`, it walks back through
+recovered by the catch-up pass at start (for the daily `reconcile`, the latest missed day
+only: each run covers every open month): for each job marked `catch_up`, it walks back through
 the cron fires from the latest one to the newest period the job already has a run for, and
 runs every period in between, oldest first (a scheduler down across two monthly fires runs
 both months). At most `catch_up_periods` periods per job (VOUCHER_CATCH_UP_PERIODS, default
@@ -37,15 +38,16 @@ from config.settings import Settings
 from kernel.audit import acting_as
 from kernel.db import Database, utcnow
 from kernel.jobruns import (
+    DAY_KEY,
     HEARTBEAT_SECONDS,
     MINUTE_KEY,
     STALE_AFTER,
     JobRun,
     JobSpec,
+    fire_day,
     minute_slot,
     month_before_last,
     newest_run,
-    previous_month,
     reap_stale,
     run_once,
 )
@@ -71,12 +73,13 @@ def pull_job(db: Database, period: str) -> dict[str, Any]:
     return pull_all(db, period, job_settings().providers_dir)
 
 
-def reconcile_job(db: Database, period: str) -> dict[str, Any]:
-    """The `reconcile` job: billing's reconcile_job under the policy file of the settings."""
-    from billing.jobs import reconcile_job as reconcile_period
+def reconcile_job(db: Database, day: str) -> dict[str, Any]:
+    """The daily `reconcile` job: billing's reconcile_open_job (every open period re-run, due
+    ones closed) under the policy file of the settings. `day`: the fire's date, its run key."""
+    from billing.jobs import reconcile_open_job
     from billing.policy_file import load_policy
 
-    return reconcile_period(db, period, load_policy(job_settings().policy_path))
+    return reconcile_open_job(db, day, load_policy(job_settings().policy_path))
 
 
 def statements_job(db: Database, period: str) -> dict[str, Any]:
@@ -107,9 +110,11 @@ def idempotency_expiry_job(db: Database, period: str) -> dict[str, Any]:
 JOBS: dict[str, JobSpec] = {
     "pull": JobSpec("pull", "pull_cron", "voucher.scheduler:pull_job", minute_slot, MINUTE_KEY,
                     description="pull usage from every provider with a pull adapter"),
+    # Daily, keyed by the fire's date: one run per day however many schedulers fire it; a
+    # scheduler down for days catches up the latest day only (each run covers every open month).
     "reconcile": JobSpec("reconcile", "reconcile_cron", "voucher.scheduler:reconcile_job",
-                         previous_month, catch_up=True,
-                         description="reconcile the previous month's claims"),
+                         fire_day, DAY_KEY, catch_up=True, catch_up_latest=True,
+                         description="re-run every open period; close those past close_after_days"),
     "statements": JobSpec("statements", "statements_cron", "voucher.scheduler:statements_job",
                           month_before_last, catch_up=True,
                           description="issue the statements of the month before last"),
@@ -211,7 +216,9 @@ def catch_up(db: Database, jobs: Mapping[str, JobSpec], triggers: Mapping[str, C
         try:
             with db.session() as session:
                 periods, newest, cut = missed_periods(session, spec, triggers[name], now,
-                                                      max_periods)
+                                                      1 if spec.catch_up_latest else max_periods)
+            if spec.catch_up_latest:
+                cut = False  # the latest run covers the days before it
         except Exception:
             log.exception("catch-up of job %s: cannot read its runs", name)
             continue

@@ -176,8 +176,25 @@ class Reconciliation(Resource):
     first_run_at: Timestamp
     last_run_at: Timestamp
     summary: dict[str, Any]
+    state: Literal["open", "closed"] = Field(default="open", description="closed: the figures are final (docs/API.md#period-close)")
+    closed_at: Timestamp | None = omitted_when_none(description="When the period was closed")
     claims: list[Claim] | None = omitted_when_none(description="In GET only")
     adjustments: list[Adjustment] | None = omitted_when_none(description="In GET only")
+
+
+class BillingPeriod(Resource):
+    """A period's lifecycle state (docs/API.md#period-close)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "object": "billing_period", "id": "2026-10", "period": "2026-10", "state": "closed",
+        "closed_at": "2027-01-29T18:00:00+00:00", "closed_by": "finance:key_3", "undecided_claims": 0}]})
+    object: Literal["billing_period"] = "billing_period"
+    id: str = Field(validation_alias="period")
+    period: str
+    state: Literal["open", "closed"]
+    closed_at: Timestamp | None = omitted_when_none()
+    closed_by: str | None = omitted_when_none(description="finance:<key id>, console:…, cli or scheduler")
+    undecided_claims: int = Field(validation_alias="undecided", description="Claims submitted, verified or flagged")
 
 
 # --- requests ---------------------------------------------------------------------------------
