@@ -32,6 +32,7 @@ from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.keys import key_select
 from kernel.periods import parse_period
+from kernel.uscc import canonical_uscc
 from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
 
@@ -88,19 +89,19 @@ def list_invoices():
     principal = current_principal()
     limit, after = page_args()
     stmt = select(ProviderInvoice)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise")
+    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
     if principal.role == "provider":
         if provider and provider != principal.subject:
             raise not_found("provider", provider, "provider")
         provider = principal.subject
     if principal.role == "enterprise":
-        if enterprise and enterprise.upper() != principal.subject:
+        if enterprise and enterprise != principal.subject:
             raise not_found("enterprise", enterprise, "enterprise")
         enterprise = principal.subject
     if provider:
         stmt = stmt.where(ProviderInvoice.provider_id == provider)
     if enterprise:
-        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise.upper())
+        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise)
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
     if period:
         stmt = stmt.where(ProviderInvoice.period == period)
@@ -121,14 +122,15 @@ def list_invoices():
 def create_claim():
     principal = current_principal()
     body = parse_model(ClaimIn, json_body())
+    named = canonical_uscc(body.enterprise_uscc) if body.enterprise_uscc else None
     if principal.role == "enterprise":
-        if body.enterprise_uscc and body.enterprise_uscc.upper() != principal.subject:
+        if named and named != principal.subject:
             raise ApiError(403, "forbidden", "An enterprise claims for itself only", "enterprise_uscc")
         uscc = principal.subject
     else:
-        if not body.enterprise_uscc:
+        if not named:
             raise ApiError(422, "missing_field", "finance must name enterprise_uscc", "enterprise_uscc")
-        uscc = body.enterprise_uscc.upper()
+        uscc = named
     session = db_session()
     with session.begin():
         if session.get(Enterprise, uscc) is None:
@@ -167,13 +169,13 @@ def list_claims():
     principal = current_principal()
     limit, after = page_args()
     stmt = select(Claim)
-    enterprise = query_arg("enterprise")
+    enterprise = query_arg("enterprise", canonical_uscc)
     if principal.role == "enterprise":
-        if enterprise and enterprise.upper() != principal.subject:
+        if enterprise and enterprise != principal.subject:
             raise not_found("enterprise", enterprise, "enterprise")
         enterprise = principal.subject
     if enterprise:
-        stmt = stmt.where(Claim.enterprise_uscc == enterprise.upper())
+        stmt = stmt.where(Claim.enterprise_uscc == enterprise)
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
     if period:
         stmt = stmt.where(Claim.period == period)
@@ -225,7 +227,7 @@ def reject_claim(claim_id: str):
 @requires("enterprise", "finance", deferred=True)
 def get_quota(uscc: str):
     # The hot read: the key and the balance row arrive in one statement (one round trip).
-    uscc = uscc.upper()
+    uscc = canonical_uscc(uscc)
     try:
         year = query_arg("year", int)
         if year is None:
