@@ -280,6 +280,9 @@ def row_to_record(
         return Skipped("bad_row", f"column {column!r} ({bad.field}): {bad.why}", line)
 
     metadata: dict[str, Any] | None = None
+    if quantity == 0:  # v2: a record's quantity is > 0 (docs/API.md#record-codes)
+        return Skipped("zero_quantity", f"record_id {record_id!r}: quantity rounds to 0", line,
+                       tenant or None)
     if not uscc:
         mapped = config.uscc_for(tenant)
         if mapped is None:

@@ -90,8 +90,8 @@ def parse_quantity(value: Any) -> Decimal:
         q = Decimal(value) if not isinstance(value, Decimal) else value
     except InvalidOperation:
         raise _fail("invalid_quantity", "is not a decimal number") from None
-    if not q.is_finite() or q < 0:
-        raise _fail("invalid_quantity", "must be a finite number ≥ 0")
+    if not q.is_finite() or q <= 0:  # v2: usage of nothing is not usage (docs/API.md#record-codes)
+        raise _fail("invalid_quantity", "must be a finite number greater than 0")
     if q > MAX_QUANTITY:
         raise _fail("invalid_quantity", f"must be at most {MAX_QUANTITY}")
     if q != q.quantize(QUANTITY_STEP, rounding="ROUND_DOWN"):
