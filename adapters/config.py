@@ -11,10 +11,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from stdnum.cn import uscc as uscc_mod
-
 from adapters.registry import TYPES
 from config.settings import secret
+from kernel.uscc import canonical_uscc, valid_uscc
 
 Fen = int
 ADAPTER_TYPES = TYPES  # the registry's list (adapters/registry.py)
@@ -96,7 +95,7 @@ def load_provider_config(path: Path | str) -> ProviderConfig:
     if not isinstance(tenants, dict):
         raise bad("tenants", "must be a table")
     for name, code in tenants.items():
-        if not isinstance(code, str) or not uscc_mod.is_valid(code.upper()):
+        if valid_uscc(code) is None:
             raise bad(f"tenants.{name}", f"{code!r} is not a valid USCC")
     prices = data.get("prices", {})
     if not isinstance(prices, dict):
@@ -110,7 +109,7 @@ def load_provider_config(path: Path | str) -> ProviderConfig:
         type=kind,
         cluster=cluster,
         settings=settings,
-        tenants={k: v.upper() for k, v in tenants.items()},
+        tenants={k: canonical_uscc(v) for k, v in tenants.items()},  # docs/API.md#uscc
         prices=dict(prices),
         timezone=tz,
         path=path,

@@ -48,10 +48,9 @@ from decimal import Decimal, InvalidOperation
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from stdnum.cn import uscc as uscc_mod
-
 from adapters.base import Extracted, Skipped
 from adapters.config import ConfigError, ProviderConfig, amount_for, round_quantity
+from kernel.uscc import canonical_uscc, uscc_is_valid
 
 FIELDS = (
     "record_id",
@@ -266,8 +265,8 @@ def row_to_record(
         if currency != "CNY":
             raise _BadField("currency", f"{currency!r} is not CNY")
         tenant = convert("tenant", _text)
-        uscc = convert("enterprise_uscc", _text).upper()
-        if uscc and not uscc_mod.is_valid(uscc):
+        uscc = canonical_uscc(convert("enterprise_uscc", _text))
+        if uscc and not uscc_is_valid(uscc):
             raise _BadField("enterprise_uscc", f"{uscc!r} is not a valid USCC (GB 32100-2015)")
         if not uscc and not tenant:
             which = (
@@ -281,6 +280,9 @@ def row_to_record(
         return Skipped("bad_row", f"column {column!r} ({bad.field}): {bad.why}", line)
 
     metadata: dict[str, Any] | None = None
+    if quantity == 0:  # v2: a record's quantity is > 0 (docs/API.md#record-codes)
+        return Skipped("zero_quantity", f"record_id {record_id!r}: quantity rounds to 0", line,
+                       tenant or None)
     if not uscc:
         mapped = config.uscc_for(tenant)
         if mapped is None:

@@ -44,7 +44,9 @@ One record per (namespace, window) with GPU-hours > 0: `record_id`
 `"{cluster}:{namespace}:{window start, UTC ISO 8601}"`, `resource` `gpu.<model>` when
 `gpu_model` names one for the namespace (else `gpu`), `unit` `gpu_hour`. Namespaces not in
 `[tenants]` give `Skipped("unmapped_tenant")` (one per window with usage); a resource without a
-price gives `Skipped("no_price")`; a NaN, infinite or negative sample gives `Skipped("bad_row")`.
+price gives `Skipped("no_price")`; a NaN, infinite or negative sample gives `Skipped("bad_row")`;
+GPUs held for less than 0.0000005 GPU-hours (0 after rounding) give `Skipped("zero_quantity")`,
+since a record's quantity is > 0.
 
 Settings (`[adapter]`): `url` (required), `token_env` (bearer token variable), `metric`
 (`kube_pod_container_resource_requests` or `kube_pod_container_resource_limits`), `resource`
@@ -290,9 +292,12 @@ class PrometheusAdapter:
     def _record(
         self, tenant: str, window: datetime, value_sum: Decimal
     ) -> dict[str, Any] | Skipped | None:
-        quantity = gpu_hours(value_sum, self.step)
-        if quantity == 0:
+        if value_sum == 0:
             return None  # no GPUs held in this window: nothing to bill, no zero record
+        quantity = gpu_hours(value_sum, self.step)
+        if quantity == 0:  # held, but under 0.0000005 GPU-hours: a record's quantity is > 0
+            return Skipped("zero_quantity", f"namespace {tenant!r}, window {window.isoformat()}",
+                           tenant=tenant)
         started_at = window.isoformat()
         uscc = self.config.uscc_for(tenant)
         if uscc is None:

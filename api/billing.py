@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +17,7 @@ from api.auth import (
     requires,
 )
 from api.errors import ApiError, not_found
+from api.hotread import balance_of_row, quota_params, quota_with_key
 from api.http import cursor, json_body, page_args, parse_model, query_arg, whole_number
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
@@ -26,14 +29,14 @@ from api.schemas.billing import (
     RejectIn,
 )
 from billing import claims as claims_svc
-from billing import ledger
 from billing.invoices import submit_invoice
 from billing.lifecycle import close_period, period_view
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.db import parse_row_id
 from kernel.keys import key_select
-from kernel.periods import parse_period
+from kernel.periods import local_year, parse_period
+from kernel.uscc import canonical_uscc
 from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
 
@@ -86,19 +89,19 @@ def list_invoices():
     principal = current_principal()
     limit, after = page_args()
     stmt = select(ProviderInvoice)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise")
+    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
     if principal.role == "provider":
         if provider and provider != principal.subject:
             raise not_found("provider", provider, "provider")
         provider = principal.subject
     if principal.role == "enterprise":
-        if enterprise and enterprise.upper() != principal.subject:
+        if enterprise and enterprise != principal.subject:
             raise not_found("enterprise", enterprise, "enterprise")
         enterprise = principal.subject
     if provider:
         stmt = stmt.where(ProviderInvoice.provider_id == provider)
     if enterprise:
-        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise.upper())
+        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise)
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
     if period:
         stmt = stmt.where(ProviderInvoice.period == period)
@@ -119,14 +122,15 @@ def list_invoices():
 def create_claim():
     principal = current_principal()
     body = parse_model(ClaimIn, json_body())
+    named = canonical_uscc(body.enterprise_uscc) if body.enterprise_uscc else None
     if principal.role == "enterprise":
-        if body.enterprise_uscc and body.enterprise_uscc.upper() != principal.subject:
+        if named and named != principal.subject:
             raise ApiError(403, "forbidden", "An enterprise claims for itself only", "enterprise_uscc")
         uscc = principal.subject
     else:
-        if not body.enterprise_uscc:
+        if not named:
             raise ApiError(422, "missing_field", "finance must name enterprise_uscc", "enterprise_uscc")
-        uscc = body.enterprise_uscc.upper()
+        uscc = named
     session = db_session()
     with session.begin():
         if session.get(Enterprise, uscc) is None:
@@ -166,13 +170,13 @@ def list_claims():
     principal = current_principal()
     limit, after = page_args()
     stmt = select(Claim)
-    enterprise = query_arg("enterprise")
+    enterprise = query_arg("enterprise", canonical_uscc)
     if principal.role == "enterprise":
-        if enterprise and enterprise.upper() != principal.subject:
+        if enterprise and enterprise != principal.subject:
             raise not_found("enterprise", enterprise, "enterprise")
         enterprise = principal.subject
     if enterprise:
-        stmt = stmt.where(Claim.enterprise_uscc == enterprise.upper())
+        stmt = stmt.where(Claim.enterprise_uscc == enterprise)
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
     if period:
         stmt = stmt.where(Claim.period == period)
@@ -219,35 +223,32 @@ def reject_claim(claim_id: str):
 
 @doc("An enterprise's subsidy quota for a year", response=out.Quota, tags=["quota"],
      description="cap, cap basis (standard or new model filing), granted, reserved and remaining.",
-     query=[query("year", "Calendar year", "integer", example=2026, required=True)])
+     query=[query("year", "Calendar year; the current year in the policy's timezone when omitted",
+                  "integer", example=2026)])
 @bp.get("/enterprises/<uscc>/quota")
 @requires("enterprise", "finance", deferred=True)
 def get_quota(uscc: str):
-    # The hot read: the key and the balance row arrive in one statement (one round trip).
-    uscc = uscc.upper()
+    # The hot read: the key and the quota arrive in one statement (one round trip), whether
+    # or not the year has a balance row (api/hotread.py, docs/API.md#quota).
+    uscc = canonical_uscc(uscc)
     try:
         year = query_arg("year", whole_number)
         if year is None:
-            raise ApiError(400, "missing_param", "year is required (?year=YYYY)", "year")
+            year = local_year(datetime.now(UTC), policy().timezone)
         if not 2000 <= year <= 2100:
             raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
     except ApiError:
         # 401, 403 and another enterprise's 404 come before a bad year, as on every route.
         ensure_subject(authorised_principal(), "enterprise", uscc, "enterprise")
         raise
-    principal, row = authenticate_and_read(_QUOTA_WITH_KEY, uscc=uscc, year=year)
+    principal, row = authenticate_and_read(_QUOTA_WITH_KEY, **quota_params(policy(), uscc, year))
     ensure_subject(principal, "enterprise", uscc, "enterprise")
-    balance = ledger.balance_of_row(row, uscc, year)
-    if balance is None:  # no balance row for the year yet: the cap from the filings
-        if row.enterprise is None:
-            raise not_found("enterprise", uscc)
-        balance = ledger.read_quota(db_session(), policy(), uscc, year)
-        if balance is None:
-            raise not_found("enterprise", uscc)
-    return out.Quota.dump(balance)
+    if row.enterprise is None:
+        raise not_found("enterprise", uscc)
+    return out.Quota.dump(balance_of_row(row, uscc, year))
 
 
-_QUOTA_WITH_KEY = ledger.quota_with_key(key_select())
+_QUOTA_WITH_KEY = quota_with_key(key_select())
 
 
 # --- reconciliations ----------------------------------------------------------------------

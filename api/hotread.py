@@ -27,12 +27,32 @@ import threading
 import weakref
 from collections import namedtuple
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
-from sqlalchemy import Executable, event
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Executable,
+    Select,
+    and_,
+    bindparam,
+    case,
+    cast,
+    event,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.exc import DBAPIError
 
+from billing.ledger import Balance
+from billing.models import QuotaBalance
+from billing.policy import Policy
 from kernel.db import Database
+from kernel.vocabulary import CapBasis
+from metering.models import Enterprise, ModelFiling
 
 
 class HotReads:
@@ -190,3 +210,61 @@ def hot_reads(database: Database) -> HotReads:
                 event.listen(database.engine, "engine_disposed", lambda _engine: reads.close())
                 weakref.finalize(database, HotReads.close, reads)
     return reads
+
+
+# --- the quota read ---------------------------------------------------------------------------
+# `GET /v1/enterprises/{uscc}/quota` for every enterprise, with or without a balance row for the
+# year, in one statement (docs/API.md#quota, docs/ARCHITECTURE.md#rule-homes): the key's
+# columns, the cap computed from the model filings with the policy's values passed as bind
+# parameters (so one prepared statement serves every policy), the balance row's reserved and
+# granted (0 without one) and whether the enterprise is registered. It answers what
+# billing.ledger.read_quota defines; tests/billing/test_rule_homes.py holds them together.
+
+def _int(name: str):
+    return cast(bindparam(name), BigInteger)  # typed: PostgreSQL infers nothing from a bare $n
+
+
+def quota_with_key(key_select: Select) -> Select:
+    """kernel.keys.key_select() joined to the quota of (`uscc`, `year`); bind the parameters
+    of quota_params(). Columns after the key's: cap, cap_basis, reserved, granted, policy_id,
+    and `enterprise` (NULL when the USCC is not registered)."""
+    q, e, f = QuotaBalance.__table__, Enterprise.__table__, ModelFiling.__table__
+    uscc, year = bindparam("uscc"), _int("year")
+    filed = (select(literal_column("1")).select_from(f)
+             .where(f.c.enterprise_uscc == uscc,
+                    f.c.obtained_on >= bindparam("filed_from", type_=Date),
+                    f.c.obtained_on <= bindparam("filed_until", type_=Date))
+             .exists())
+    outside = or_(year < _int("first_year"), year > _int("last_year"))
+    cap = case((outside, literal_column("0", BigInteger)), (filed, _int("cap_new_model_filing")),
+               else_=_int("cap_standard"))
+    basis = case((outside, literal_column(f"'{CapBasis.OUTSIDE_POLICY_WINDOW}'")),
+                 (filed, literal_column(f"'{CapBasis.NEW_MODEL_FILING}'")),
+                 else_=literal_column(f"'{CapBasis.STANDARD}'"))
+    (keys,) = key_select.get_final_froms()
+    return (key_select
+            .add_columns(cap.label("cap"), basis.label("cap_basis"),
+                         func.coalesce(q.c.reserved, literal_column("0", BigInteger)).label("reserved"),
+                         func.coalesce(q.c.granted, literal_column("0", BigInteger)).label("granted"),
+                         func.coalesce(q.c.policy_id, bindparam("policy_id")).label("policy_id"),
+                         e.c.uscc.label("enterprise"))
+            .select_from(keys.outerjoin(q, and_(q.c.enterprise_uscc == uscc, q.c.year == year))
+                         .outerjoin(e, e.c.uscc == uscc)))
+
+
+def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
+    """The bind parameters of quota_with_key() for one enterprise-year under `policy`:
+    a filing raises the cap of `year` when obtained in one of the `new_filing_years` years
+    ending with it (billing.policy.cap_for); a year with no day in the window has cap 0."""
+    return {
+        "uscc": uscc, "year": year, "policy_id": policy.id,
+        "cap_standard": policy.cap_standard, "cap_new_model_filing": policy.cap_new_model_filing,
+        "first_year": policy.effective_from.year, "last_year": policy.effective_until.year,
+        "filed_from": date(year - policy.new_filing_years + 1, 1, 1),
+        "filed_until": date(year, 12, 31),
+    }
+
+
+def balance_of_row(row, uscc: str, year: int) -> Balance:
+    """The quota in a quota_with_key() row (check `row.enterprise` first)."""
+    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)

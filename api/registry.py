@@ -16,6 +16,7 @@ from api.schemas.registry import ModelFiling as FilingOut
 from api.schemas.registry import Provider as ProviderOut
 from kernel import audit
 from kernel.db import keyset_page
+from kernel.uscc import canonical_uscc
 from metering import registry
 from metering.models import Enterprise, ModelFiling, Provider
 from metering.registry import apply_changes, filings_of
@@ -110,8 +111,9 @@ def list_enterprises():
 
 
 def _enterprise_or_404(session, uscc: str) -> Enterprise:
-    ensure_subject(current_principal(), "enterprise", uscc.upper(), "enterprise")
-    enterprise = session.get(Enterprise, uscc.upper())
+    uscc = canonical_uscc(uscc)
+    ensure_subject(current_principal(), "enterprise", uscc, "enterprise")
+    enterprise = session.get(Enterprise, uscc)
     if enterprise is None:
         raise not_found("enterprise", uscc)
     return enterprise

@@ -14,6 +14,7 @@ from api.ratelimit import push_limiter_of
 from api.schemas.usage import UsageBatch, UsageBatchIn, UsageRecord, VoidIn
 from kernel import audit
 from kernel.periods import parse_period
+from kernel.uscc import canonical_uscc
 from metering.batches import record_batch
 from metering.ingest import ingest_records
 from metering.usage import get_record, list_records, parse_public_id, void_record
@@ -66,9 +67,7 @@ def push_usage_records():
 def _scope_filters() -> tuple[str | None, str | None]:
     principal = current_principal()
     provider = query_arg("provider")
-    enterprise = query_arg("enterprise")
-    if enterprise:
-        enterprise = enterprise.upper()
+    enterprise = query_arg("enterprise", canonical_uscc)
     if principal.role == "provider":
         if provider and provider != principal.subject:
             raise not_found("provider", provider, "provider")

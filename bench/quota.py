@@ -1,8 +1,11 @@
 """Quota look-ups: requests/s and p50/p99 latency at 32 connections, beside a bare Flask endpoint.
 
-The service runs under gunicorn (config/gunicorn.conf.py, the production settings) on a
-fresh PostgreSQL database holding N enterprises, each with a quota balance for the year
-(reserved by a reconciled claim, half of them granted) and its own enterprise API key. The
+The service runs under gunicorn (config/gunicorn.conf.py, the production settings: its
+worker class and VOUCHER_THREADS) on a fresh PostgreSQL database holding N enterprises, every
+fourth with a model filing for the year, each with its own enterprise API key and — in
+`quota-pg` — a quota balance for the year (reserved by a reconciled claim, half of them
+granted); `quota-pg-no-balance` has no balance row at all (no claim yet this year, as most
+enterprises most of the year), `quota-pg-one-key` sends every request with one key. The
 load tool, in a separate process, keeps 32 connections busy with
 `GET /v1/enterprises/{uscc}/quota?year=Y`, each request as the next enterprise with its own
 key. The reference is a bare Flask JSON endpoint (`bench/bare_app.py`: the same path and body
@@ -17,6 +20,8 @@ Before the load, answers for a sample of enterprises must equal the ledger's bal
 another enterprise's quota must answer 404; during the load every answer must be a 200.
 
     python -m bench.quota                       # the standard scenario (updates the docs)
+    python -m bench.quota --scenario quota-pg-no-balance
+    python -m bench quota                       # all three scenarios
     python -m bench.quota --enterprises 500 --duration 5 --runs 1
     python -m bench.quota --tool python
     python -m bench.quota --profile             # pyinstrument + py-spy of the request path
@@ -80,6 +85,10 @@ class Params:
     # (the bare app never does); `info` is the production default, measured with --log-level
     log_level: str = "warning"
     seed: int = 20261101
+    balances: bool = True  # a balance row per enterprise for the year (a reconciled claim)
+    keys: int = 0  # (enterprise, key) pairs in rotation; 0: every enterprise's
+    # VOUCHER_THREADS of both servers (config/gunicorn.conf.py's default unless set)
+    server_threads: int = field(default_factory=lambda: int(os.environ.get("VOUCHER_THREADS", 4)))
     min_ratio: float | None = None  # acceptance targets, reported beside the figures
     max_p99_ms: float | None = None
 
@@ -87,6 +96,10 @@ class Params:
 SCENARIOS: dict[str, Params] = {
     # Issue 8: quota look-ups at 32 connections vs a bare Flask JSON endpoint.
     "quota-pg": Params(min_ratio=0.5, max_p99_ms=50.0),
+    # Issue 14: no enterprise has a balance row yet (the cap from the filings, in SQL), and
+    # one enterprise's key on all 32 connections.
+    "quota-pg-no-balance": Params(balances=False, min_ratio=0.5, max_p99_ms=50.0),
+    "quota-pg-one-key": Params(keys=1, min_ratio=0.5, max_p99_ms=50.0),
 }
 
 TINY = dict(enterprises=20, connections=4, threads=1, duration=1.0, warmup=0.3, workers=2, runs=1,
@@ -103,16 +116,22 @@ class QuotaSeed:
     year: int
 
 
-def seed_quota(url: str, enterprises: int, year: int, seed: int = 1) -> QuotaSeed:
-    """N enterprises with a balance row each: a reconciled claim reserved part of the cap, and
-    half of the claims were approved (granted); one enterprise API key per enterprise. Written
-    through billing.ledger, so postings and balances agree as they do in production."""
+def seed_quota(url: str, enterprises: int, year: int, seed: int = 1, balances: bool = True
+               ) -> QuotaSeed:
+    """N enterprises, every fourth with a model filing obtained in `year`, one enterprise API
+    key each, and with `balances` a balance row each: a reconciled claim reserved part of the
+    cap, and half of the claims were approved (granted). Written through billing.ledger, so
+    postings and balances agree as they do in production; the expected answers are
+    billing.ledger.quotas(), the quota's definition."""
+    from datetime import date
+
     from billing import ledger
     from billing.models import Claim
     from billing.policy_file import load_policy
     from config.settings import Settings
     from kernel.db import Database
     from kernel.keys import issue_key
+    from metering.models import ModelFiling
 
     base = seed_registry(url, providers=2, enterprises=enterprises)
     policy = load_policy(Settings.from_env(env={}).policy_path)
@@ -122,7 +141,18 @@ def seed_quota(url: str, enterprises: int, year: int, seed: int = 1) -> QuotaSee
     pairs: list[tuple[str, str]] = []
     try:
         with db.session() as session, session.begin():
-            balances = ledger.lock_balances(session, policy, [(u, year) for u in base.usccs])
+            session.add_all(ModelFiling(enterprise_uscc=u, filing_no=f"ZJ-{year}-{n}",
+                                        model_name=f"模型{n}", obtained_on=date(year, 3, 1))
+                            for n, u in enumerate(base.usccs) if n % 4 == 0)
+            session.flush()
+            for uscc in base.usccs:
+                pairs.append((uscc, issue_key(session, "enterprise", uscc)[1]))
+        if not balances:
+            with db.session() as session:
+                expected = _expected(ledger.quotas(session, policy, year))
+            return QuotaSeed(pairs, expected, year)
+        with db.session() as session, session.begin():
+            rows = ledger.lock_balances(session, policy, [(u, year) for u in base.usccs])
             claims = []
             for uscc in base.usccs:
                 payable = rng.randrange(10_000, 20_000_000)  # 100 – 200,000 yuan
@@ -133,25 +163,28 @@ def seed_quota(url: str, enterprises: int, year: int, seed: int = 1) -> QuotaSee
             session.add_all(claims)
             session.flush()
             for n, claim in enumerate(claims):
-                b = balances[(claim.enterprise_uscc, year)]
+                b = rows[(claim.enterprise_uscc, year)]
                 ledger.reserve(session, b, claim.payable, claim_id=claim.id, policy_id=policy.id,
                                reason=f"reconciliation {period}")
                 if n % 2 == 0:
                     ledger.grant(session, b, claim.payable, claim_id=claim.id, policy_id=policy.id,
                                  reason="approved")
                     claim.status = "approved"
-            for uscc in base.usccs:
-                pairs.append((uscc, issue_key(session, "enterprise", uscc)[1]))
-            expected = {u: {"cap": b.cap, "reserved": b.reserved, "granted": b.granted,
-                            "remaining": b.remaining} for (u, _y), b in balances.items()}
+        with db.session() as session:
+            expected = _expected(ledger.quotas(session, policy, year))
     finally:
         db.dispose()
     return QuotaSeed(pairs, expected, year)
 
 
+def _expected(quotas: dict) -> dict[str, dict[str, Any]]:
+    return {u: {"cap": b.cap, "cap_basis": str(b.cap_basis), "reserved": b.reserved,
+                "granted": b.granted, "remaining": b.remaining} for u, b in quotas.items()}
+
+
 def check_answers(url: str, qs: QuotaSeed, sample: int = 20) -> dict[str, bool]:
     """The service's answers equal the ledger's balances; another enterprise's quota is 404."""
-    picked = qs.pairs[:: max(1, len(qs.pairs) // sample)]
+    picked = qs.pairs[:: max(1, len(qs.pairs) // sample) | 1]  # odd: filed and unfiled alike
     right = True
     for uscc, key in picked:
         r = requests.get(f"{url}/v1/enterprises/{uscc}/quota", params={"year": qs.year},
@@ -378,14 +411,16 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
             tempfile.TemporaryDirectory(prefix="voucher-bench-quota-") as tmp:
         meta["database"] = bdb.server_version()
         t0 = time.perf_counter()
-        qs = seed_quota(bdb.url, params.enterprises, params.year, params.seed)
-        log(f"[{name}] seeded {params.enterprises:,} enterprises with balances and keys in "
+        qs = seed_quota(bdb.url, params.enterprises, params.year, params.seed, params.balances)
+        log(f"[{name}] seeded {params.enterprises:,} enterprises with "
+            f"{'balances and ' if params.balances else ''}keys in "
             f"{time.perf_counter() - t0:.1f} s; {meta['database']}")
         pairs = qs.pairs[:]
         random.Random(params.seed).shuffle(pairs)
+        pairs = pairs[:params.keys] if params.keys else pairs
         load = Load(params, pairs, Path(tmp), log)
         meta["tool"] = load.tool
-        env = {"VOUCHER_LOG_LEVEL": params.log_level}
+        env = {"VOUCHER_LOG_LEVEL": params.log_level, "VOUCHER_THREADS": str(params.server_threads)}
         service = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "service.log",
                          env=env)
         bare = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "bare.log",
@@ -457,10 +492,16 @@ def render(result: dict[str, Any]) -> str:
                         f"{r['quota']['latency_ms']['p99']} vs {r['reference']['latency_ms']['p99']} ms)"
                         for r in result["runs"])
     loads = ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["runs"])
+    keys = p.get("keys") or p["enterprises"]
+    rows = ("a balance row each" if p.get("balances", True)
+            else "no balance row (the cap from the filings)")
+    rotation = ("one enterprise's key on every connection" if keys == 1
+                else f"{keys:,} enterprises and keys in rotation")
     return (f"{table}\n\n{p['connections']} connections, {p['duration']:g} s per measurement, "
-            f"{p['runs']} runs, {p['workers']} gunicorn sync workers, load tool `{result['tool']}` "
-            f"({p['threads']} threads), {p['enterprises']:,} enterprises and keys in rotation, "
-            f"VOUCHER_LOG_LEVEL={p.get('log_level', 'warning')}.\n"
+            f"{p['runs']} runs, {p['workers']} gunicorn workers × {p.get('server_threads', 4)} "
+            f"threads (config/gunicorn.conf.py's worker), load tool `{result['tool']}` "
+            f"({p['threads']} threads), {p['enterprises']:,} enterprises with {rows}, "
+            f"{rotation}, VOUCHER_LOG_LEVEL={p.get('log_level', 'warning')}.\n"
             f"Runs (service vs reference requests/s): {per_run}.\n{provenance_line(result)} "
             f"1-minute load average before each run: {loads}.")
 
@@ -543,6 +584,7 @@ def print_heaviest(raw: Path, log: Any = print, top: int = 25) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.quota", description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", choices=list(SCENARIOS), default="quota-pg")
     ap.add_argument("--enterprises", type=int)
     ap.add_argument("--connections", type=int)
     ap.add_argument("--threads", type=int)
@@ -563,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import RESULTS_DIR
 
     args = parse_args(argv)
-    params = SCENARIOS["quota-pg"]
+    params = SCENARIOS[args.scenario]
     overrides = {k: getattr(args, k) for k in ("enterprises", "connections", "threads", "duration",
                                                "workers", "runs", "tool", "log_level")
                  if getattr(args, k)}
@@ -574,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         profile(params, args.results_dir or RESULTS_DIR)
         return 0
     custom = args.tiny or bool(set(overrides) - {"tool", "runs"})
-    name = "quota-pg" + ("-tiny" if args.tiny else "-custom" if custom else "")
+    name = args.scenario + ("-tiny" if args.tiny else "-custom" if custom else "")
     result = run_scenario(name, params, docs=not (custom or args.no_docs),
                           results_dir=args.results_dir)
     for line in unmet_targets(name, result):

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Select, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import and_, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -296,27 +296,6 @@ def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
     return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
 
-def quota_with_key(key_select: Select) -> Select:
-    """The quota read joined to the key look-up (kernel.keys.key_select()), for the hot path
-    `GET /v1/enterprises/{uscc}/quota`: bind parameters `uscc` and `year`; the row carries
-    the balance row's columns (NULL without one) and `enterprise` (NULL when unregistered)."""
-    uscc, year = bindparam("uscc"), bindparam("year")
-    q, e = QuotaBalance.__table__, Enterprise.__table__  # Core tables: no ORM compile step
-    (keys,) = key_select.get_final_froms()
-    return (key_select
-            .add_columns(q.c.cap, q.c.cap_basis, q.c.reserved, q.c.granted, q.c.policy_id,
-                         e.c.uscc.label("enterprise"))
-            .select_from(keys.outerjoin(q, and_(q.c.enterprise_uscc == uscc, q.c.year == year))
-                         .outerjoin(e, e.c.uscc == uscc)))
-
-
-def balance_of_row(row, uscc: str, year: int) -> Balance | None:
-    """The Balance in a quota_with_key() row (quota_of); None when the year has no balance row yet."""
-    if row.cap is None:
-        return None
-    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
-
-
 @dataclass
 class Breach:
     what: str
@@ -395,13 +374,11 @@ __all__ = [
     "Transfer",
     "apply_transfers",
     "post_many",
-    "balance_of_row",
     "VerifyReport",
     "clawback",
     "grant",
     "lock_balances",
     "quota_of",
-    "quota_with_key",
     "quotas",
     "read_quota",
     "stage",

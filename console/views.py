@@ -84,6 +84,7 @@ from kernel.periods import (
     previous_period,
     year_periods,
 )
+from kernel.uscc import canonical_uscc
 from kernel.vocabulary import RECONCILED, ClaimStatus, Event, UsageStatus
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
@@ -340,7 +341,7 @@ def claim_explanations(c: Claim) -> list[str]:
 @bp.get("/enterprises/<uscc>")
 @login_required("enterprise", "finance")
 def enterprise(uscc: str):
-    uscc = uscc.upper()
+    uscc = canonical_uscc(uscc)
     ent = _enterprise_or_404(uscc)
     year = _year_arg()
     s = db_session()
@@ -403,7 +404,7 @@ def service_error(exc: DomainError) -> str:
 @bp.route("/enterprises/<uscc>/claims/new", methods=["GET", "POST"])
 @login_required("enterprise", "finance")
 def new_claim(uscc: str):
-    uscc = uscc.upper()
+    uscc = canonical_uscc(uscc)
     ent = _enterprise_or_404(uscc)
     s = db_session()
     closed = current_period(tz=policy().timezone)

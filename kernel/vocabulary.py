@@ -58,6 +58,7 @@ class Discrepancy(StrEnum):
 class CapBasis(StrEnum):
     STANDARD = "standard"
     NEW_MODEL_FILING = "new_model_filing"
+    OUTSIDE_POLICY_WINDOW = "outside_policy_window"  # v2: a year with no day in the window, cap 0
 
 
 class AdjustmentKind(StrEnum):

@@ -12,15 +12,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from stdnum.cn import uscc as uscc_mod
 
 from kernel.nesting import deeper_than
 from kernel.periods import period_of
+from kernel.uscc import valid_uscc
 
 UNITS = ("gpu_hour", "core_hour", "node_hour")
 CURRENCIES = ("CNY",)
@@ -32,12 +31,6 @@ QUANTITY_STEP = Decimal("0.000001")
 _RESOURCE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
-
-@lru_cache(maxsize=65536)
-def uscc_is_valid(code: str) -> bool:
-    """GB 32100-2015 check; cached, since a programme has a few thousand enterprises that
-    appear in every batch (the check was a fifth of the server's time per push)."""
-    return uscc_mod.is_valid(code)
 
 def metadata_too_big(v: dict) -> bool:
     """len(json.dumps(v, default=str)) > MAX_METADATA_BYTES, without serialising the usual
@@ -99,8 +92,8 @@ def parse_quantity(value: Any) -> Decimal:
         q = Decimal(value) if not isinstance(value, Decimal) else value
     except InvalidOperation:
         raise _fail("invalid_quantity", "is not a decimal number") from None
-    if not q.is_finite() or q < 0:
-        raise _fail("invalid_quantity", "must be a finite number ≥ 0")
+    if not q.is_finite() or q <= 0:  # v2: usage of nothing is not usage (docs/API.md#record-codes)
+        raise _fail("invalid_quantity", "must be a finite number greater than 0")
     if q > MAX_QUANTITY:
         raise _fail("invalid_quantity", f"must be at most {MAX_QUANTITY}")
     if q != q.quantize(QUANTITY_STEP, rounding="ROUND_DOWN"):
@@ -147,9 +140,10 @@ class UsageRecordIn(BaseModel):
     @field_validator("enterprise_uscc", mode="before")
     @classmethod
     def _uscc(cls, v: Any) -> str:
-        if not isinstance(v, str) or not uscc_is_valid(v.strip().upper()):
+        code = valid_uscc(v)  # stored canonical (docs/API.md#uscc)
+        if code is None:
             raise _fail("invalid_uscc", "is not a valid unified social credit code (GB 32100-2015)")
-        return v.strip().upper()
+        return code
 
     @field_validator("resource", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from kernel import audit
 from kernel.errors import Conflict, Invalid
+from kernel.uscc import canonical_uscc
 from metering.models import Enterprise, ModelFiling, Provider
 
 
@@ -66,14 +67,15 @@ def create_provider(session: Session, values: dict[str, Any]) -> Provider:
 
 def create_enterprise(session: Session, values: dict[str, Any]) -> Enterprise:
     """Register an enterprise (docs/API.md#registry); Conflict `resource_exists` on its USCC."""
-    uscc = values["uscc"]
+    uscc = canonical_uscc(values["uscc"])
+    values = {**values, "uscc": uscc}
     return _register(session, Enterprise, uscc, values, kind="enterprise",
                      exists=Conflict("resource_exists", f"Enterprise {uscc} already exists", "uscc"))
 
 
 def check_key_subject(session: Session, role: str, subject: str | None) -> str | None:
     """A provider key names a registered provider, an enterprise key a registered USCC
-    (normalised to upper case), a finance key nothing; Invalid otherwise (param `subject`)."""
+    (in its canonical form, kernel.uscc), a finance key nothing; Invalid otherwise (param `subject`)."""
     if role == "finance":
         if subject:
             raise Invalid("invalid_field", "a finance key has no subject", "subject")
@@ -84,7 +86,7 @@ def check_key_subject(session: Session, role: str, subject: str | None) -> str |
         if session.get(Provider, subject) is None:
             raise Invalid("unknown_provider", f"No such provider: {subject!r}", "subject")
         return subject
-    subject = subject.upper()
+    subject = canonical_uscc(subject)
     if session.get(Enterprise, subject) is None:
         raise Invalid("unknown_enterprise", f"No such enterprise: {subject!r}", "subject")
     return subject

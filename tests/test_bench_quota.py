@@ -93,3 +93,22 @@ def test_unmet_targets_name_minimums_and_maximums():
     assert unmet_targets("quota-pg", result) == ["quota-pg: ratio 0.4 below 0.5",
                                                  "quota-pg: p99_ms 61.0 above 50"]
     assert unmet_targets("x", {"median": {}, "targets": {}}) == []
+
+
+@pytest.mark.parametrize("scenario", ["quota-pg-no-balance", "quota-pg-one-key"])
+def test_issue_14_scenarios_answer_right_without_balance_rows_and_with_one_key(scenario, tmp_path):
+    params = replace(SCENARIOS[scenario], **TINY, tool="wrk" if shutil.which("wrk") else "python")
+    result = run_scenario(f"{scenario}-tiny", params, docs=False, results_dir=tmp_path,
+                          admin=ADMIN, log=quiet)
+    assert all(result["checks"].values()), result["checks"]
+    (run,) = result["runs"]
+    assert run["quota"]["requests"] > 0 and run["quota"]["non_2xx"] == 0
+    assert SCENARIOS[scenario].min_ratio == 0.5 and SCENARIOS[scenario].max_p99_ms == 50.0
+
+
+def test_seed_without_balance_rows_expects_the_filings_cap(tmp_path):
+    with BenchDatabase.create("postgresql", ADMIN) as bdb:
+        qs = seed_quota(bdb.url, 8, 2026, balances=False)
+        caps = [qs.balances[u]["cap"] for u, _k in qs.pairs]
+        assert caps == [500_000_000 if n % 4 == 0 else 200_000_000 for n in range(8)]
+        assert all(b["reserved"] == b["granted"] == 0 for b in qs.balances.values())

@@ -7,6 +7,9 @@ database drops the connection (a restart, an idle timeout).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 import psycopg
 from sqlalchemy import event
 
@@ -103,3 +106,39 @@ def test_a_dropped_connection_is_replaced_and_the_read_answers(pg):
     r = enterprise.get(f"/v1/enterprises/{u0}/quota?year=2026")
     assert r.status_code == 200 and r.json["reserved"] == 300_000
     assert reads._local.conn.info.backend_pid != pid  # noqa: SLF001
+
+
+def test_a_year_without_a_balance_row_is_the_same_one_statement(pg):
+    """Most enterprises have no claim yet this year: no ORM fallback, no pool (issue 14)."""
+    (u0, u1), _provider = _programme(pg)
+    pg.finance.post(f"/v1/enterprises/{u1}/model-filings",
+                    json={"filing_no": "ZJ-1", "model_name": "m", "obtained_on": "2026-03-01"})
+    through_engine: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args):
+        through_engine.append(statement)
+
+    bodies = {}
+    event.listen(pg.db.engine, "before_cursor_execute", seen)
+    try:
+        for uscc, year in ((u0, 2026), (u1, 2026), (u1, 2027), (u0, 2028)):
+            r = pg.as_key("enterprise", uscc).get(f"/v1/enterprises/{uscc}/quota?year={year}")
+            assert r.status_code == 200, r.json
+            bodies[(uscc, year)] = (r.json["cap"], r.json["cap_basis"], r.json["reserved"],
+                                    r.json["granted"], r.json["remaining"])
+    finally:
+        event.remove(pg.db.engine, "before_cursor_execute", seen)
+    assert [s for s in through_engine if "quota_balance" in s] == []  # the keys' inserts only
+    assert bodies == {
+        (u0, 2026): (200_000_000, "standard", 0, 0, 200_000_000),
+        (u1, 2026): (500_000_000, "new_model_filing", 0, 0, 500_000_000),
+        (u1, 2027): (200_000_000, "standard", 0, 0, 200_000_000),
+        (u0, 2028): (0, "outside_policy_window", 0, 0, 0),
+    }
+
+
+def test_without_year_the_quota_is_the_current_year_in_shanghai(pg):
+    (u0, _u1), _provider = _programme(pg)
+    r = pg.as_key("enterprise", u0).get(f"/v1/enterprises/{u0}/quota")
+    assert r.status_code == 200, r.json
+    assert r.json["year"] == datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).year

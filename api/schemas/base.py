@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError
-from stdnum.cn import uscc as uscc_mod
+
+from kernel.uscc import valid_uscc
 
 USCC_EXAMPLE = "91330402MA2B7K3X13"
 ERROR_TYPES = Literal["invalid_request_error", "authentication_error", "permission_error",
@@ -53,12 +54,14 @@ def or_empty(factory: type) -> Any:
 
 
 def normalise_uscc(value: object) -> str:
-    if not isinstance(value, str) or not uscc_mod.is_valid(value.strip().upper()):
+    code = valid_uscc(value)
+    if code is None:
         raise PydanticCustomError("invalid_uscc", "is not a valid unified social credit code")
-    return value.strip().upper()
+    return code
 
 
-# A USCC in a request body: checked (GB 32100-2015) and upper-cased; `invalid_uscc` otherwise.
+# A USCC in a request body: checked (GB 32100-2015) and made canonical (kernel.uscc:
+# separators removed, upper case; docs/API.md#uscc); `invalid_uscc` otherwise.
 Uscc = Annotated[str, BeforeValidator(normalise_uscc)]
 
 

@@ -138,7 +138,7 @@ class Quota(Resource):
     year: int
     currency: Literal["CNY"] = "CNY"
     cap: int
-    cap_basis: Literal["standard", "new_model_filing"]
+    cap_basis: Literal["standard", "new_model_filing", "outside_policy_window"]
     granted: int
     reserved: int
     remaining: int = Field(description="cap − granted − reserved, never below 0")

@@ -346,3 +346,28 @@ def test_provider_file_with_inline_column_table(tmp_path: Path):
         "gpu_hour",
         1600,
     )
+
+
+def test_zero_quantity_rows_are_skipped_and_counted_never_pushed():
+    text = csv_text(
+        "r-1,acme,gpu,0,gpu_hour,2025-06-01T00:00:00Z,2025-06-01T01:00:00Z,800",
+        "r-2,acme,gpu,0.0000004,gpu_hour,2025-06-01T00:00:00Z,2025-06-01T01:00:00Z,",
+        "r-3,acme,gpu,1,gpu_hour,2025-06-01T00:00:00Z,2025-06-01T01:00:00Z,800",
+    )
+    out = parse_csv(text, make_config())
+    assert [r["record_id"] for r in out.records] == ["r-3"]
+    assert out.skipped_by_reason() == {"zero_quantity": 2}
+    assert [s.line for s in out.skipped] == [2, 3]
+
+
+def test_a_tenant_map_with_separators_yields_the_canonical_uscc(tmp_path: Path):
+    spaced = f"{ACME[:8]}-{ACME[8:]}".lower()
+    path = tmp_path / "jx-cloud.toml"
+    path.write_text(f'[adapter]\ntype = "csv"\n[tenants]\nacme = "{spaced}"\n[prices]\ngpu = 800\n')
+    config = load_provider_config(path)
+    assert config.tenants == {"acme": ACME}
+    cols = {k: v for k, v in COLUMNS.items() if k != "tenant"} | {"enterprise_uscc": "uscc"}
+    text = csv_text(f"r-1,{ACME[:8]} {ACME[8:]},gpu,1,gpu_hour,2025-06-01T00:00:00Z,"
+                    "2025-06-01T01:00:00Z,800", header="id,uscc,sku,qty,unit,start,end,fee_fen")
+    [rec] = parse_csv(text, make_config(columns=cols)).records
+    assert rec["enterprise_uscc"] == ACME

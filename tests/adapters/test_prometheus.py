@@ -369,3 +369,11 @@ def test_provider_file_settings(tmp_path):
     [record] = adapter.extract(T0, now).records
     assert record["record_id"] == "jx-k8s-1:ent-a:2025-06-01T00:00:00+00:00"
     assert (record["resource"], record["amount"]) == ("gpu.a100", 1200)
+
+
+def test_gpus_held_for_less_than_the_rounding_step_are_skipped_and_counted():
+    # 0.000001 GPUs for one instant of 60 s = 1.7e-8 GPU-hours: 0 at 6 decimals, not a record
+    fake = FakePrometheus({"ent-a": lambda t: "0.000001" if t == epoch(T0) else "0",
+                           "ent-b": lambda t: "0"})
+    out = adapter_for(fake, T0 + 2 * H).extract(T0, T0 + H)
+    assert out.records == [] and out.skipped_by_reason() == {"zero_quantity": 1}

@@ -345,7 +345,7 @@ def test_scopes_for_claims_and_quota(w):
     assert w["a"].get(f"/v1/claims/{cid}").status_code == 403
     assert w["e0"].post("/v1/reconciliations", json={"period": "2026-10"}).status_code == 403
     assert w["e0"].post(f"/v1/claims/{cid}/approve").status_code == 403
-    assert w["e0"].get(f"/v1/enterprises/{u0}/quota").status_code == 400
+    assert w["e0"].get(f"/v1/enterprises/{u0}/quota").status_code == 200  # v2: the current year
     assert w["finance"].get(f"/v1/enterprises/{make_uscc(777)}/quota?year=2026").status_code == 404
 
 

@@ -100,6 +100,8 @@ FUTURE = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
         ({"started_at": "2026-10-16T10:00:00+08:00"}, "invalid_time_range", "ended_at"),
         ({"ended_at": FUTURE}, "invalid_time_range", "ended_at"),
         ({"quantity": "-1"}, "invalid_quantity", "quantity"),
+        ({"quantity": "0"}, "invalid_quantity", "quantity"),  # v2: > 0, even with an amount
+        ({"quantity": "0.000000", "amount": 1}, "invalid_quantity", "quantity"),
         ({"quantity": "1.0000001"}, "invalid_quantity", "quantity"),
         ({"quantity": "abc"}, "invalid_quantity", "quantity"),
         ({"quantity": "NaN"}, "invalid_quantity", "quantity"),
