@@ -31,7 +31,7 @@ from billing.invoices import submit_invoice
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
 from kernel.keys import key_select
-from kernel.periods import parse_period
+from kernel.periods import current_period, parse_period, period_year
 from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
 
@@ -135,7 +135,8 @@ def create_claim():
             raise ApiError(422, "unknown_enterprise", f"Enterprise {uscc} is not registered", "enterprise_uscc")
         claim = claims_svc.submit_claim(session, uscc, body.period,
                                         [i.model_dump() for i in body.items],
-                                        [s.model_dump() for s in body.other_subsidies])
+                                        [s.model_dump() for s in body.other_subsidies],
+                                        current_app.extensions["voucher.claim_limits"])
     return out.Claim.dump(claim), 201
 
 
@@ -220,7 +221,8 @@ def reject_claim(claim_id: str):
 
 @doc("An enterprise's subsidy quota for a year", response=out.Quota, tags=["quota"],
      description="cap, cap basis (standard or new model filing), granted, reserved and remaining.",
-     query=[query("year", "Calendar year", "integer", example=2026, required=True)])
+     query=[query("year", "Calendar year; the current one (Asia/Shanghai) when left out", "integer",
+                  example=2026)])
 @bp.get("/enterprises/<uscc>/quota")
 @requires("enterprise", "finance", deferred=True)
 def get_quota(uscc: str):
@@ -228,8 +230,8 @@ def get_quota(uscc: str):
     uscc = uscc.upper()
     try:
         year = query_arg("year", int)
-        if year is None:
-            raise ApiError(400, "missing_param", "year is required (?year=YYYY)", "year")
+        if year is None:  # docs/API.md#quota: the current year in the policy's timezone
+            year = period_year(current_period(tz=policy().timezone))
         if not 2000 <= year <= 2100:
             raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
     except ApiError:
