@@ -236,3 +236,12 @@ def test_quota_without_year_is_the_current_shanghai_year(w):
     assert r.status_code == 200, r.json
     year = period_year(current_period(tz="Asia/Shanghai"))
     assert r.json == quota(w, u, year)
+
+
+def test_the_reconciliation_runs_the_v2_policy_functions():
+    """One home per rule (docs/ARCHITECTURE.md#rule-homes): the v2 arithmetic is billing/policy.py's."""
+    from billing import policy, reconciliation
+
+    assert reconciliation.listing_bounds is policy.listing_bounds
+    assert reconciliation.approved_item_base is policy.approved_item_base
+    assert reconciliation.recomputed_grant is policy.recomputed_grant
