@@ -137,7 +137,8 @@ def create_claim():
             raise ApiError(422, "unknown_enterprise", f"Enterprise {uscc} is not registered", "enterprise_uscc")
         claim = claims_svc.submit_claim(session, uscc, body.period,
                                         [i.model_dump() for i in body.items],
-                                        [s.model_dump() for s in body.other_subsidies])
+                                        [s.model_dump() for s in body.other_subsidies],
+                                        current_app.extensions["voucher.claim_limits"])
     return out.Claim.dump(claim), 201
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -17,7 +18,7 @@ from kernel.errors import Conflict, Invalid
 from kernel.periods import current_period, parse_period, period_year
 from kernel.vocabulary import OPEN as VOCAB_OPEN
 from kernel.vocabulary import RECONCILED, ClaimStatus
-from metering.models import Provider
+from metering.models import Enterprise, Provider
 
 OPEN = VOCAB_OPEN  # kernel/vocabulary.py
 
@@ -26,13 +27,39 @@ def parse_claim_id(value: str) -> int:
     return parse_row_id("clm_", value, "claim")
 
 
+@dataclass(frozen=True)
+class ClaimLimits:
+    """How many undecided claims an enterprise may have per period, and items per claim
+    (docs/API.md#claim-submit). The values come from config/settings.py, passed down by the
+    composition root."""
+
+    undecided_per_period: int
+    items: int
+
+
 def submit_claim(session: Session, enterprise_uscc: str, period: str, items: list[dict[str, Any]],
-                 other_subsidies: list[dict[str, Any]]) -> Claim:
+                 other_subsidies: list[dict[str, Any]], limits: ClaimLimits | None = None) -> Claim:
+    """Store a claim for a past month. With `limits` (the API and the console pass the
+    settings'), more items than allowed is Invalid `too_many_items` and a claim beyond the
+    period's undecided ones is Invalid `too_many_claims`."""
     if period >= current_period():
         raise Invalid("period_not_closed", f"Claims are for past months only; {period} is not over",
                       "period")
     parse_period(period)
     refuse_if_closed(session, period)  # and holds the period's shared lock: a close waits for this claim
+    if limits is not None:
+        if len(items) > limits.items:
+            raise Invalid("too_many_items", f"A claim lists at most {limits.items} invoices, "
+                          f"this one {len(items)}", "items")
+        # One submission per enterprise at a time counts (the enterprise row's lock; a no-op on
+        # SQLite, whose writers are serial): two at once could both see nine.
+        session.execute(select(Enterprise.uscc).where(Enterprise.uscc == enterprise_uscc)
+                        .with_for_update())
+        undecided = session.scalar(select(func.count()).select_from(Claim).where(
+            Claim.enterprise_uscc == enterprise_uscc, Claim.period == period, Claim.status.in_(OPEN)))
+        if undecided >= limits.undecided_per_period:
+            raise Invalid("too_many_claims", f"{enterprise_uscc} already has {undecided} undecided "
+                          f"claims for {period}; at most {limits.undecided_per_period}", "period")
     seen: dict[tuple[str, str], int] = {}
     provider_ids = {it["provider_id"] for it in items}
     known = set(session.scalars(select(Provider.id).where(Provider.id.in_(provider_ids))))

@@ -267,32 +267,30 @@ def clawback(session: Session, b: Balance, amount: Fen, **why) -> None:
 
 def quota_of(policy: Policy, uscc: str, year: int, row, filings: Iterable) -> Balance:
     """The definition of an enterprise's quota for a year (docs/ARCHITECTURE.md#rule-homes):
-    its balance row's figures when the year has one (`row`: anything with cap, cap_basis,
-    reserved, granted, policy_id), else the policy's cap for its filings with nothing used."""
-    if row is not None:
-        return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
+    the cap and its basis derived from the filings now (cap_for) — whether or not the year has
+    a balance row, so a filing recorded at any time shows at the next read (docs/API.md#quota) —
+    with the balance row's reserved and granted (`row`: anything with reserved, granted and
+    policy_id; None: nothing used yet)."""
     cap, basis = cap_for(policy, year, filings)
+    if row is not None:
+        return Balance(uscc, year, cap, basis, row.reserved, row.granted, row.policy_id)
     return Balance(uscc, year, cap, basis, 0, 0, policy.id)
 
 
 def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balance | None:
-    """One enterprise's quota (quota_of): one round trip when the year has a balance row.
-
-    None when the enterprise is not registered.
-    """
+    """One enterprise's quota (quota_of). None when the enterprise is not registered."""
     row = session.scalars(select(QuotaBalance).where(
         QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year)).first()
     if row is None and session.get(Enterprise, uscc) is None:
         return None
-    filings = filing_dates(session, [uscc]).get(uscc, []) if row is None else ()
-    return quota_of(policy, uscc, year, row, filings)
+    return quota_of(policy, uscc, year, row, filing_dates(session, [uscc]).get(uscc, []))
 
 
 def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
     """Every registered enterprise's quota for `year` (quota_of), by USCC: three queries."""
     usccs = list(session.scalars(select(Enterprise.uscc).order_by(Enterprise.uscc)))
     rows = {r.enterprise_uscc: r for r in session.scalars(select(QuotaBalance).where(QuotaBalance.year == year))}
-    filings = filing_dates(session, [u for u in usccs if u not in rows])
+    filings = filing_dates(session, usccs)
     return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
 

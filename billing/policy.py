@@ -22,6 +22,7 @@ Fen = int
 
 CAP_STANDARD = CapBasis.STANDARD
 CAP_NEW_MODEL_FILING = CapBasis.NEW_MODEL_FILING
+CAP_OUTSIDE_POLICY_WINDOW = CapBasis.OUTSIDE_POLICY_WINDOW
 
 INVOICE_AMOUNT_MISMATCH = Discrepancy.INVOICE_AMOUNT_MISMATCH
 USAGE_INVOICE_MISMATCH = Discrepancy.USAGE_INVOICE_MISMATCH
@@ -128,9 +129,9 @@ class ClaimAmounts:
 
     base: Fen  # Σ item bases
     computed: Fen  # round(base × rate), once per claim
-    payable_before_cap: Fen  # after 就高不重复
-    payable: Fen  # after the remaining quota of the period's year
-    cap_reached: bool  # payable was cut by the quota
+    payable_before_cap: Fen  # 就高不重复 without the cap: max(computed − other, 0)
+    payable: Fen  # max(min(computed, remaining) − other, 0): the cap, then 就高不重复
+    cap_reached: bool  # the quota cut the payable (payable < payable_before_cap)
 
 
 def _is_int(v: object) -> bool:
@@ -145,13 +146,22 @@ def _fen(name: str, v: object) -> Fen:
     return v  # type: ignore[return-value]
 
 
+def year_in_window(policy: Policy, year: int) -> bool:
+    """Whether calendar `year` has at least one day inside the policy window."""
+    return date(year, 1, 1) <= policy.effective_until and date(year, 12, 31) >= policy.effective_from
+
+
 def cap_for(policy: Policy, year: int, filing_dates: Iterable[date]) -> tuple[Fen, str]:
-    """The annual cap of `year` and its basis ("standard" or "new_model_filing").
+    """The annual cap of `year` and its basis (docs/API.md#quota): "standard",
+    "new_model_filing", or 0 with "outside_policy_window" for a year with no day in the window.
 
     §四(一): 200万/year, 500万 for an enterprise that 新获得 (newly obtained) a generative-AI
     model filing. "Newly" = the filing's `obtained_on` falls in the year, or, with
-    `new_filing_years = n`, in one of the n-1 years before it: Y <= year < Y + n.
+    `new_filing_years = n`, in one of the n-1 years before it: Y <= year < Y + n — also when
+    the filing predates effective_from, as long as `year` itself is a window year.
     """
+    if not year_in_window(policy, year):
+        return 0, CAP_OUTSIDE_POLICY_WINDOW
     for obtained_on in filing_dates:
         if obtained_on.year <= year < obtained_on.year + policy.new_filing_years:
             return policy.cap_new_model_filing, CAP_NEW_MODEL_FILING
@@ -196,6 +206,19 @@ def window_bounds(policy: Policy) -> tuple[datetime, datetime]:
     return start, end
 
 
+def listing_bounds(policy: Policy, listed_from: date | None, listed_until: date | None
+                   ) -> tuple[datetime, datetime]:
+    """`window_bounds` narrowed to a provider's listing (both dates inclusive, None = open):
+    usage of that provider counts toward the eligible metered amount exactly when it ended
+    (policy-timezone date) inside both. An empty range has start >= end."""
+    start, end = window_bounds(policy)
+    tz = periods.zone(policy.timezone)
+    if listed_from is not None:
+        start = max(start, datetime.combine(listed_from, time.min, tz))
+    if listed_until is not None:
+        end = min(end, datetime.combine(listed_until + timedelta(days=1), time.min, tz))
+    return start, end
+
 
 def within_tolerance(policy: Policy, a: Fen, b: Fen) -> bool:
     """Reconciliation checks 5.2 and 5.4 (docs/API.md#rec-steps): two amounts agree when they differ by at most the tolerance."""
@@ -235,12 +258,17 @@ def item_base(
 
 
 def compute_claim(
-    policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen], remaining: Fen
+    policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen], remaining: Fen,
+    held: Fen = 0,
 ) -> ClaimAmounts:
-    """The subsidy of one claim (docs/API.md#claim-arithmetic), given its item bases and the year's remaining quota.
+    """The subsidy of one claim (docs/API.md#claim-arithmetic), given its item bases and the
+    quota available to it: the year's remaining quota plus `held`, what the claim already holds.
 
     Rounds once per claim, so splitting a claim into items never gains or loses a fen.
-    `remaining` may be negative (a cap lowered below what is used); it counts as 0.
+    `remaining` may be negative (a cap lowered below what is used); it counts as 0. The cap
+    alone never cuts a claim below what it holds while its own figures still support that
+    (`min(held, max(computed − other, 0))`): quota reserved or granted in an earlier run is not
+    taken back because later claims used the rest, so a re-run with nothing changed moves nothing.
     """
     base = sum(_fen(f"item_bases[{i}]", b) for i, b in enumerate(item_bases))
     other = sum(_fen(f"other_subsidies[{i}]", o) for i, o in enumerate(other_subsidies))
@@ -250,8 +278,38 @@ def compute_claim(
         )
     # §四(一): 按照实际使用金额的50%给予算力补贴 — rate × base, rounded once.
     computed = ROUNDINGS[policy.rounding](base * policy.rate)
-    # 就高不重复: the same spend's other subsidies come off; the enterprise keeps the higher.
     payable_before_cap = max(computed - other, 0)
-    # 年度算力补贴金额不超过200万元/500万元: never more than the year has left.
-    payable = min(payable_before_cap, max(remaining, 0))
+    kept = min(_fen("held", held), payable_before_cap)
+    payable = max(stacked_payable(computed, remaining, other), kept)
     return ClaimAmounts(base, computed, payable_before_cap, payable, payable < payable_before_cap)
+
+
+def stacked_payable(computed: Fen, remaining: Fen, other: Fen) -> Fen:
+    """就高不重复 with the cap (docs/API.md#claim-arithmetic): `max(min(computed, remaining) − other, 0)`.
+
+    What this programme would pay on its own, cap included (年度算力补贴金额不超过200万元/500万元),
+    is compared with the other subsidies on the same spend and only the difference is topped
+    up, so the enterprise ends with the higher of the two, never both — also when the cap
+    binds. A negative `remaining` counts as 0.
+    """
+    return max(min(computed, max(remaining, 0)) - other, 0)
+
+
+def approved_item_base(amount_paid: Fen, invoice_amount: Fen | None, eligible_metered: Fen) -> Fen:
+    """An approved claim's item base at a re-run (docs/API.md#clawbacks): the least of paid,
+    invoiced and the eligible usage metered now — not zeroed for discrepancies, since a person
+    approved them; 0 without an invoice."""
+    if invoice_amount is None:
+        return 0
+    return min(_fen("amount_paid", amount_paid), _fen("invoice_amount", invoice_amount),
+               _fen("eligible_metered", eligible_metered))
+
+
+def recomputed_grant(policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen],
+                     remaining: Fen, granted: Fen) -> Fen:
+    """What an approved claim keeps after a re-run (docs/API.md#clawbacks): its figures
+    recomputed (rate, rounding, the cap with its own grant counted as available, 就高不重复),
+    never more than it was granted. `remaining` is the year's remaining quota without it."""
+    _fen("granted", granted)
+    available = max(remaining, 0) + granted
+    return min(compute_claim(policy, item_bases, other_subsidies, available, held=granted).payable, granted)

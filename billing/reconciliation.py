@@ -5,8 +5,8 @@ balances), then streams the claims in id order, a batch at a time with their ite
 invoices, evaluates each with pure functions and adjusts reservations by the difference from
 what the claim already holds — so a re-run changes nothing and never reserves twice. Each
 batch is written back with a few executemany statements; memory does not grow with the
-number of claims or usage records. Approved claims whose usage was voided afterwards are
-clawed back.
+number of claims or usage records. Approved claims are recomputed at every run and clawed
+back by the difference when voided usage no longer supports their grant (docs/API.md#clawbacks).
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ from billing.policy import (
     INVOICE_AMOUNT_MISMATCH,
     USAGE_INVOICE_MISMATCH,
     Policy,
+    approved_item_base,
     compute_claim,
     in_window,
     item_base,
+    listing_bounds,
     period_dates,
+    recomputed_grant,
     window_bounds,
 )
 from billing.totals import ClaimTotals, codes_of
@@ -71,7 +74,8 @@ class ItemFacts:
     invoice_amount: Fen | None  # None: no such invoice for this enterprise and period
     metered: Fen  # the whole month's active usage, compared with the invoice
     first_claim_id: int | None  # the claim that holds this invoice, if another one does
-    eligible_metered: Fen | None = None  # the part that ended inside the policy window
+    eligible_metered: Fen | None = None  # the part that ended inside the window and the listing
+    unlisted: dict[str, Any] | None = None  # provider_not_listed, when the provider was not in P
 
 
 @dataclass
@@ -85,14 +89,15 @@ def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
 
     The arithmetic (tolerance, the base) is billing/policy.py's `item_base`; this adds the
     checks that need the database's facts (the invoice exists, no other claim holds it) and
-    the discrepancies' figures.
+    the discrepancies' figures. A provider not listed on any day of the period gives its item
+    `provider_not_listed` (base 0) and leaves the claim's other items alone.
     """
+    found: list[dict[str, Any]] = [f.unlisted] if f.unlisted else []
     if f.invoice_amount is None:
-        return ItemOutcome(0, [{"code": Discrepancy.INVOICE_NOT_FOUND,
-                                "message": f"No invoice {f.invoice_no} from {f.provider_id} to this enterprise for the period",
-                                "provider_id": f.provider_id, "invoice_no": f.invoice_no}])
+        return ItemOutcome(0, [*found, {"code": Discrepancy.INVOICE_NOT_FOUND,
+                                        "message": f"No invoice {f.invoice_no} from {f.provider_id} to this enterprise for the period",
+                                        "provider_id": f.provider_id, "invoice_no": f.invoice_no}])
     base, codes = item_base(policy, f.amount_paid, f.invoice_amount, f.metered, f.eligible_metered)
-    found: list[dict[str, Any]] = []
     if INVOICE_AMOUNT_MISMATCH in codes:
         found.append(_mismatch(policy, INVOICE_AMOUNT_MISMATCH, "amount_paid", f.amount_paid, f.invoice_amount,
                                f"Paid {f.amount_paid} fen"))
@@ -112,8 +117,7 @@ def _mismatch(policy: Policy, code: str, name: str, amount: Fen, invoiced: Fen, 
             "tolerance": policy.tolerance}
 
 
-def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
-                providers: dict[str, Provider], provider_ids: Iterable[str]) -> list[dict[str, Any]]:
+def claim_level(policy: Policy, period: str, enterprise: Enterprise | None) -> list[dict[str, Any]]:
     """Claim-level checks (docs/API.md#rec-steps, step 4); any of them sets every item's base to 0 (pure)."""
     found: list[dict[str, Any]] = []
     if not in_window(policy, period):
@@ -125,30 +129,54 @@ def claim_level(policy: Policy, period: str, enterprise: Enterprise | None,
     if enterprise is None or not enterprise.eligible:
         found.append({"code": Discrepancy.ENTERPRISE_NOT_ELIGIBLE,
                       "message": "The enterprise is not eligible for the programme"})
-    first, last = period_dates(period)
-    for pid in sorted(set(provider_ids)):
-        p = providers.get(pid)
-        if p is None or not provider_listed(p, first, last):
-            found.append({"code": Discrepancy.PROVIDER_NOT_LISTED,
-                          "message": f"Provider {pid} was not in the catalogue during {period}",
-                          "provider_id": pid,
-                          "listed_from": p.listed_from.isoformat() if p and p.listed_from else None,
-                          "listed_until": p.listed_until.isoformat() if p and p.listed_until else None})
-        elif p.kind not in policy.resource_kinds:
-            # Listed, but selling power this policy does not subsidise (智算/超算 only).
-            found.append({"code": Discrepancy.PROVIDER_NOT_LISTED,
-                          "message": f"Provider {pid} sells {p.kind} power, which policy "
-                                     f"{policy.id} does not subsidise",
-                          "provider_id": pid, "kind": p.kind,
-                          "resource_kinds": list(policy.resource_kinds)})
     return found
 
 
-def metered_sums(session: Session, policy: Policy, period: str) -> dict[tuple[str, str], tuple[Fen, Fen]]:
-    """(whole month, in-window part) of active usage per (provider, enterprise): one query."""
-    start, end = window_bounds(policy)
-    in_window = case((and_(UsageRecord.ended_at >= start, UsageRecord.ended_at < end), UsageRecord.amount),
-                     else_=0)
+def provider_not_listed(policy: Policy, period: str, providers: dict[str, Provider], pid: str
+                        ) -> dict[str, Any] | None:
+    """The item-level listing check (docs/API.md#rec-steps, step 5.0), pure: the discrepancy when
+    provider `pid` is unregistered, in the catalogue on no day of the period, or of a kind the
+    policy does not subsidise; None when listed (perhaps for part of the period only: then
+    metered_sums counts only its usage that ended inside the listing)."""
+    first, last = period_dates(period)
+    p = providers.get(pid)
+    if p is None or not provider_listed(p, first, last):
+        return {"code": Discrepancy.PROVIDER_NOT_LISTED,
+                "message": f"Provider {pid} was not in the catalogue during {period}",
+                "provider_id": pid,
+                "listed_from": p.listed_from.isoformat() if p and p.listed_from else None,
+                "listed_until": p.listed_until.isoformat() if p and p.listed_until else None}
+    if p.kind not in policy.resource_kinds:
+        # Listed, but selling power this policy does not subsidise (智算/超算 only).
+        return {"code": Discrepancy.PROVIDER_NOT_LISTED,
+                "message": f"Provider {pid} sells {p.kind} power, which policy {policy.id} does not subsidise",
+                "provider_id": pid, "kind": p.kind, "resource_kinds": list(policy.resource_kinds)}
+    return None
+
+
+def metered_sums(session: Session, policy: Policy, period: str,
+                 providers: dict[str, Provider] | None = None) -> dict[tuple[str, str], tuple[Fen, Fen]]:
+    """(whole month, eligible part) of active usage per (provider, enterprise): one query.
+
+    The eligible part ended inside the policy window and inside the provider's listing
+    (docs/API.md#rec-steps, step 1): providers whose listing narrows the window get their own
+    bounds, grouped so the CASE has one branch per distinct range, not per provider.
+    """
+    window = window_bounds(policy)
+    ranges: dict[tuple[datetime, datetime], list[str]] = {}
+    for p in (providers or {}).values():
+        bounds = listing_bounds(policy, p.listed_from, p.listed_until)
+        if bounds != window:
+            ranges.setdefault(bounds, []).append(p.id)
+
+    def ended_inside(bounds: tuple[datetime, datetime]):
+        return case((and_(UsageRecord.ended_at >= bounds[0], UsageRecord.ended_at < bounds[1]),
+                     UsageRecord.amount), else_=0)
+
+    in_window = ended_inside(window)
+    if ranges:
+        in_window = case(*[(UsageRecord.provider_id.in_(sorted(pids)), ended_inside(b))
+                           for b, pids in sorted(ranges.items())], else_=in_window)
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount),
                func.sum(in_window))
@@ -230,11 +258,19 @@ def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_
 
 def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]:
     """Who holds each invoice listed by more than one claim of the period: an approved claim
-    first, else the earliest claim not rejected (an invoice in one claim only is its own)."""
+    first, else the earliest claim not rejected (an invoice in one claim only is its own).
+
+    Only claims of the enterprise the invoice was issued to compete for it: another
+    enterprise's claim naming it gets invoice_not_found and never holds it (docs/API.md#rec-steps).
+    """
     rows = session.execute(
         select(ClaimItem.provider_id, ClaimItem.invoice_no,
                func.min(case((Claim.status == ClaimStatus.APPROVED, Claim.id))), func.min(Claim.id))
         .join(Claim, Claim.id == ClaimItem.claim_id)
+        .join(ProviderInvoice, and_(ProviderInvoice.provider_id == ClaimItem.provider_id,
+                                    ProviderInvoice.invoice_no == ClaimItem.invoice_no,
+                                    ProviderInvoice.period == period,
+                                    ProviderInvoice.enterprise_uscc == Claim.enterprise_uscc))
         .where(Claim.period == period, Claim.status != ClaimStatus.REJECTED)
         .group_by(ClaimItem.provider_id, ClaimItem.invoice_no)
         .having(func.count(func.distinct(Claim.id)) > 1)
@@ -242,14 +278,15 @@ def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]
     return {(p, n): approved if approved is not None else first for p, n, approved, first in rows}
 
 
-def _facts_for(claim: _Claim, metered, holder) -> list[ItemFacts]:
+def _facts_for(claim: _Claim, metered, holder, unlisted) -> list[ItemFacts]:
     facts = []
     for item in claim.items:
         invoiced = item.invoiced if item.invoiced_to == claim.enterprise_uscc else None
         owner = holder.get((item.provider_id, item.invoice_no))
         total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
         facts.append(ItemFacts(item.provider_id, item.invoice_no, item.amount_paid, invoiced, total,
-                               owner if owner is not None and owner != claim.id else None, eligible))
+                               owner if owner is not None and owner != claim.id else None, eligible,
+                               unlisted(item.provider_id)))
     return facts
 
 
@@ -273,8 +310,12 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     year = period_year(period)
     usccs = list(session.scalars(select(Claim.enterprise_uscc).where(Claim.period == period)
                                  .distinct().order_by(Claim.enterprise_uscc)))
-    metered = metered_sums(session, policy, period)
     providers = {p.id: p for p in session.scalars(select(Provider))}
+    metered = metered_sums(session, policy, period, providers)
+    listing = {pid: provider_not_listed(policy, period, providers, pid) for pid in providers}
+
+    def unlisted(pid: str) -> dict[str, Any] | None:
+        return listing[pid] if pid in listing else provider_not_listed(policy, period, providers, pid)
     holder = invoice_holders(session, period)
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
     now = utcnow()
@@ -290,12 +331,11 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
-                _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder),
-                               claim_level(policy, period, enterprise, providers,
-                                           [i.provider_id for i in claim.items]),
+                _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted),
+                               claim_level(policy, period, enterprise),
                                now, transfers, claim_rows, item_rows)
             elif claim.status == ClaimStatus.APPROVED:
-                _claw_back_if_needed(session, policy, claim, balance, metered, now)
+                _recompute_approved(session, policy, claim, balance, metered, now)
             totals.add(claim)
         ledger.apply_transfers(session, transfers)
         if claim_rows:
@@ -337,7 +377,7 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
     held = claim.payable if claim.status in RECONCILED else 0
-    amounts = compute_claim(policy, bases, others, balance.remaining + held)
+    amounts = compute_claim(policy, bases, others, balance.remaining + held, held=held)
     discrepancies = list(claim_codes)
     if amounts.cap_reached:
         discrepancies.append({"code": Discrepancy.CAP_REACHED,
@@ -371,23 +411,23 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                        "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now})
 
 
-def _claw_back_if_needed(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,
-                         metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime) -> None:
-    """Usage voided after approval lowers what the claim may keep; never raises a grant."""
+def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,
+                        metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime) -> None:
+    """Recompute an approved claim (docs/API.md#clawbacks) and claw back the difference when
+    the grant is now too high: items are not zeroed for discrepancies (a person approved them),
+    so a partial void takes back its share only; a grant is never raised, so late usage never
+    claws back; a re-run with nothing changed finds no difference and posts nothing."""
     bases = []
     for item in claim.items:
-        if item.base == 0 or item.invoice_amount is None:
-            bases.append(0)
-            continue
-        total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
-        fact = ItemFacts(item.provider_id, item.invoice_no, item.amount_paid, item.invoice_amount,
-                         total, None, eligible)
-        bases.append(evaluate_item(policy, fact).base)
+        invoiced = item.invoiced if item.invoiced_to == claim.enterprise_uscc else None
+        _total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
+        bases.append(approved_item_base(item.amount_paid, invoiced, eligible))
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
-    target = min(compute_claim(policy, bases, others, UNBOUNDED).payable, claim.payable)
+    target = recomputed_grant(policy, bases, others, balance.remaining, claim.payable)
     cut = claim.payable - target
     if cut <= 0:
         return
+    granted_at_approval = claim.payable + claim.clawed_back
     reason = (f"usage voided after approval: bases now {sum(bases)} fen (were {claim.base}); "
               f"grant {claim.payable} → {target} fen")
     ledger.clawback(session, balance, cut, claim_id=claim.id, policy_id=claim.policy_id or policy.id,
@@ -397,11 +437,19 @@ def _claw_back_if_needed(session: Session, policy: Policy, claim: _Claim, balanc
     audit.append(session, AuditAction.CLAIM_CLAWED_BACK, "claim", f"clm_{claim.id}",
                  before={"granted": claim.payable, "clawed_back": claim.clawed_back},
                  after={"granted": target, "clawed_back": claim.clawed_back + cut, "reason": reason})
+    found = {"code": Discrepancy.USAGE_VOIDED_AFTER_APPROVAL,
+             "message": f"Usage voided after approval: the claim now supports {target} of the "
+                        f"{granted_at_approval} fen granted; {claim.clawed_back + cut} fen clawed back",
+             "base_at_approval": claim.base, "base": sum(bases), "granted_at_approval": granted_at_approval,
+             "payable": target, "clawed_back": claim.clawed_back + cut}
+    discrepancies = [d for d in claim.discrepancies or []
+                     if d.get("code") != Discrepancy.USAGE_VOIDED_AFTER_APPROVAL] + [found]
     c = Claim.__table__
     session.execute(update(c).where(c.c.id == claim.id)
-                    .values(payable=target, clawed_back=claim.clawed_back + cut))
+                    .values(payable=target, clawed_back=claim.clawed_back + cut, discrepancies=discrepancies))
     claim.payable = target
     claim.clawed_back += cut
+    claim.discrepancies = discrepancies
 
 
 class _Summary(ClaimTotals):

@@ -32,6 +32,9 @@ class Settings:
     stripe_api_base: str = "http://127.0.0.1:8420"
     stripe_api_key: str = ""
     max_batch_records: int = 5000
+    # Claim limits (docs/API.md#claim-submit): undecided claims per enterprise and period, items per claim.
+    max_undecided_claims: int = 10
+    max_claim_items: int = 200
     max_content_length: int = 32 * 1024 * 1024
     future_skew_seconds: int = 300  # records may end at most 5 minutes in the future
     pull_cron: str = "*/15 * * * *"
@@ -84,6 +87,8 @@ class Settings:
             "VOUCHER_IDEMPOTENCY_EXPIRY_CRON": ("idempotency_expiry_cron", str),
             "VOUCHER_SECRET_KEY": ("secret_key", str),
             "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
+            "VOUCHER_MAX_UNDECIDED_CLAIMS": ("max_undecided_claims", int),
+            "VOUCHER_MAX_CLAIM_ITEMS": ("max_claim_items", int),
             "VOUCHER_CATCH_UP_PERIODS": ("catch_up_periods", int),
             "VOUCHER_AUTH_FAIL_LIMIT": ("auth_fail_limit", int),
             "VOUCHER_AUTH_FAIL_WINDOW": ("auth_fail_window", int),

@@ -464,7 +464,8 @@ def new_claim(uscc: str):
         if not errors:
             try:
                 with database().session() as ws, ws.begin():
-                    claim = claims_svc.submit_claim(ws, uscc, period, items, others)
+                    claim = claims_svc.submit_claim(ws, uscc, period, items, others,
+                                                    current_app.extensions["voucher.claim_limits"])
                     claim_id = claim.id
             except DomainError as exc:
                 errors.append(service_error(exc))

@@ -82,13 +82,17 @@ _EXPLAIN = {
     Discrepancy.ENTERPRISE_NOT_ELIGIBLE: (
         N_("该企业目前不符合本政策的申领条件，整笔申领不计补贴。"), lambda d, period: {}),
     Discrepancy.PROVIDER_NOT_LISTED: (
-        N_("服务商 %(provider)s 在 %(period)s 不在算力服务商目录中（列入 %(start)s，移出 %(end)s），整笔申领不计补贴。"),
+        N_("服务商 %(provider)s 在 %(period)s 不在算力服务商目录中（列入 %(start)s，移出 %(end)s），该服务商的发票不计补贴。"),
         lambda d, period: {"provider": d.get("provider_id", "?"), "period": period or "?",
                            "start": d.get("listed_from") or "—", "end": d.get("listed_until") or "—"}),
     Discrepancy.CAP_REACHED: (
         N_("按政策应补 %(before)s，但年度剩余额度只有 %(remaining)s（上限 %(cap)s），核减为 %(payable)s。"),
         lambda d, period: {"before": money(d.get("payable_before_cap")), "remaining": money(d.get("remaining")),
                            "cap": money(d.get("cap")), "payable": money(d.get("payable"))}),
+    Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: (
+        N_("批准时发放 %(granted)s；批准后部分用量作废，现只支持 %(payable)s，已追回 %(clawed)s。"),
+        lambda d, period: {"granted": money(d.get("granted_at_approval")), "payable": money(d.get("payable")),
+                           "clawed": money(d.get("clawed_back"))}),
 }
 
 

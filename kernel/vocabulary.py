@@ -53,12 +53,13 @@ class Discrepancy(StrEnum):
     ENTERPRISE_NOT_ELIGIBLE = "enterprise_not_eligible"
     PROVIDER_NOT_LISTED = "provider_not_listed"
     CAP_REACHED = "cap_reached"
+    USAGE_VOIDED_AFTER_APPROVAL = "usage_voided_after_approval"
 
 
 class CapBasis(StrEnum):
     STANDARD = "standard"
     NEW_MODEL_FILING = "new_model_filing"
-    OUTSIDE_POLICY_WINDOW = "outside_policy_window"  # v2: a year with no day in the window, cap 0
+    OUTSIDE_POLICY_WINDOW = "outside_policy_window"  # a year with no day in the window: cap 0
 
 
 class AdjustmentKind(StrEnum):
@@ -176,8 +177,10 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.ENTERPRISE_NOT_ELIGIBLE: N_("企业不符合条件"),
         Discrepancy.PROVIDER_NOT_LISTED: N_("服务商不在目录"),
         Discrepancy.CAP_REACHED: N_("已达年度上限"),
+        Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: N_("批准后用量作废，已追回差额"),
     },
-    CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限")},
+    CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限"),
+               CapBasis.OUTSIDE_POLICY_WINDOW: N_("政策期外年度（上限为0）")},
     AdjustmentKind: {AdjustmentKind.CLAWBACK: N_("追回")},
     Role: {Role.FINANCE: N_("财政局"), Role.PROVIDER: N_("算力服务商"), Role.ENTERPRISE: N_("企业")},
     ProviderKind: {ProviderKind.INTELLIGENT_COMPUTING: N_("智算中心"),

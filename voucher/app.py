@@ -14,6 +14,7 @@ from api.idempotency import init_idempotency
 from api.metrics import init_metrics
 from api.openapi import init_openapi
 from api.requestlog import init_request_logging
+from billing.claims import ClaimLimits
 from billing.policy_file import load_policy
 from config.settings import Settings
 from kernel import audit
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.extensions["voucher.db"] = db
     app.extensions["voucher.events"] = Events()
     app.extensions["voucher.policy"] = load_policy(settings.policy_path)
+    app.extensions["voucher.claim_limits"] = ClaimLimits(settings.max_undecided_claims,
+                                                         settings.max_claim_items)
 
     @app.teardown_appcontext
     def _close_session(_exc):

@@ -43,7 +43,8 @@ class Discrepancy(BaseModel):
     model_config = ConfigDict(extra="allow")
     code: Literal["invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",
                   "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
-                  "outside_policy_window", "cap_reached"]
+                  "outside_policy_window", "cap_reached",
+                  "usage_voided_after_approval"]
     message: str
 
 
@@ -231,7 +232,8 @@ class ClaimIn(BaseModel):
         "items": [{"provider_id": "jx-zhisuan", "invoice_no": "33021234-00001", "amount_paid": 1200000}],
         "other_subsidies": [{"program": "省级算力券", "amount": 100000}]}]})
     period: Period
-    items: list[ClaimItemIn] = Field(min_length=1, max_length=200)
+    # At most `max_claim_items` (settings): refused by the claims service as too_many_items.
+    items: list[ClaimItemIn] = Field(min_length=1)
     other_subsidies: list[OtherSubsidyIn] = Field(default_factory=list, max_length=50)
     enterprise_uscc: str | None = Field(default=None, description="finance only: the claiming enterprise")
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from billing.policy import (
     CAP_NEW_MODEL_FILING,
+    CAP_OUTSIDE_POLICY_WINDOW,
     CAP_STANDARD,
     INVOICE_AMOUNT_MISMATCH,
     USAGE_INVOICE_MISMATCH,
@@ -215,9 +216,15 @@ def test_a_years_claims_never_pay_more_than_the_cap(policy, filed, claims):
         else:
             reserved += a.payable
         wanted += a.payable_before_cap
+        # v2 就高不重复 with the cap: this claim and its other subsidies together reach what this
+        # programme alone would pay within the quota left, never more than the higher of the two.
+        left = remaining(cap, granted, reserved) + a.payable
+        assert a.payable + sum(others) >= min(a.computed, left)
+        assert a.payable + sum(others) <= max(min(a.computed, left), sum(others))
     assert granted + reserved <= cap
-    # Consuming sequentially loses nothing either: the year pays min(cap, Σ wanted).
-    assert granted + reserved == min(cap, wanted)
+    if not any(others for _, others in claims):
+        # Without other subsidies, consuming sequentially loses nothing: min(cap, Σ wanted).
+        assert granted + reserved == min(cap, wanted)
 
 
 @given(policies, st.integers(0, 10**10), st.integers(1, 6), st.data())
@@ -310,11 +317,12 @@ def test_raised_cap_only_in_the_filing_year_by_default():
 
 def test_two_filing_years_raise_the_next_year_too():
     two = dataclasses.replace(POLICY, new_filing_years=2)
-    filings = [date(2026, 11, 30)]
+    filings = [date(2025, 11, 30)]
+    assert cap_for(two, 2025, filings)[1] == CAP_NEW_MODEL_FILING
     assert cap_for(two, 2026, filings)[1] == CAP_NEW_MODEL_FILING
-    assert cap_for(two, 2027, filings)[1] == CAP_NEW_MODEL_FILING
-    assert cap_for(two, 2028, filings)[1] == CAP_STANDARD
-    assert cap_for(two, 2025, filings)[1] == CAP_STANDARD
+    assert cap_for(two, 2027, filings)[1] == CAP_STANDARD
+    # v2: a year with no day in the window has cap 0, whatever the filings (2028 here).
+    assert cap_for(two, 2028, [date(2027, 11, 30)]) == (0, CAP_OUTSIDE_POLICY_WINDOW)
 
 
 def test_any_of_several_filings_raises_the_cap():
@@ -329,8 +337,11 @@ def test_any_of_several_filings_raises_the_cap():
 def test_raised_cap_exactly_in_the_years_after_a_filing(policy, year, filings):
     cap, basis = cap_for(policy, year, filings)
     raised = any(0 <= year - d.year < policy.new_filing_years for d in filings)
+    in_window_year = policy.effective_from.year <= year <= policy.effective_until.year
     assert (cap, basis) == (
-        (policy.cap_new_model_filing, CAP_NEW_MODEL_FILING)
+        (0, CAP_OUTSIDE_POLICY_WINDOW)
+        if not in_window_year
+        else (policy.cap_new_model_filing, CAP_NEW_MODEL_FILING)
         if raised
         else (policy.cap_standard, CAP_STANDARD)
     )

@@ -145,7 +145,9 @@ def test_provider_not_listed_during_the_period(w):
     reconcile(w)
     c = get_claim(w, cid)
     assert codes(c) == ["provider_not_listed"]
-    assert c["discrepancies"][0]["listed_from"] == "2026-11-01"
+    # v2: an item-level finding (docs/API.md#discrepancy-codes), not a claim-level one.
+    assert c["discrepancies"] == []
+    assert c["items"][0]["discrepancies"][0]["listed_from"] == "2026-11-01"
     assert c["payable"] == 0
 
 
@@ -455,7 +457,9 @@ def test_provider_of_a_kind_the_policy_does_not_subsidise(w, app, as_key):
     mixed = claim(w["e0"], [("prov-a", "A-1", 40_000), ("hpc-c", "C-1", 20_000)])
     reconcile(w)
     c = get_claim(w, mixed)
-    assert codes(c) == ["provider_not_listed"] and c["payable"] == 0
-    found = c["discrepancies"][0]
+    # v2: item-level — the 超算 item earns nothing, the listed 智算 item (¥400) still pays ¥200.
+    assert codes(c) == ["provider_not_listed"] and c["payable"] == 20_000
+    assert [i["base"] for i in c["items"]] == [40_000, 0]
+    found = c["items"][1]["discrepancies"][0]
     assert (found["provider_id"], found["kind"], found["resource_kinds"]) == \
         ("hpc-c", "supercomputing", ["intelligent_computing"])

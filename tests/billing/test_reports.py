@@ -109,8 +109,9 @@ def test_the_month_has_every_kind_of_claim(month):
     assert rec["summary"]["by_status"] == {"submitted": 0, "verified": 1, "flagged": 1,
                                            "approved": 2, "rejected": 1}
     assert rec["summary"]["cap_reached"] == 1
-    assert rec["summary"]["totals"]["clawed_back"] == 35_000
-    assert [a["amount"] for a in rec["adjustments"]] == [-35_000]
+    # v2, proportional: the ¥200 void of a ¥700 month takes back ¥100 of the ¥350 grant.
+    assert rec["summary"]["totals"]["clawed_back"] == 10_000
+    assert [a["amount"] for a in rec["adjustments"]] == [-10_000]
 
 
 def test_csv_columns_add_up_to_the_reconciliation_summary(month):
@@ -147,14 +148,15 @@ def test_every_discrepancy_is_listed_on_its_item(month):
     assert codes[(ids["flagged"], "B-2")] == []
     assert codes[(ids["twice"], "A-0")] == ["invoice_claimed_twice"]
     assert codes[(ids["capped"], "A-1")] == ["cap_reached"]  # claim-level codes show on its items
-    assert codes[(ids["clawed"], "A-3")] == []  # approved before the void: decided claims keep their items
+    # Approved before the void: its items are kept; the claim gains usage_voided_after_approval (v2).
+    assert codes[(ids["clawed"], "A-3")] == ["usage_voided_after_approval"]
 
 
 def test_clawback_is_a_row_of_its_own(month):
     rows, _ = get_csv(month["finance"])
     (adj,) = [r for r in rows if r["record_type"] == "clawback"]
     assert adj["claim_id"] == month["ids"]["clawed"]
-    assert int(adj["adjustment"]) == -month["rec"]["summary"]["totals"]["clawed_back"] == -35_000
+    assert int(adj["adjustment"]) == -month["rec"]["summary"]["totals"]["clawed_back"] == -10_000
     assert "usage voided after approval" in adj["note"]
     assert adj["enterprise_uscc"] == month["usccs"][3]
 
@@ -237,8 +239,8 @@ def test_xlsx_headers_formats_and_layout(month):
     assert adj.freeze_panes == "A3"
     (row, total) = list(adj.iter_rows(min_row=3))
     assert row[1].value == month["ids"]["clawed"] and row[5].value == "追回 clawback"
-    assert fen(row[6].value) == -35_000 and row[6].number_format == MONEY
-    assert fen(total[6].value) == -35_000
+    assert fen(row[6].value) == -10_000 and row[6].number_format == MONEY
+    assert fen(total[6].value) == -10_000
 
 
 def test_xlsx_is_a_complete_package_with_charts(month):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -92,13 +91,7 @@ def test_hot_quota_read_equals_the_domain_quota(finance, as_key, app, db):
         hot[(u_row, 2026)] | {"enterprise_uscc": u_none})  # no balance row: the same figures
 
 
-V2_CAPS_AT_READ = pytest.mark.xfail(
-    strict=True, reason="billing.ledger.read_quota derives caps from filings at every read and "
-    "gives years outside the window cap 0 with v2-engine (issue 14: defect 5, "
-    "outside_policy_window); until that merges only the hot read does. Remove on merge.")
 
-
-@V2_CAPS_AT_READ
 def test_hot_quota_read_equals_the_domain_quota_after_a_late_filing(finance, as_key, app, db):
     """A filing recorded after the year's balance row exists raises the cap at once (defect 5)."""
     _providers, (u_row, _u) = setup_programme(finance, enterprises=2)
@@ -115,7 +108,6 @@ def test_hot_quota_read_equals_the_domain_quota_after_a_late_filing(finance, as_
     assert hot == domain
 
 
-@V2_CAPS_AT_READ
 def test_hot_quota_read_equals_the_domain_quota_outside_the_window(finance, app, db):
     """Years with no day in the policy window: cap 0, `outside_policy_window`, also with a filing."""
     _providers, (u0, u1) = setup_programme(finance, enterprises=2)
