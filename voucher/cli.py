@@ -14,15 +14,18 @@ from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
+from voucher.cli_webhooks import webhooks
 
 
 @click.group()
 def main() -> None:
     """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
+    from api.events import install as install_outbox
     from kernel.audit import acting_as
 
     # Changes made by commands are audited as the operator's CLI (until the command ends).
     click.get_current_context().with_resource(acting_as("cli"))
+    install_outbox()  # and raise events with the API's objects (docs/API.md#events)
 
 
 @main.group()
@@ -115,5 +118,6 @@ def serve(host: str, port: int, workers: int | None) -> None:
 main.add_command(demo)
 main.add_command(scheduler)
 main.add_command(jobs)
+main.add_command(webhooks)
 for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)
