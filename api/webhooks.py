@@ -54,7 +54,7 @@ def create_endpoint():
     with session.begin():
         row = webhooks.create_endpoint(session, principal.role, principal.subject, body.url, body.events,
                                        _retry().allowed_hosts)
-    return WebhookEndpoint.dump(row, secret=row.secret), 201
+    return WebhookEndpoint.dump(row, shown_secret=row.secret), 201
 
 
 @doc("List your webhook endpoints", response=ListOf(WebhookEndpoint), tags=["webhooks"], query=PAGE)

@@ -47,7 +47,10 @@ class WebhookEndpoint(Resource):
     disabled_reason: str | None
     created_at: Timestamp
     disabled_at: Timestamp | None
-    secret: str | None = omitted_when_none(description="Signs the deliveries; only in the answer "
+    # Read from `shown_secret`, which only the creation's answer passes: a row's `secret`
+    # is never read, so no other answer can carry it.
+    secret: str | None = omitted_when_none(validation_alias="shown_secret",
+                                           description="Signs the deliveries; only in the answer "
                                            "to the endpoint's creation, never shown again")
 
 
