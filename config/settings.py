@@ -67,6 +67,7 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
     webhook_backoff_seconds: float = 30.0
     webhook_timeout_seconds: float = 10.0
+    webhook_lease_seconds: float = 120.0  # a killed worker's deliveries are claimed again after it
     # "module:NAME" of a job registry replacing voucher.scheduler.JOBS (a test seam).
     jobs_module: str | None = None
 
@@ -98,6 +99,7 @@ class Settings:
             "VOUCHER_CONSOLE_MAX_AGE_SECONDS": ("console_max_age_seconds", int),
             "VOUCHER_WEBHOOK_BACKOFF_SECONDS": ("webhook_backoff_seconds", float),
             "VOUCHER_WEBHOOK_TIMEOUT_SECONDS": ("webhook_timeout_seconds", float),
+            "VOUCHER_WEBHOOK_LEASE_SECONDS": ("webhook_lease_seconds", float),
         }
         for var, (name, conv) in mapping.items():
             if env.get(var):

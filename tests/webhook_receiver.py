@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -18,9 +19,9 @@ class Receiver:
     """`answer` is the status it gives; `received` the (headers, body) of each POST answered 2xx,
     `refused` those answered otherwise. start()/stop() bring it up and down on one port."""
 
-    def __init__(self, port: int | None = None, answer: int = 200) -> None:
+    def __init__(self, port: int | None = None, answer: int = 200, delay: float = 0.0) -> None:
         self.port = port or free_port()
-        self.answer = answer
+        self.answer, self.delay = answer, delay
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.refused: list[tuple[dict[str, str], bytes]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -36,6 +37,7 @@ class Receiver:
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = receiver.answer
+                time.sleep(receiver.delay)
                 (receiver.received if 200 <= status < 300 else receiver.refused).append(
                     (dict(self.headers), body))
                 self.send_response(status)

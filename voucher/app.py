@@ -27,7 +27,7 @@ from kernel.webhooks import Retry
 def webhook_retry(settings: Settings) -> Retry:
     """How webhook deliveries are checked, sent and retried, from the settings."""
     return Retry(allowed_hosts=settings.webhook_allowed_hosts, backoff_base=settings.webhook_backoff_seconds,
-                 timeout=settings.webhook_timeout_seconds)
+                 timeout=settings.webhook_timeout_seconds, lease=settings.webhook_lease_seconds)
 
 
 class _CookieSessions(SecureCookieSessionInterface):
