@@ -16,11 +16,11 @@ from sqlalchemy import func, select
 from billing.models import Claim, ClaimAdjustment, Reconciliation
 from config.settings import Settings
 from kernel.db import Database
+from kernel.webhook_signature import verify
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
+from tests.webhook_receiver import Receiver
 from voucher.app import create_app
 from voucher.cli import main
-from kernel.webhook_signature import verify
-from tests.webhook_receiver import Receiver
 from voucher.cli_demo import CODES, make_uscc
 
 
