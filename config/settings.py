@@ -67,6 +67,13 @@ class Settings:
     console_max_age_seconds: int = 24 * 3600
     # prometheus-client multiprocess mode (every gunicorn worker's series in one exposition).
     prometheus_multiproc_dir: str | None = None
+    # Webhooks (docs/OPERATIONS.md#webhooks): hosts an endpoint may name (exact names,
+    # `*.suffix`, or `*`), loopback only unless set; the delay before the 2nd attempt, doubling
+    # after each failure (capped at 6 h, for 3 days); one POST's timeout.
+    webhook_allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    webhook_backoff_seconds: float = 30.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_lease_seconds: float = 120.0  # a killed worker's deliveries are claimed again after it
     # "module:NAME" of a job registry replacing voucher.scheduler.JOBS (a test seam).
     jobs_module: str | None = None
 
@@ -100,6 +107,9 @@ class Settings:
             "VOUCHER_REDIS_PREFIX": ("redis_prefix", str),
             "VOUCHER_CONSOLE_IDLE_SECONDS": ("console_idle_seconds", int),
             "VOUCHER_CONSOLE_MAX_AGE_SECONDS": ("console_max_age_seconds", int),
+            "VOUCHER_WEBHOOK_BACKOFF_SECONDS": ("webhook_backoff_seconds", float),
+            "VOUCHER_WEBHOOK_TIMEOUT_SECONDS": ("webhook_timeout_seconds", float),
+            "VOUCHER_WEBHOOK_LEASE_SECONDS": ("webhook_lease_seconds", float),
         }
         for var, (name, conv) in mapping.items():
             if env.get(var):
@@ -114,6 +124,9 @@ class Settings:
             values["log_level"] = level
         if env.get("PROMETHEUS_MULTIPROC_DIR"):
             values["prometheus_multiproc_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
+        if env.get("VOUCHER_WEBHOOK_ALLOWED_HOSTS"):
+            values["webhook_allowed_hosts"] = tuple(
+                h.strip() for h in env["VOUCHER_WEBHOOK_ALLOWED_HOSTS"].split(",") if h.strip())
         if env.get("VOUCHER_JOBS_MODULE"):
             values["jobs_module"] = env["VOUCHER_JOBS_MODULE"]
         if env.get("VOUCHER_LOG_JSON"):

@@ -9,6 +9,9 @@ Who acted comes from the request (the HTTP edge's `api.auth.request_actor`: the 
 the request id, plugged in by `set_request_actor_source`) or, outside a request, from
 `acting_as("cli")` / `acting_as("scheduler")`; with neither the actor is `system`.
 
+Events (kernel/outbox.py) are derived from the entries as they are written, in the same
+transaction and under the same lock (docs/API.md#events).
+
 Serialising appends: the chain has one head, so two writers must not both extend it. Entries
 are written at commit time, after the transaction's own changes are flushed, under a
 transaction-scoped advisory lock on PostgreSQL (SQLite already runs one writer at a time).
@@ -33,6 +36,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, String, event, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from kernel import outbox
 from kernel.db import Base, BigId, UTCDateTime, parse_row_id, utcnow
 
 GENESIS = "0" * 64
@@ -201,12 +205,17 @@ def _write_pending(session: Session) -> None:
         return
     session.flush()  # the change's own row locks first; the chain lock is always taken last
     seq, prev = _lock_head(session)
+    written = []
     for entry in entries:
         seq += 1
         fields = {**entry, "seq": seq, "prev_hash": prev}
         fields["hash"] = prev = entry_hash(fields)
         session.add(AuditEvent(**fields))
+        written.append(fields)
     entries.clear()
+    # The events these entries raise, in this transaction and under the same lock, so the
+    # events and the chain agree (docs/API.md#events).
+    outbox.write_events(session, written)
 
 
 def _forget_pending(session: Session, transaction) -> None:

@@ -158,6 +158,49 @@ class AuditAction(StrEnum):
     USAGE_RECORD_VOIDED = "usage_record.voided"
 
 
+class EventType(StrEnum):
+    """Types of the events of the outbox (kernel/outbox.py; docs/API.md#events), the names a
+    webhook endpoint subscribes to. Each is derived from an audit action (EVENT_OF_ACTION) or,
+    for a claim's reconciliation outcome, from the reconciliation's audit entry."""
+
+    CLAIM_VERIFIED = "claim.verified"
+    CLAIM_FLAGGED = "claim.flagged"
+    CLAIM_APPROVED = "claim.approved"
+    CLAIM_REJECTED = "claim.rejected"
+    CLAIM_CLAWED_BACK = "claim.clawed_back"
+    RECONCILIATION_COMPLETED = "reconciliation.completed"
+    PERIOD_CLOSED = "period.closed"
+    STATEMENT_ISSUED = "statement.issued"
+
+
+# The audit action whose entry raises each event (one event per entry; docs/API.md#events).
+# "period.closed" is the close action of the period lifecycle (issue 14), named here by its
+# string so this table does not wait for it.
+EVENT_OF_ACTION: dict[str, EventType] = {
+    AuditAction.CLAIM_APPROVED: EventType.CLAIM_APPROVED,
+    AuditAction.CLAIM_REJECTED: EventType.CLAIM_REJECTED,
+    AuditAction.CLAIM_CLAWED_BACK: EventType.CLAIM_CLAWED_BACK,
+    AuditAction.RECONCILIATION_RUN: EventType.RECONCILIATION_COMPLETED,
+    AuditAction.STATEMENT_ISSUED: EventType.STATEMENT_ISSUED,
+    "period.closed": EventType.PERIOD_CLOSED,
+}
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook delivery's status (docs/API.md#webhooks)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EndpointStatus(StrEnum):
+    """A webhook endpoint's status: disabled after three days of failed deliveries."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
 # --- the one label table: Chinese text (= the catalogue's message id) per value --------------
 
 LABELS: dict[type[StrEnum], dict[str, str]] = {

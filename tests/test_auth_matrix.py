@@ -44,6 +44,9 @@ class Public:
 
 
 U0, U1 = make_uscc(100), make_uscc(101)  # the enterprises setup_programme registers first
+# An endpoint of the enterprise U0: only its own enterprise reaches it.
+OWN_ENDPOINT = {"other_provider": 404, "other_enterprise": 404, "provider": 404, "enterprise": 200,
+                "finance": 404}
 EXPECT: dict[str, Route | Public] = {
     # public
     "GET /healthz": Public("/healthz"),
@@ -119,6 +122,22 @@ EXPECT: dict[str, Route | Public] = {
                                                          {"finance": 200}),
     "GET /v1/reconciliations/<period>/report.xlsx": Route(f"/v1/reconciliations/{PERIOD}/report.xlsx",
                                                           {"finance": 200}),
+    # events and webhooks: each role its own; another subject's endpoint is a 404, as is
+    # another role's (an endpoint belongs to its key's role and subject)
+    "GET /v1/events": Route("/v1/events", {c: 200 for c in CALLERS[2:]}),
+    "GET /v1/events/<event_id>": Route(
+        "/v1/events/{event}", {"other_provider": 404, "other_enterprise": 404, "provider": 404,
+                               "enterprise": 200, "finance": 200}),
+    "POST /v1/webhook-endpoints": Route("/v1/webhook-endpoints", {c: 201 for c in CALLERS[2:]},
+                                        {"url": "http://127.0.0.1:9/hooks", "events": ["claim.approved"]}),
+    "GET /v1/webhook-endpoints": Route("/v1/webhook-endpoints", {c: 200 for c in CALLERS[2:]}),
+    "GET /v1/webhook-endpoints/<endpoint_id>": Route("/v1/webhook-endpoints/{endpoint}", OWN_ENDPOINT),
+    "DELETE /v1/webhook-endpoints/<endpoint_id>": Route("/v1/webhook-endpoints/{spare_endpoint}",
+                                                        OWN_ENDPOINT),
+    "GET /v1/webhook-endpoints/<endpoint_id>/deliveries": Route(
+        "/v1/webhook-endpoints/{endpoint}/deliveries", OWN_ENDPOINT),
+    "POST /v1/webhook-endpoints/<endpoint_id>/deliveries/<delivery_id>/retry": Route(
+        "/v1/webhook-endpoints/{endpoint}/deliveries/{delivery}/retry", OWN_ENDPOINT),
 }
 
 
@@ -203,7 +222,12 @@ def world(db, settings):
     ids = {"claim": claim(ent, [("prov-a", "INV-1", 20_000)], period=PERIOD),
            "claim_to_reject": claim(ent, [("prov-a", "INV-2", 1_000)], period=PERIOD),
            "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"]}
+    hooks = [ent.post("/v1/webhook-endpoints", json={"url": "http://127.0.0.1:9/hooks", "events": ["*"]})
+             for _ in range(2)]
+    ids["endpoint"], ids["spare_endpoint"] = (h.json["id"] for h in hooks)
     assert finance.post("/v1/reconciliations", json={"period": PERIOD}).status_code == 201
+    ids["event"] = ent.get("/v1/events").json["data"][0]["id"]
+    ids["delivery"] = ent.get(f"/v1/webhook-endpoints/{ids['endpoint']}/deliveries").json["data"][0]["id"]
 
     from api.schemas import JobRun
     from kernel import jobruns as jobs

@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 from billing.models import Claim, ClaimAdjustment, Reconciliation
 from config.settings import Settings
 from kernel.db import Database
+from kernel.webhook_signature import verify
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
+from tests.webhook_receiver import Receiver
 from voucher.app import create_app
 from voucher.cli import main
 from voucher.cli_demo import CODES, make_uscc
@@ -30,13 +32,32 @@ def demo_run(tmp_path_factory):
     runner = CliRunner()
     up = runner.invoke(main, ["db", "upgrade"], env=env)
     assert up.exit_code == 0, up.output
+    receiver = Receiver().start()  # a local webhook receiver the demo delivers its events to
     started = time.perf_counter()
-    result = runner.invoke(main, ["demo", "--reports-dir", str(tmp / "reports")], env=env)
+    try:
+        result = runner.invoke(main, ["demo", "--reports-dir", str(tmp / "reports"),
+                                      "--deliver-to", receiver.url], env=env)
+    finally:
+        receiver.stop()
     seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output + repr(result.exception)
     db = Database(env["VOUCHER_DATABASE_URL"])
-    yield {"env": env, "output": result.output, "seconds": seconds, "db": db, "tmp": tmp}
+    yield {"env": env, "output": result.output, "seconds": seconds, "db": db, "tmp": tmp,
+           "receiver": receiver}
     db.dispose()
+
+
+def test_demo_prints_its_events_and_delivers_them_signed(demo_run):
+    out, receiver = demo_run["output"], demo_run["receiver"]
+    raised = int(re.search(r"Events raised: (\d+)", out).group(1))
+    for kind in ("claim.verified", "claim.flagged", "claim.approved", "claim.rejected",
+                 "claim.clawed_back", "reconciliation.completed"):
+        assert re.search(rf"^  {re.escape(kind)} +\d+$", out, re.M), kind
+    secret = re.search(r"secret \(shown once\): (whsec_\w+)", out).group(1)
+    assert len(receiver.received) == raised and len(set(receiver.event_ids())) == raised
+    for headers, body in receiver.received:
+        verify(secret, headers["Voucher-Signature"], body)
+    assert f"{raised} succeeded, 0 pending" in out
 
 
 def test_demo_finishes_and_reports_its_time(demo_run):

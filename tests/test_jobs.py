@@ -338,7 +338,8 @@ def test_the_scheduler_takes_schedules_from_settings_in_shanghai_time(db):
     settings = Settings.from_env(env={"VOUCHER_RECONCILE_CRON": "30 3 2 * *"})
     sched = build_scheduler(settings, db)
     jobs = {j.id: j for j in sched.get_jobs()}
-    assert set(jobs) == {"pull", "reconcile", "statements", "idempotency-expiry", "_reap", "_catch_up"}
+    assert set(jobs) == {"pull", "reconcile", "statements", "idempotency-expiry", "_reap", "_catch_up",
+                         "_webhooks"}
     assert str(sched.timezone) == "Asia/Shanghai"
     fields = {f.name: str(f) for f in jobs["reconcile"].trigger.fields}
     assert (fields["day"], fields["hour"], fields["minute"]) == ("2", "3", "30")

@@ -10,6 +10,7 @@ from flask.sessions import SecureCookieSessionInterface
 
 from api.auth import request_actor
 from api.errors import register_error_handlers
+from api.events import install as install_outbox
 from api.idempotency import init_idempotency
 from api.metrics import init_metrics
 from api.openapi import init_openapi
@@ -21,6 +22,13 @@ from kernel import audit
 from kernel.db import Database
 from kernel.events import Events
 from kernel.logging import configure_logging
+from kernel.webhooks import Retry
+
+
+def webhook_retry(settings: Settings) -> Retry:
+    """How webhook deliveries are checked, sent and retried, from the settings."""
+    return Retry(allowed_hosts=settings.webhook_allowed_hosts, backoff_base=settings.webhook_backoff_seconds,
+                 timeout=settings.webhook_timeout_seconds, lease=settings.webhook_lease_seconds)
 
 
 class _CookieSessions(SecureCookieSessionInterface):
@@ -68,6 +76,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.extensions["voucher.policy"] = load_policy(settings.policy_path)
     app.extensions["voucher.claim_limits"] = ClaimLimits(settings.max_undecided_claims,
                                                          settings.max_claim_items)
+    app.extensions["voucher.webhooks"] = webhook_retry(settings)
+    install_outbox()  # events render the API's objects (docs/API.md#events)
 
     @app.teardown_appcontext
     def _close_session(_exc):
@@ -91,11 +101,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     from api.audit import bp as audit_bp
     from api.billing import bp as billing_bp
+    from api.events import bp as events_bp
     from api.jobs import bp as jobs_bp
     from api.registry import bp as registry_bp
     from api.reports import bp as reports_bp
     from api.service import bp as service_bp
     from api.usage import bp as usage_bp
+    from api.webhooks import bp as webhooks_bp
 
     app.register_blueprint(service_bp)
     app.register_blueprint(registry_bp)
@@ -104,6 +116,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.register_blueprint(reports_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(events_bp)
+    app.register_blueprint(webhooks_bp)
     init_openapi(app)
 
     from console import init_console

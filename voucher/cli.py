@@ -14,6 +14,7 @@ from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
+from voucher.cli_webhooks import webhooks
 
 
 class _Main(click.Group):
@@ -26,6 +27,7 @@ class _Main(click.Group):
 @click.group(cls=_Main)
 def main() -> None:
     """Compute-voucher metering and subsidy billing (嘉兴 算力券)."""
+    from api.events import install as install_outbox
     from kernel.audit import acting_as
 
     ctx = click.get_current_context()
@@ -35,6 +37,7 @@ def main() -> None:
         _require_schema()
     # Changes made by commands are audited as the operator's CLI (until the command ends).
     ctx.with_resource(acting_as("cli"))
+    install_outbox()  # and raise events with the API's objects (docs/API.md#events)
 
 
 def _require_schema() -> None:
@@ -140,5 +143,6 @@ def serve(host: str, port: int, workers: int | None) -> None:
 main.add_command(demo)
 main.add_command(scheduler)
 main.add_command(jobs)
+main.add_command(webhooks)
 for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS):
     main.add_command(_command)

@@ -522,11 +522,62 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def _events_before(db, settings, deliver_to: str | None) -> tuple[int, str | None]:
+    """The id after which this run's events come; with `deliver_to`, the endpoint registered
+    first (so the demo's events fan out to it) and its secret."""
+    from kernel import webhooks
+    from kernel.errors import DomainError
+    from kernel.outbox import OutboxEvent
+
+    with db.session() as session, session.begin():
+        first = (session.scalar(select(func.max(OutboxEvent.id))) or 0) + 1
+        if not deliver_to:
+            return first, None
+        try:
+            endpoint = webhooks.create_endpoint(session, "finance", None, deliver_to, ["*"],
+                                                settings.webhook_allowed_hosts)
+        except DomainError as exc:
+            raise click.ClickException(f"--deliver-to: {exc.message}") from None
+        click.echo(f"webhook endpoint we_{endpoint.id} → {deliver_to}\n  secret (shown once): {endpoint.secret}")
+        return first, endpoint.secret
+
+
+def print_events(db, first: int) -> None:
+    """The events this run raised (docs/API.md#events): counts by type and the latest few."""
+    from kernel.outbox import OutboxEvent
+
+    with db.session() as session:
+        rows = list(session.execute(select(OutboxEvent.id, OutboxEvent.type, OutboxEvent.object_id)
+                                    .where(OutboxEvent.id >= first).order_by(OutboxEvent.id)))
+    click.echo(f"\nEvents raised: {len(rows)}")
+    for kind, n in sorted(Counter(r.type for r in rows).items()):
+        click.echo(f"  {kind:<26} {n:>6}")
+    for r in rows[-5:]:
+        click.echo(f"  evt_{r.id}  {r.type}  {r.object_id}")
+
+
+def _deliver(db, settings, url: str, secret: str | None) -> None:
+    """Send the demo's events to `url` now (as `voucher webhooks --once` would)."""
+    from adapters.webhooks import deliver_until_idle
+    from kernel.webhooks import WebhookDelivery
+    from voucher.app import webhook_retry
+
+    deliver_until_idle(db, webhook_retry(settings), limit=100)
+    with db.session() as session:
+        counts = Counter(session.scalars(select(WebhookDelivery.status)))
+    click.echo(f"delivered to {url}: {counts.get('succeeded', 0)} succeeded, "
+               f"{counts.get('pending', 0)} pending (retried by `voucher webhooks`), "
+               f"{counts.get('failed', 0)} failed")
+
+
 @click.command()
 @click.option("--base-url", default="http://127.0.0.1:8000", show_default=True)
 @click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the monthly XLSX reports go (default var/reports/)")
-def demo(base_url: str, reports_dir: Path | None) -> None:
+@click.option("--deliver-to", default=None, metavar="URL",
+              help="register a finance webhook endpoint at URL (a host of VOUCHER_WEBHOOK_ALLOWED_HOSTS) "
+                   "and deliver the events the demo raises to it")
+def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> None:
     """Seed a realistic programme (3 providers, 30 enterprises, 3 months); print keys and a curl.
 
     Safe to run again: a seeded database is left as it is.
@@ -542,6 +593,7 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
     policy = load_policy(settings.policy_path)
     now = datetime.now(UTC)
     try:
+        first_event, secret = _events_before(db, settings, deliver_to)
         with db.session() as session:
             seeded = (session.get(Provider, PROVIDERS[0].id) is not None
                       and session.get(Reconciliation, OUTSIDE_WINDOW_PERIOD) is not None)
@@ -570,6 +622,10 @@ def demo(base_url: str, reports_dir: Path | None) -> None:
         for path in paths:
             click.echo(f"  {_display(path)}")
         click.echo(f"  also: GET {base_url}/v1/reconciliations/{plan.periods[-1]}/report.xlsx (finance key)")
+
+        print_events(db, first_event)
+        if deliver_to:
+            _deliver(db, settings, deliver_to, secret)
 
         key_enterprise = plan.usccs[OUTSIDE_WINDOW]
         with db.session() as session, session.begin():

@@ -18,5 +18,7 @@ from kernel.billing_periods import BillingPeriod  # noqa: F401
 from kernel.db import Base  # noqa: F401
 from kernel.jobruns import JobRun  # noqa: F401
 from kernel.keys import ApiKey  # noqa: F401
+from kernel.outbox import OutboxEvent  # noqa: F401
+from kernel.webhooks import WebhookDelivery, WebhookEndpoint  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401

@@ -55,6 +55,7 @@ from kernel.jobruns import (
 log = logging.getLogger("voucher.scheduler")
 
 REAP_EVERY_SECONDS = 60
+WEBHOOKS_EVERY_SECONDS = 1.0  # the delivery worker's poll (docs/API.md#webhooks)
 CATCH_UP_PERIODS = 12  # default of settings.catch_up_periods
 _HORIZON = timedelta(days=400)  # a crontab that fired in none of the last 400 days: no catch-up
 _MAX_FIRES = 10_000  # fires walked back per job (a dense crontab with long periods stops here)
@@ -247,11 +248,16 @@ def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | N
     `jobs` defaults to JOBS above; schedules come from settings (VOUCHER_*_CRON), in
     settings.timezone (Asia/Shanghai). A bad crontab raises ValueError naming its variable.
     """
+    from adapters.webhooks import deliver_until_idle
+    from api.events import install as install_outbox
+    from voucher.app import webhook_retry
+
+    install_outbox()  # the jobs' changes raise events with the API's objects
     jobs = JOBS if jobs is None else jobs
     tz = ZoneInfo(settings.timezone)
     scheduler = BlockingScheduler(
         timezone=tz,
-        executors={"default": ThreadPoolExecutor(max_workers=len(jobs) + 2)},
+        executors={"default": ThreadPoolExecutor(max_workers=len(jobs) + 3)},
     )
     triggers = {name: cron_trigger(spec, settings, tz) for name, spec in jobs.items()}
     for name, spec in jobs.items():
@@ -261,6 +267,11 @@ def build_scheduler(settings: Any, db: Database, jobs: Mapping[str, JobSpec] | N
                           coalesce=True, misfire_grace_time=None, max_instances=1)
     scheduler.add_job(reap, "interval", seconds=reap_every, args=[db, stale_after],
                       id="_reap", name="mark crashed runs failed")
+    # The webhook delivery worker (as `voucher webhooks`): one batch loop at a time per process;
+    # deliveries are leased in the database, so any number of processes share them.
+    scheduler.add_job(deliver_until_idle, "interval", seconds=WEBHOOKS_EVERY_SECONDS,
+                      args=[db, webhook_retry(settings)], id="_webhooks", name="deliver webhooks",
+                      coalesce=True, max_instances=1, misfire_grace_time=None)
     scheduler.add_job(catch_up, "date", args=[db, jobs, triggers, heartbeat_every, stale_after,
                                               settings.catch_up_periods],
                       id="_catch_up", name="catch up fires missed while down",

@@ -89,8 +89,9 @@ def test_two_spellings_of_one_code_stop_the_migration_and_change_nothing(fresh_u
     assert f"quota_balance: {sorted([A, other])!r} are all {A!r} (year=2026)" in err
     assert "Nothing was changed" in err and "voucher db upgrade" in err
     assert _column(fresh_url, "SELECT uscc FROM enterprise") == sorted([A, other, B])
-    assert _column(fresh_url, "SELECT version_num FROM alembic_version") == [
-        "0002", "0003", "0005", "0006", "0009", "0010"]
+    # 0012 did not run (migrations on other branches of the history may have run beside it).
+    versions = _column(fresh_url, "SELECT version_num FROM alembic_version")
+    assert "0012" not in versions and {"0002", "0010"} <= set(versions)
 
 
 def test_a_canonical_database_passes_silently(fresh_url, capsys):
