@@ -8,6 +8,12 @@ Accounts per enterprise-year: `cap_source` (where the cap comes from), `availabl
   release             reserved   → available
   grant               reserved   → granted
   clawback            granted    → available
+  hold                available  → reserved    a redemption's pending transfer (two-phase:
+  hold_void           reserved   → available   voided — released, expired, rejected — or
+  hold_post           reserved   → granted     posted when its settlement is approved)
+
+A hold's postings carry its `redemption_id`, so verify() can check each redemption's pending
+amount against its postings (docs/API.md#redemptions).
 
 `quota_balance` holds reserved and granted in step with the postings, updated in the same
 transaction by conditional UPDATEs, and its CHECK constraints refuse any write that would
@@ -52,7 +58,12 @@ MOVES = {
     "release": Move("reserved", "available", reserved=-1),
     "grant": Move("reserved", "granted", reserved=-1, granted=1),
     "clawback": Move("granted", "available", granted=-1),
+    # A redemption's hold: the pending leg of a two-phase transfer, then voided or posted.
+    "hold": Move("available", "reserved", reserved=1),
+    "hold_void": Move("reserved", "available", reserved=-1),
+    "hold_post": Move("reserved", "granted", reserved=-1, granted=1),
 }
+HOLD_KINDS = ("hold", "hold_void", "hold_post")
 TRANSFERS = {kind: (m.debit, m.credit) for kind, m in MOVES.items()}  # kind -> (debit, credit)
 
 
@@ -98,6 +109,7 @@ class Transfer:
     claim_id: int | None
     policy_id: str
     reason: str
+    redemption_id: int | None = None
 
 
 def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
@@ -110,7 +122,7 @@ def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
         move = MOVES[t.kind]
         common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
                       kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id, reason=t.reason,
-                      created_at=now)
+                      redemption_id=t.redemption_id, created_at=now)
         rows += [dict(account=move.debit, amount=-t.amount, **common),
                  dict(account=move.credit, amount=t.amount, **common)]
     if rows:
@@ -208,7 +220,7 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
 
 
 def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
-             policy_id: str, reason: str) -> None:
+             policy_id: str, reason: str, redemption_id: int | None = None) -> None:
     """The one write path: move `amount` fen between the accounts of `kind` (MOVES) for the
     locked balance `b`: one conditional UPDATE of the balance row (refused outside its bounds,
     CapExceeded) and the two postings. A zero amount changes nothing."""
@@ -226,7 +238,8 @@ def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: 
         raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
     b.reserved += dr
     b.granted += dg
-    post_many(session, [Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason)])
+    post_many(session, [Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason,
+                                 redemption_id)])
 
 
 def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
@@ -363,7 +376,41 @@ def verify(session: Session) -> VerifyReport:
             mismatches.append("available != cap - reserved - granted")
         if mismatches:
             report.breaches.append(Breach("balance_mismatch", uscc, year, "; ".join(mismatches)))
+    report.breaches += verify_holds(session)
     return report
+
+
+def verify_holds(session: Session) -> list[Breach]:
+    """Each redemption's hold against its postings (docs/API.md#redemptions): what its postings
+    leave in `reserved` is its `held`, what they leave in `granted` is its subsidy once settled
+    (else 0), and no hold posting names a redemption that does not exist. Two aggregate queries."""
+    from billing.redemption_models import (
+        Redemption,  # the model sits beside this module's; no cycle
+    )
+
+    sums: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rid, account, amount in session.execute(
+        select(LedgerPosting.redemption_id, LedgerPosting.account, func.sum(LedgerPosting.amount))
+        .where(LedgerPosting.redemption_id.is_not(None))
+        .group_by(LedgerPosting.redemption_id, LedgerPosting.account)
+    ):
+        sums[rid][account] = int(amount)
+    breaches = []
+    seen = set()
+    for rid, uscc, year, status, held, subsidy in session.execute(
+        select(Redemption.id, Redemption.enterprise_uscc, Redemption.year, Redemption.status,
+               Redemption.held, Redemption.subsidy)
+    ):
+        seen.add(rid)
+        d = sums.get(rid, {})
+        granted = subsidy if status == "settled" else 0
+        if d.get("reserved", 0) != held or d.get("granted", 0) != granted:
+            breaches.append(Breach("hold_mismatch", uscc, year,
+                                   f"rdm_{rid} ({status}): postings reserve {d.get('reserved', 0)} and grant "
+                                   f"{d.get('granted', 0)}, the redemption holds {held} and was granted {granted}"))
+    for rid in sorted(set(sums) - seen):
+        breaches.append(Breach("hold_without_redemption", detail=f"postings name rdm_{rid}, which does not exist"))
+    return breaches
 
 
 __all__ = [
@@ -384,4 +431,5 @@ __all__ = [
     "release",
     "reserve",
     "verify",
+    "verify_holds",
 ]

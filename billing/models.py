@@ -140,6 +140,8 @@ class LedgerPosting(Base):
     amount: Mapped[int] = mapped_column(BigInteger)  # signed fen
     kind: Mapped[str] = mapped_column(String(16))  # open | cap_change | reserve | release | grant | clawback
     claim_id: Mapped[int | None] = mapped_column(ForeignKey("claim.id"))
+    # The redemption whose hold this moves (hold / hold_void / hold_post; docs/ARCHITECTURE.md#rule-homes).
+    redemption_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     policy_id: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -62,6 +62,7 @@ def round_half_up_fen(x: Fraction | Decimal | int) -> Fen:
 # Supported knob values; a policy file naming anything else is refused at load time.
 ROUNDINGS: dict[str, Callable[[Fraction], Fen]] = {"round_half_up": round_half_up_fen}
 STACKINGS = ("highest_not_both",)  # 就高不重复
+SETTLEMENT_MODES = ("reimbursement", "redemption")  # kernel/vocabulary.py SettlementMode
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Policy:
     currency: str
     resource_kinds: tuple[str, ...]
     close_after_days: int = 90  # a period closes on its own this many days after its end (docs/API.md#period-close)
+    # How the subsidy reaches the enterprise (docs/POLICY.md#settlement-modes); both draw on one quota.
+    settlement_modes: tuple[str, ...] = ("reimbursement",)
+    hold_days: int = 30  # an authorised redemption not captured within this many days expires
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by
@@ -106,6 +110,12 @@ class Policy:
             raise PolicyError("tolerance", "must be a non-negative integer (fen)")
         if not _is_int(self.close_after_days) or self.close_after_days < 1:
             raise PolicyError("close_after_days", "must be an integer >= 1 (days)")
+        if not self.settlement_modes or any(m not in SETTLEMENT_MODES for m in self.settlement_modes) \
+                or len(set(self.settlement_modes)) != len(self.settlement_modes):
+            raise PolicyError("settlement_modes", f"must be a non-empty list of {list(SETTLEMENT_MODES)}, "
+                                                  f"without repeats, got {list(self.settlement_modes)}")
+        if not _is_int(self.hold_days) or self.hold_days < 1:
+            raise PolicyError("hold_days", "must be an integer >= 1 (days)")
         if not _is_int(self.new_filing_years) or self.new_filing_years < 1:
             raise PolicyError("new_filing_years", "must be an integer >= 1")
         if self.effective_until < self.effective_from:
@@ -313,3 +323,19 @@ def recomputed_grant(policy: Policy, item_bases: Sequence[Fen], other_subsidies:
     _fen("granted", granted)
     available = max(remaining, 0) + granted
     return min(compute_claim(policy, item_bases, other_subsidies, available, held=granted).payable, granted)
+
+
+def redemption_hold(policy: Policy, list_amount: Fen, remaining: Fen) -> Fen:
+    """What an authorisation holds (docs/API.md#redemptions): the rate on the list amount,
+    rounded half up to the fen, cut to what remains of the quota (a partial hold when short)."""
+    return max(min(ROUNDINGS[policy.rounding](Fraction(list_amount) * policy.rate), remaining), 0)
+
+
+def redemption_capture(policy: Policy, amount: Fen, held: Fen) -> Fen:
+    """The subsidy of a capture: the rate on the captured amount, never above the hold."""
+    return max(min(ROUNDINGS[policy.rounding](Fraction(amount) * policy.rate), held), 0)
+
+
+def redemption_base(amount: Fen, invoice_amount: Fen, eligible_metered: Fen) -> Fen:
+    """A clean captured redemption's base, as a claim item's (docs/API.md#rec-steps, step 5)."""
+    return max(min(amount, invoice_amount, eligible_metered), 0)

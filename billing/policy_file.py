@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import config
-from billing.policy import RESOURCE_KINDS, ROUNDINGS, STACKINGS, Policy, PolicyError
+from billing.policy import (
+    RESOURCE_KINDS,
+    ROUNDINGS,
+    SETTLEMENT_MODES,
+    STACKINGS,
+    Policy,
+    PolicyError,
+)
 
 __all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
 
@@ -30,6 +37,7 @@ _KEYS = {
     "cap_new_model_filing": "caps.new_model_filing",
     "tolerance": "reconciliation.tolerance",
     "close_after_days": "reconciliation.close_after_days",
+    "hold_days": "redemption.hold_days",
 }
 
 _TOP = {
@@ -48,9 +56,13 @@ _TOP = {
     "new_filing_years",
     "caps",
     "reconciliation",
+    "settlement_modes",
+    "redemption",
 }
-_TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"}}
-_OPTIONAL = {"reconciliation.close_after_days"}  # added in v2: files written before keep loading (default 90)
+_TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"},
+           "redemption": {"hold_days"}}
+# Added in v2: files written before keep loading (close after 90 days; reimbursement only).
+_OPTIONAL = {"reconciliation.close_after_days", "settlement_modes", "redemption"}
 
 
 def default_policy_path() -> Path:
@@ -174,6 +186,21 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         fields["close_after_days"] = integer(
             recon, "close_after_days", "reconciliation.close_after_days", 1, "an integer >= 1 (days)"
         )
+    modes = data.get("settlement_modes", ["reimbursement"])
+    if not isinstance(modes, list) or not modes:
+        raise fail("settlement_modes", f"must be a non-empty list of {list(SETTLEMENT_MODES)}")
+    for i, mode in enumerate(modes):
+        if mode not in SETTLEMENT_MODES:
+            raise fail(f"settlement_modes[{i}]", f"must be one of {list(SETTLEMENT_MODES)}, got {mode!r}")
+    if len(set(modes)) != len(modes):
+        raise fail("settlement_modes", "must not repeat a mode")
+    fields["settlement_modes"] = tuple(modes)
+    if "redemption" in data:
+        fields["hold_days"] = integer(data["redemption"], "hold_days", "redemption.hold_days", 1,
+                                      "an integer >= 1 (days)")
+    elif "redemption" in modes:
+        raise fail("redemption", "missing: settlement_modes enables redemption, so [redemption] "
+                                 "hold_days must be set")
     try:
         return Policy(**fields)
     except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
@@ -187,6 +214,8 @@ def _check_keys(data: dict[str, Any], source: str) -> None:
     """Every key present, none unknown, tables are tables."""
     _check_names(data, _TOP, "", source)
     for table, keys in _TABLES.items():
+        if table not in data and table in _OPTIONAL:
+            continue
         if not isinstance(data[table], dict):
             raise PolicyError(table, f"must be a table [{table}]", source)
         _check_names(data[table], keys, f"{table}.", source)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import ledger, redemptions
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -76,6 +76,7 @@ class ItemFacts:
     first_claim_id: int | None  # the claim that holds this invoice, if another one does
     eligible_metered: Fen | None = None  # the part that ended inside the window and the listing
     unlisted: dict[str, Any] | None = None  # provider_not_listed, when the provider was not in P
+    redeemed: dict[str, Any] | None = None  # invoice_already_redeemed (billing/redemptions.py)
 
 
 @dataclass
@@ -108,6 +109,8 @@ def evaluate_item(policy: Policy, f: ItemFacts) -> ItemOutcome:
     if USAGE_INVOICE_MISMATCH in codes:
         found.append(_mismatch(policy, USAGE_INVOICE_MISMATCH, "metered", f.metered, f.invoice_amount,
                                f"Metered usage is {f.metered} fen"))
+    if f.redeemed:
+        found.append(f.redeemed)
     return ItemOutcome(0 if found else base, found)
 
 
@@ -218,12 +221,13 @@ class _Claim:
     cap_reached: bool
     discrepancies: list[dict[str, Any]]
     policy_id: str | None
+    submitted_at: datetime | None = None
     items: list[_Item] = field(default_factory=list)
 
 
 _CLAIM_COLUMNS = (Claim.id, Claim.enterprise_uscc, Claim.period, Claim.status, Claim.other_subsidies,
                   Claim.base, Claim.computed, Claim.payable_before_cap, Claim.payable, Claim.clawed_back,
-                  Claim.cap_reached, Claim.discrepancies, Claim.policy_id)
+                  Claim.cap_reached, Claim.discrepancies, Claim.policy_id, Claim.submitted_at)
 
 
 def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_Claim]]:
@@ -278,7 +282,7 @@ def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]
     return {(p, n): approved if approved is not None else first for p, n, approved, first in rows}
 
 
-def _facts_for(claim: _Claim, metered, holder, unlisted) -> list[ItemFacts]:
+def _facts_for(claim: _Claim, metered, holder, unlisted, redeemed=None) -> list[ItemFacts]:
     facts = []
     for item in claim.items:
         invoiced = item.invoiced if item.invoiced_to == claim.enterprise_uscc else None
@@ -286,7 +290,9 @@ def _facts_for(claim: _Claim, metered, holder, unlisted) -> list[ItemFacts]:
         total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
         facts.append(ItemFacts(item.provider_id, item.invoice_no, item.amount_paid, invoiced, total,
                                owner if owner is not None and owner != claim.id else None, eligible,
-                               unlisted(item.provider_id)))
+                               unlisted(item.provider_id),
+                               redemptions.claim_redeemed(redeemed or {}, item.provider_id, item.invoice_no,
+                                                          claim.submitted_at)))
     return facts
 
 
@@ -317,6 +323,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     def unlisted(pid: str) -> dict[str, Any] | None:
         return listing[pid] if pid in listing else provider_not_listed(policy, period, providers, pid)
     holder = invoice_holders(session, period)
+    redeemed = redemptions.redeemed_invoices(session, period)  # docs/API.md#rec-steps: invoice_already_redeemed
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
     now = utcnow()
     totals = _Summary()
@@ -331,7 +338,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
-                _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted),
+                _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted, redeemed),
                                claim_level(policy, period, enterprise),
                                now, transfers, claim_rows, item_rows)
             elif claim.status == ClaimStatus.APPROVED:
@@ -350,6 +357,10 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
         if isinstance(obj, (Claim, ClaimItem, QuotaBalance)) and obj not in session.dirty:
             session.expire(obj)
 
+    # Captured redemptions are checked like claim items (docs/API.md#rec-steps, redemptions).
+    checked = redemptions.reconcile_period(session, policy, period, metered=metered, unlisted=unlisted,
+                                           claim_level=lambda e: claim_level(policy, period, e), now=now)
+
     run = session.get(Reconciliation, period)
     first_time = run is None
     if run is None:
@@ -358,7 +369,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     run.runs += 1
     run.last_run_at = now
     run.policy_id = policy.id
-    run.summary = totals.result()
+    run.summary = {**totals.result(), "redemptions": checked}
     audit.append(session, AuditAction.RECONCILIATION_RUN, "reconciliation", f"rec_{period}",
                  after={"run": run.runs, "policy_id": policy.id, "summary": run.summary})
     return run, first_time

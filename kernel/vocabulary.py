@@ -35,6 +35,38 @@ OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # rec
 RECONCILED = (ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # hold a reservation; awaiting a decision
 
 
+class RedemptionStatus(StrEnum):
+    """A redemption's status (docs/API.md#redemptions): a hold on the quota that is captured,
+    voided or expires; a captured one is reconciled (flagged when a check fails), then settled
+    with the provider in a quarterly batch, or rejected by finance."""
+
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    FLAGGED = "flagged"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    SETTLED = "settled"
+
+
+REDEMPTION_STATUSES: tuple[RedemptionStatus, ...] = tuple(RedemptionStatus)
+HOLDING = (RedemptionStatus.AUTHORIZED, RedemptionStatus.CAPTURED, RedemptionStatus.FLAGGED)  # hold a reservation
+
+
+class SettlementStatus(StrEnum):
+    """A quarterly settlement batch's status (docs/API.md#settlements)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+
+
+class SettlementMode(StrEnum):
+    """How the subsidy reaches the enterprise (docs/POLICY.md#settlement-modes)."""
+
+    REIMBURSEMENT = "reimbursement"
+    REDEMPTION = "redemption"
+
+
 class PeriodState(StrEnum):
     """A billing period's state (kernel/billing_periods.py): closed periods' figures are final."""
 
@@ -54,6 +86,8 @@ class Discrepancy(StrEnum):
     PROVIDER_NOT_LISTED = "provider_not_listed"
     CAP_REACHED = "cap_reached"
     USAGE_VOIDED_AFTER_APPROVAL = "usage_voided_after_approval"
+    INVOICE_ALREADY_REDEEMED = "invoice_already_redeemed"  # a claim (or a 2nd redemption) names a redeemed invoice
+    INVOICE_ALREADY_CLAIMED = "invoice_already_claimed"  # a redemption names an invoice a claim held first
 
 
 class CapBasis(StrEnum):
@@ -156,6 +190,14 @@ class AuditAction(StrEnum):
     STATEMENT_ISSUED = "statement.issued"
     PROVIDER_INVOICE_SUBMITTED = "provider_invoice.submitted"
     USAGE_RECORD_VOIDED = "usage_record.voided"
+    REDEMPTION_AUTHORIZED = "redemption.authorized"
+    REDEMPTION_CAPTURED = "redemption.captured"
+    REDEMPTION_VOIDED = "redemption.voided"
+    REDEMPTION_EXPIRED = "redemption.expired"
+    REDEMPTION_APPROVED = "redemption.approved"
+    REDEMPTION_REJECTED = "redemption.rejected"
+    SETTLEMENT_CREATED = "settlement.created"
+    SETTLEMENT_APPROVED = "settlement.approved"
 
 
 class EventType(StrEnum):
@@ -171,6 +213,11 @@ class EventType(StrEnum):
     RECONCILIATION_COMPLETED = "reconciliation.completed"
     PERIOD_CLOSED = "period.closed"
     STATEMENT_ISSUED = "statement.issued"
+    REDEMPTION_AUTHORIZED = "redemption.authorized"
+    REDEMPTION_CAPTURED = "redemption.captured"
+    REDEMPTION_VOIDED = "redemption.voided"
+    REDEMPTION_EXPIRED = "redemption.expired"
+    SETTLEMENT_APPROVED = "settlement.approved"
 
 
 # The audit action whose entry raises each event (one event per entry; docs/API.md#events).
@@ -183,6 +230,11 @@ EVENT_OF_ACTION: dict[str, EventType] = {
     AuditAction.RECONCILIATION_RUN: EventType.RECONCILIATION_COMPLETED,
     AuditAction.STATEMENT_ISSUED: EventType.STATEMENT_ISSUED,
     "period.closed": EventType.PERIOD_CLOSED,
+    AuditAction.REDEMPTION_AUTHORIZED: EventType.REDEMPTION_AUTHORIZED,
+    AuditAction.REDEMPTION_CAPTURED: EventType.REDEMPTION_CAPTURED,
+    AuditAction.REDEMPTION_VOIDED: EventType.REDEMPTION_VOIDED,
+    AuditAction.REDEMPTION_EXPIRED: EventType.REDEMPTION_EXPIRED,
+    AuditAction.SETTLEMENT_APPROVED: EventType.SETTLEMENT_APPROVED,
 }
 
 
@@ -221,6 +273,20 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.PROVIDER_NOT_LISTED: N_("服务商不在目录"),
         Discrepancy.CAP_REACHED: N_("已达年度上限"),
         Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: N_("批准后用量作废，已追回差额"),
+        Discrepancy.INVOICE_ALREADY_REDEEMED: N_("发票已核销"),
+        Discrepancy.INVOICE_ALREADY_CLAIMED: N_("发票已申领"),
+    },
+    RedemptionStatus: {
+        RedemptionStatus.AUTHORIZED: N_("已冻结"),
+        RedemptionStatus.CAPTURED: N_("已核销"),
+        RedemptionStatus.FLAGGED: N_("有差异"),
+        RedemptionStatus.VOIDED: N_("已撤销"),
+        RedemptionStatus.EXPIRED: N_("已过期"),
+        RedemptionStatus.REJECTED: N_("已驳回"),
+        RedemptionStatus.SETTLED: N_("已结算"),
+    },
+    SettlementStatus: {SettlementStatus.PENDING: N_("待批准"), SettlementStatus.APPROVED: N_("已批准")},
+    SettlementMode: {SettlementMode.REIMBURSEMENT: N_("事后申领"), SettlementMode.REDEMPTION: N_("服务商核销"),
     },
     CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限"),
                CapBasis.OUTSIDE_POLICY_WINDOW: N_("政策期外年度（上限为0）")},

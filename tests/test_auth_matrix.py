@@ -122,6 +122,35 @@ EXPECT: dict[str, Route | Public] = {
                                                          {"finance": 200}),
     "GET /v1/reconciliations/<period>/report.xlsx": Route(f"/v1/reconciliations/{PERIOD}/report.xlsx",
                                                           {"finance": 200}),
+    # redemptions (核销): a provider its own, an enterprise those on its quota, finance all
+    "POST /v1/redemptions": Route(
+        "/v1/redemptions", {"other_provider": 201, "provider": 200},
+        {"enterprise_uscc": U0, "reference": "order-1", "list_amount": 10_000, "period": PERIOD}),
+    "GET /v1/redemptions": Route(f"/v1/redemptions?enterprise={U0}",
+                                 {"other_provider": 200, "other_enterprise": 404, "provider": 200,
+                                  "enterprise": 200, "finance": 200}),
+    "GET /v1/redemptions/<redemption_id>": Route(
+        "/v1/redemptions/{redemption}", {"other_provider": 404, "other_enterprise": 404, "provider": 200,
+                                         "enterprise": 200, "finance": 200}),
+    "POST /v1/redemptions/<redemption_id>/capture": Route(
+        "/v1/redemptions/{redemption}/capture", {"other_provider": 404, "provider": 200},
+        {"invoice_no": "INV-R", "amount": 10_000}),
+    "POST /v1/redemptions/<redemption_id>/void": Route(
+        "/v1/redemptions/{redemption_to_void}/void", {"other_provider": 404, "provider": 200, "finance": 200}),
+    "POST /v1/redemptions/<redemption_id>/approve": Route(
+        "/v1/redemptions/{redemption}/approve", {"finance": 409}, {"reason": "checked"}),
+    "POST /v1/redemptions/<redemption_id>/reject": Route(
+        "/v1/redemptions/{redemption_to_reject}/reject", {"finance": 200}, {"reason": "duplicate"}),
+    "POST /v1/settlements": Route("/v1/settlements", {"finance": 200}, {"quarter": "2026Q3"}),
+    "GET /v1/settlements": Route("/v1/settlements", {"other_provider": 200, "provider": 200, "finance": 200}),
+    "GET /v1/settlements/<settlement_id>": Route("/v1/settlements/{settlement}",
+                                                 {"other_provider": 404, "provider": 200, "finance": 200}),
+    "POST /v1/settlements/<settlement_id>/approve": Route("/v1/settlements/{settlement}/approve",
+                                                          {"finance": 200}, {}),
+    "GET /v1/settlements/<settlement_id>/payment.csv": Route("/v1/settlements/{settlement}/payment.csv",
+                                                             {"finance": 200}),
+    "GET /v1/settlements/<settlement_id>/payment.xlsx": Route("/v1/settlements/{settlement}/payment.xlsx",
+                                                              {"finance": 200}),
     # events and webhooks: each role its own; another subject's endpoint is a 404, as is
     # another role's (an endpoint belongs to its key's role and subject)
     "GET /v1/events": Route("/v1/events", {c: 200 for c in CALLERS[2:]}),
@@ -222,11 +251,22 @@ def world(db, settings):
     ids = {"claim": claim(ent, [("prov-a", "INV-1", 20_000)], period=PERIOD),
            "claim_to_reject": claim(ent, [("prov-a", "INV-2", 1_000)], period=PERIOD),
            "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"]}
+    rdm = [prov.post("/v1/redemptions", json={"enterprise_uscc": U0, "reference": ref, "list_amount": amount,
+                                               "period": PERIOD}).json["id"]
+           for ref, amount in (("order-1", 10_000), ("o-2", 10_000), ("o-3", 10_000), ("o-4", 20_005))]
+    invoice(prov, "INV-R4", U0, 20_005, period=PERIOD)  # with the metered 20,005 fen: a clean capture
+    ids["redemption"], ids["redemption_to_void"], ids["redemption_to_reject"] = rdm[:3]
+    prov.post(f"/v1/redemptions/{rdm[2]}/capture", json={"invoice_no": "INV-X", "amount": 10_000})
+    prov.post(f"/v1/redemptions/{rdm[3]}/capture", json={"invoice_no": "INV-R4", "amount": 20_005})
     hooks = [ent.post("/v1/webhook-endpoints", json={"url": "http://127.0.0.1:9/hooks", "events": ["*"]})
              for _ in range(2)]
     ids["endpoint"], ids["spare_endpoint"] = (h.json["id"] for h in hooks)
     assert finance.post("/v1/reconciliations", json={"period": PERIOD}).status_code == 201
-    ids["event"] = ent.get("/v1/events").json["data"][0]["id"]
+    # an event of the enterprise's alone (a redemption's event is its provider's too)
+    ids["event"] = next(e["id"] for e in ent.get("/v1/events?limit=1000").json["data"]
+                        if not e["type"].startswith("redemption."))
+    built = finance.post("/v1/settlements", json={"quarter": "2026Q3"}).json["data"]
+    ids["settlement"] = built[0]["id"]
     ids["delivery"] = ent.get(f"/v1/webhook-endpoints/{ids['endpoint']}/deliveries").json["data"][0]["id"]
 
     from api.schemas import JobRun

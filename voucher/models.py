@@ -11,6 +11,7 @@ from billing.models import (  # noqa: F401
     QuotaBalance,
     Reconciliation,
 )
+from billing.redemption_models import Redemption, SettlementBatch  # noqa: F401
 from billing.statements import Statement  # noqa: F401
 from console.sessions import ConsoleSession  # noqa: F401
 from kernel.audit import AuditEvent  # noqa: F401

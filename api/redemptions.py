@@ -1,0 +1,285 @@
+"""Redemption endpoints (核销): authorise, capture, void, decide, list; quarterly settlements and
+their payment files (docs/API.md#redemptions, #settlements). Thin: parse, call one service of
+billing/redemptions.py or billing/settlements.py, render."""
+
+from __future__ import annotations
+
+import tempfile
+
+from flask import Blueprint, current_app, send_file
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from api.auth import current_principal, db_session, requires
+from api.errors import ApiError, not_found
+from api.http import cursor, json_body, page_args, parse_model, query_arg
+from api.openapi import PAGE, ListOf, doc, query
+from api.schemas import redemptions as out
+from api.schemas.redemptions import CaptureIn, RedemptionDecisionIn, RedemptionIn, SettlementIn
+from billing import redemptions as svc
+from billing import settlements
+from billing.redemption_models import Redemption, SettlementBatch
+from billing.reports import FORMATS
+from kernel.periods import parse_period
+from kernel.uscc import canonical_uscc
+from kernel.vocabulary import REDEMPTION_STATUSES
+
+bp = Blueprint("redemptions", __name__, url_prefix="/v1")
+SPOOL_BYTES = 8 * 1024 * 1024
+
+
+def policy():
+    return current_app.extensions["voucher.policy"]
+
+
+# --- redemptions ----------------------------------------------------------------------------------
+
+@doc("Authorise a redemption: hold the subsidy on the enterprise's quota at once", request=RedemptionIn,
+     response=out.Redemption, status=201, tags=["redemptions"],
+     description="subsidy = min(round_half_up(list_amount × rate), remaining), held at once (the quota's "
+                 "`reserved` counts it); a partial hold when the quota is short. Idempotent by (provider, "
+                 "reference): the same request again answers 200 with the stored redemption.",
+     also={200: "The same reference and request again"},
+     errors={409: "reference_conflict, or period_closed",
+             422: "quota_exhausted, unknown_enterprise, enterprise_not_eligible, outside_policy_window, "
+                  "redemption_disabled"})
+@bp.post("/redemptions")
+@requires("provider")
+def authorize_redemption():
+    provider_id = current_principal().subject
+    body = parse_model(RedemptionIn, json_body())
+    args = (provider_id, body.enterprise_uscc, body.reference, body.list_amount, body.period)
+    session = db_session()
+    try:
+        with session.begin():
+            r, created = svc.authorize(session, policy(), *args)
+    except IntegrityError:  # the same reference won a race on another balance row: answer as a replay
+        with session.begin():
+            r, created = svc.authorize(session, policy(), *args)
+    return out.Redemption.dump(r), 201 if created else 200
+
+
+def _redemption_or_404(session, redemption_id: str, *, lock: bool = False) -> Redemption:
+    try:
+        rid = svc.parse_redemption_id(redemption_id)
+    except ValueError:
+        raise not_found("redemption", redemption_id) from None
+    r = svc.lock_redemption(session, policy(), rid) if lock else svc.get(session, rid)
+    principal = current_principal()
+    if r is None or (principal.role == "provider" and r.provider_id != principal.subject) or \
+            (principal.role == "enterprise" and r.enterprise_uscc != principal.subject):
+        raise not_found("redemption", redemption_id)
+    return r
+
+
+@doc("Read a redemption", response=out.Redemption, tags=["redemptions"],
+     description="A provider reads its own, an enterprise those on its quota, finance all.")
+@bp.get("/redemptions/<redemption_id>")
+@requires("provider", "enterprise", "finance")
+def get_redemption(redemption_id: str):
+    return out.Redemption.dump(_redemption_or_404(db_session(), redemption_id))
+
+
+@doc("List redemptions", response=ListOf(out.Redemption), tags=["redemptions"],
+     description="A provider sees its own, an enterprise the holds on its quota, finance all.",
+     query=[query("provider", "Provider id"), query("enterprise", "Enterprise USCC"),
+            query("period", "YYYY-MM"), query("status", "Redemption status",
+                                              enum=[s.value for s in REDEMPTION_STATUSES]),
+            query("settlement", "Settlement id (stl_…)"), *PAGE])
+@bp.get("/redemptions")
+@requires("provider", "enterprise", "finance")
+def list_redemptions():
+    principal = current_principal()
+    limit, after = page_args()
+    stmt = select(Redemption)
+    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
+    if principal.role == "provider":
+        if provider and provider != principal.subject:
+            raise not_found("provider", provider, "provider")
+        provider = principal.subject
+    if principal.role == "enterprise":
+        if enterprise and enterprise != principal.subject:
+            raise not_found("enterprise", enterprise, "enterprise")
+        enterprise = principal.subject
+    if provider:
+        stmt = stmt.where(Redemption.provider_id == provider)
+    if enterprise:
+        stmt = stmt.where(Redemption.enterprise_uscc == enterprise)
+    period = query_arg("period", lambda v: (parse_period(v), v)[1])
+    if period:
+        stmt = stmt.where(Redemption.period == period)
+    status = query_arg("status")
+    if status:
+        if status not in REDEMPTION_STATUSES:
+            raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
+        stmt = stmt.where(Redemption.status == status)
+    settlement = query_arg("settlement", settlements.parse_settlement_id)
+    if settlement:
+        stmt = stmt.where(Redemption.settlement_id == settlement)
+    after_id = cursor(svc.parse_redemption_id, after)
+    if after_id:
+        stmt = stmt.where(Redemption.id > after_id)
+    rows = list(db_session().scalars(stmt.order_by(Redemption.id).limit(limit + 1)))
+    return out.Redemption.page(rows[:limit], len(rows) > limit, "/v1/redemptions")
+
+
+@doc("Capture a redemption with its full-amount invoice", request=CaptureIn, response=out.Redemption,
+     tags=["redemptions"],
+     description="The subsidy is recomputed on the captured amount (≤ list_amount), never above the "
+                 "hold; the rest of the hold is released. The same capture again answers it unchanged.",
+     errors={409: "redemption_not_authorized, redemption_expired, invoice_already_redeemed",
+             422: "amount_above_list"})
+@bp.post("/redemptions/<redemption_id>/capture")
+@requires("provider")
+def capture_redemption(redemption_id: str):
+    body = parse_model(CaptureIn, json_body())
+    session = db_session()
+    with session.begin():
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        svc.capture(session, policy(), r, body.invoice_no, body.amount)
+    return out.Redemption.dump(r)
+
+
+@doc("Void an authorised redemption: its hold is released", response=out.Redemption, tags=["redemptions"],
+     errors={409: "Already captured, expired or settled"})
+@bp.post("/redemptions/<redemption_id>/void")
+@requires("provider", "finance")
+def void_redemption(redemption_id: str):
+    json_body(required=False)
+    session = db_session()
+    with session.begin():
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        svc.void(session, policy(), r)
+    return out.Redemption.dump(r)
+
+
+@doc("Accept a flagged redemption for settlement (a reason required)", request=RedemptionDecisionIn,
+     response=out.Redemption, tags=["redemptions"], errors={409: "Not flagged"})
+@bp.post("/redemptions/<redemption_id>/approve")
+@requires("finance")
+def approve_redemption(redemption_id: str):
+    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
+    session = db_session()
+    with session.begin():
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        svc.approve(session, policy(), r, body.reason)
+    return out.Redemption.dump(r)
+
+
+@doc("Reject a captured or flagged redemption: its hold is released", request=RedemptionDecisionIn,
+     response=out.Redemption, tags=["redemptions"], errors={409: "Not captured, or settled"})
+@bp.post("/redemptions/<redemption_id>/reject")
+@requires("finance")
+def reject_redemption(redemption_id: str):
+    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
+    if not (body.reason or "").strip():
+        raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
+    session = db_session()
+    with session.begin():
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        svc.reject(session, policy(), r, body.reason or "")
+    return out.Redemption.dump(r)
+
+
+# --- settlements ----------------------------------------------------------------------------------
+
+@doc("Build the quarter's settlement batches (one per provider)", request=SettlementIn,
+     response=ListOf(out.Settlement), tags=["settlements"],
+     description="Each provider's captured, clean redemptions of the quarter join its pending batch; "
+                 "an approved batch is final. The same call again adds only what cleared since.")
+@bp.post("/settlements")
+@requires("finance")
+def build_settlements():
+    body = parse_model(SettlementIn, json_body())
+    session = db_session()
+    with session.begin():
+        batches = settlements.build(session, policy(), body.quarter, body.provider_id)
+        answer = out.Settlement.page(batches, False, "/v1/settlements")
+    return answer
+
+
+def _settlement_or_404(session, settlement_id: str) -> SettlementBatch:
+    try:
+        sid = settlements.parse_settlement_id(settlement_id)
+    except ValueError:
+        raise not_found("settlement", settlement_id) from None
+    batch = session.get(SettlementBatch, sid)
+    principal = current_principal()
+    if batch is None or (principal.role == "provider" and batch.provider_id != principal.subject):
+        raise not_found("settlement", settlement_id)
+    return batch
+
+
+@doc("List settlement batches", response=ListOf(out.Settlement), tags=["settlements"],
+     description="A provider sees its own, finance all.",
+     query=[query("quarter", "YYYYQn"), query("provider", "Provider id"), *PAGE])
+@bp.get("/settlements")
+@requires("provider", "finance")
+def list_settlements():
+    principal = current_principal()
+    limit, after = page_args()
+    stmt = select(SettlementBatch)
+    provider = query_arg("provider")
+    if principal.role == "provider":
+        if provider and provider != principal.subject:
+            raise not_found("provider", provider, "provider")
+        provider = principal.subject
+    if provider:
+        stmt = stmt.where(SettlementBatch.provider_id == provider)
+    quarter = query_arg("quarter")
+    if quarter:
+        stmt = stmt.where(SettlementBatch.quarter == quarter)
+    after_id = cursor(settlements.parse_settlement_id, after)
+    if after_id:
+        stmt = stmt.where(SettlementBatch.id > after_id)
+    rows = list(db_session().scalars(stmt.order_by(SettlementBatch.id).limit(limit + 1)))
+    return out.Settlement.page(rows[:limit], len(rows) > limit, "/v1/settlements")
+
+
+@doc("Read a settlement batch", response=out.Settlement, tags=["settlements"])
+@bp.get("/settlements/<settlement_id>")
+@requires("provider", "finance")
+def get_settlement(settlement_id: str):
+    return out.Settlement.dump(_settlement_or_404(db_session(), settlement_id))
+
+
+@doc("Approve a settlement batch: its redemptions are settled (granted on the quota)",
+     response=out.Settlement, tags=["settlements"], errors={409: "settlement_empty"})
+@bp.post("/settlements/<settlement_id>/approve")
+@requires("finance")
+def approve_settlement(settlement_id: str):
+    json_body(required=False)
+    session = db_session()
+    with session.begin():
+        batch = _settlement_or_404(session, settlement_id)
+        settlements.approve(session, policy(), batch.id, current_principal().key_id)
+    return out.Settlement.dump(batch)
+
+
+def _payment_file(settlement_id: str, fmt: str):
+    session = db_session()
+    batch = _settlement_or_404(session, settlement_id)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    settlements.write_payment_file(session, batch, fmt, spool)
+    name = settlements.filename(batch, fmt)
+    session.rollback()
+    spool.seek(0)
+    return send_file(spool, mimetype=FORMATS[fmt], as_attachment=True, download_name=name, max_age=0)
+
+
+@doc("Download a batch's payment file as CSV", tags=["settlements"], response_content_type=FORMATS["csv"],
+     description="One row per redemption and a total row; amounts in integer fen (and yuan); UTF-8 with a "
+                 "byte-order mark; text cells never formulas.")
+@bp.get("/settlements/<settlement_id>/payment.csv")
+@requires("finance")
+def payment_csv(settlement_id: str):
+    return _payment_file(settlement_id, "csv")
+
+
+@doc("Download a batch's payment file as an Excel workbook", tags=["settlements"],
+     response_content_type=FORMATS["xlsx"],
+     description="The same rows as the CSV with Chinese and English headers; text cells never formulas.")
+@bp.get("/settlements/<settlement_id>/payment.xlsx")
+@requires("finance")
+def payment_xlsx(settlement_id: str):
+    return _payment_file(settlement_id, "xlsx")
