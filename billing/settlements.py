@@ -209,3 +209,22 @@ def settled_since(session: Session, uscc: str, start: datetime, end: datetime) -
     return list(session.scalars(select(Redemption).where(
         Redemption.enterprise_uscc == uscc, Redemption.status == RedemptionStatus.SETTLED,
         Redemption.settled_at >= start, Redemption.settled_at < end).order_by(Redemption.id)))
+
+
+def previous_quarter(fire_time: datetime, timezone: str = "Asia/Shanghai") -> str:
+    """The quarter before the one holding `fire_time` in `timezone`: the settlements job's key."""
+    from zoneinfo import ZoneInfo
+
+    local = fire_time.astimezone(ZoneInfo(timezone))
+    q = (local.month - 1) // 3 + 1
+    return f"{local.year - 1}Q4" if q == 1 else f"{local.year}Q{q - 1}"
+
+
+def settlements_job(db, quarter: str, policy: Policy) -> dict[str, Any]:
+    """The quarterly job's body: build every provider's batch of `quarter` (one per (provider,
+    quarter) by the batch's unique key; the job run itself is claimed once per quarter)."""
+    with db.session() as session, session.begin():
+        batches = build(session, policy, quarter)
+        return {"quarter": quarter, "batches": [
+            {"id": f"stl_{b.id}", "provider_id": b.provider_id, "redemptions": b.redemptions,
+             "subsidy": b.subsidy} for b in batches]}

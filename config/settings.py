@@ -43,6 +43,9 @@ class Settings:
     # Stored Idempotency-Key answers are kept this long, then deleted by the hourly job.
     idempotency_ttl_hours: int = 24
     idempotency_expiry_cron: str = "40 * * * *"
+    # Redemptions (docs/API.md#redemptions): expired holds released; the last quarter's settlements built.
+    redemption_expiry_cron: str = "*/15 * * * *"
+    settlements_cron: str = "0 5 1 1,4,7,10 *"
     catch_up_periods: int = 12  # per job, at scheduler start: missed periods run, oldest first
     timezone: str = "Asia/Shanghai"
     secret_key: str = ""  # signs console sessions; empty: generated once into var/secret_key
@@ -92,6 +95,8 @@ class Settings:
             "VOUCHER_STATEMENTS_CRON": ("statements_cron", str),
             "VOUCHER_IDEMPOTENCY_TTL_HOURS": ("idempotency_ttl_hours", int),
             "VOUCHER_IDEMPOTENCY_EXPIRY_CRON": ("idempotency_expiry_cron", str),
+            "VOUCHER_REDEMPTION_EXPIRY_CRON": ("redemption_expiry_cron", str),
+            "VOUCHER_SETTLEMENTS_CRON": ("settlements_cron", str),
             "VOUCHER_SECRET_KEY": ("secret_key", str),
             "VOUCHER_MAX_BATCH_RECORDS": ("max_batch_records", int),
             "VOUCHER_MAX_UNDECIDED_CLAIMS": ("max_undecided_claims", int),

@@ -338,8 +338,8 @@ def test_the_scheduler_takes_schedules_from_settings_in_shanghai_time(db):
     settings = Settings.from_env(env={"VOUCHER_RECONCILE_CRON": "30 3 2 * *"})
     sched = build_scheduler(settings, db)
     jobs = {j.id: j for j in sched.get_jobs()}
-    assert set(jobs) == {"pull", "reconcile", "statements", "idempotency-expiry", "_reap", "_catch_up",
-                         "_webhooks"}
+    assert set(jobs) == {"pull", "reconcile", "statements", "idempotency-expiry", "redemption-expiry",
+                         "settlements", "_reap", "_catch_up", "_webhooks"}
     assert str(sched.timezone) == "Asia/Shanghai"
     fields = {f.name: str(f) for f in jobs["reconcile"].trigger.fields}
     assert (fields["day"], fields["hour"], fields["minute"]) == ("2", "3", "30")
@@ -347,7 +347,9 @@ def test_the_scheduler_takes_schedules_from_settings_in_shanghai_time(db):
     statements = {f.name: str(f) for f in jobs["statements"].trigger.fields}
     assert (statements["day"], statements["hour"], statements["minute"]) == ("1", "4", "0")
     assert {f.name: str(f) for f in jobs["idempotency-expiry"].trigger.fields}["minute"] == "40"
-    for name in ("pull", "reconcile", "statements", "idempotency-expiry"):
+    settle = {f.name: str(f) for f in jobs["settlements"].trigger.fields}
+    assert (settle["month"], settle["day"], settle["hour"]) == ("1,4,7,10", "1", "5")
+    for name in ("pull", "reconcile", "statements", "idempotency-expiry", "redemption-expiry", "settlements"):
         assert jobs[name].coalesce and jobs[name].misfire_grace_time is None
         assert jobs[name].max_instances == 1
 

@@ -12,6 +12,7 @@ from voucher.cli_audit import COMMANDS as AUDIT_COMMANDS
 from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
 from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
+from voucher.cli_redemptions import COMMANDS as REDEMPTION_COMMANDS
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
 from voucher.cli_webhooks import webhooks
@@ -144,5 +145,6 @@ main.add_command(demo)
 main.add_command(scheduler)
 main.add_command(jobs)
 main.add_command(webhooks)
-for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS):
+for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS,
+                 *REDEMPTION_COMMANDS):
     main.add_command(_command)

@@ -23,6 +23,7 @@ fire still runs (no misfire limit) and a backlog coalesces into one.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -108,6 +109,30 @@ def idempotency_expiry_job(db: Database, period: str) -> dict[str, Any]:
     return {"deleted": deleted, "ttl_hours": hours}
 
 
+def redemption_expiry_job(db: Database, period: str) -> dict[str, Any]:
+    """The `redemption-expiry` job: authorised holds past expires_at are expired and released."""
+    from billing.policy_file import load_policy
+    from billing.redemptions import expire_due
+
+    return expire_due(db, load_policy(job_settings().policy_path))
+
+
+def settlements_job(db: Database, quarter: str) -> dict[str, Any]:
+    """The `settlements` job: each provider's settlement batch of the quarter (YYYYQn)."""
+    from billing.policy_file import load_policy
+    from billing.settlements import settlements_job as build_quarter
+
+    return build_quarter(db, quarter, load_policy(job_settings().policy_path))
+
+
+def _previous_quarter(fire_time: datetime) -> str:
+    from billing.settlements import previous_quarter
+
+    return previous_quarter(fire_time)
+
+
+QUARTER_KEY = re.compile(r"^(20[0-9]{2}|2100)Q[1-4]$")
+
 JOBS: dict[str, JobSpec] = {
     "pull": JobSpec("pull", "pull_cron", "voucher.scheduler:pull_job", minute_slot, MINUTE_KEY,
                     description="pull usage from every provider with a pull adapter"),
@@ -124,6 +149,13 @@ JOBS: dict[str, JobSpec] = {
                                   MINUTE_KEY,
                                   description="delete stored Idempotency-Key answers older "
                                               "than VOUCHER_IDEMPOTENCY_TTL_HOURS"),
+    "redemption-expiry": JobSpec("redemption-expiry", "redemption_expiry_cron",
+                                 "voucher.scheduler:redemption_expiry_job", minute_slot, MINUTE_KEY,
+                                 description="expire authorised redemptions past expires_at; release their holds"),
+    # Once per quarter (the run's key), and once per (provider, quarter) by the batch's unique key.
+    "settlements": JobSpec("settlements", "settlements_cron", "voucher.scheduler:settlements_job",
+                           _previous_quarter, QUARTER_KEY, catch_up=True,
+                           description="build each provider's settlement batch of the last quarter"),
 }
 
 

@@ -183,3 +183,20 @@ def test_quarterly_settlement_grants_and_writes_payment_files(world, db, client)
     ws = wb.active
     assert all(c.data_type != "f" for row in ws.iter_rows() for c in row)
     verify(db)
+
+
+def test_settlements_job_runs_once_per_quarter_and_batches_once_per_provider(world, db):
+    from kernel.jobruns import run_once
+    from voucher.scheduler import JOBS, settlements_job
+
+    prov, ent, finance, u0, _ = world
+    usage(prov, u0, 10_000, period=P)
+    invoice(prov, "F-1", u0, 10_000, period=P)
+    rid = authorise(prov, u0, "o1", 10_000).json["id"]
+    prov.post(f"/v1/redemptions/{rid}/capture", json={"invoice_no": "F-1", "amount": 10_000})
+    finance.post("/v1/reconciliations", json={"period": P})
+    assert JOBS["settlements"].check_period("2026Q1") == "2026Q1"
+    run_once(db, "settlements", "2026Q1", settlements_job)
+    run_once(db, "settlements", "2026Q1", settlements_job)  # claimed already: skipped
+    batches = finance.get("/v1/settlements?quarter=2026Q1").json["data"]
+    assert len(batches) == 1 and batches[0]["subsidy"] == 5_000
