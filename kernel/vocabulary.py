@@ -28,10 +28,12 @@ class ClaimStatus(StrEnum):
     FLAGGED = "flagged"
     APPROVED = "approved"
     REJECTED = "rejected"
+    WAITLISTED = "waitlisted"  # the programme's budget cannot fund it yet (docs/API.md#budget)
 
 
 CLAIM_STATUSES: tuple[ClaimStatus, ...] = tuple(ClaimStatus)
-OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # reconciliation may change them
+OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED,
+        ClaimStatus.WAITLISTED)  # reconciliation may change them
 RECONCILED = (ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # hold a reservation; awaiting a decision
 
 
@@ -54,6 +56,7 @@ class Discrepancy(StrEnum):
     PROVIDER_NOT_LISTED = "provider_not_listed"
     CAP_REACHED = "cap_reached"
     USAGE_VOIDED_AFTER_APPROVAL = "usage_voided_after_approval"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class CapBasis(StrEnum):
@@ -156,6 +159,9 @@ class AuditAction(StrEnum):
     STATEMENT_ISSUED = "statement.issued"
     PROVIDER_INVOICE_SUBMITTED = "provider_invoice.submitted"
     USAGE_RECORD_VOIDED = "usage_record.voided"
+    CLAIM_WAITLISTED = "claim.waitlisted"
+    QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
+    BUDGET_THRESHOLD_REACHED = "budget.threshold_reached"
 
 
 class EventType(StrEnum):
@@ -171,6 +177,9 @@ class EventType(StrEnum):
     RECONCILIATION_COMPLETED = "reconciliation.completed"
     PERIOD_CLOSED = "period.closed"
     STATEMENT_ISSUED = "statement.issued"
+    CLAIM_WAITLISTED = "claim.waitlisted"
+    QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
+    BUDGET_THRESHOLD_REACHED = "budget.threshold_reached"
 
 
 # The audit action whose entry raises each event (one event per entry; docs/API.md#events).
@@ -183,6 +192,9 @@ EVENT_OF_ACTION: dict[str, EventType] = {
     AuditAction.RECONCILIATION_RUN: EventType.RECONCILIATION_COMPLETED,
     AuditAction.STATEMENT_ISSUED: EventType.STATEMENT_ISSUED,
     "period.closed": EventType.PERIOD_CLOSED,
+    AuditAction.CLAIM_WAITLISTED: EventType.CLAIM_WAITLISTED,
+    AuditAction.QUOTA_THRESHOLD_REACHED: EventType.QUOTA_THRESHOLD_REACHED,
+    AuditAction.BUDGET_THRESHOLD_REACHED: EventType.BUDGET_THRESHOLD_REACHED,
 }
 
 
@@ -210,6 +222,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         ClaimStatus.FLAGGED: N_("有差异"),
         ClaimStatus.APPROVED: N_("已批准"),
         ClaimStatus.REJECTED: N_("已驳回"),
+        ClaimStatus.WAITLISTED: N_("候补（预算不足）"),
     },
     Discrepancy: {
         Discrepancy.INVOICE_NOT_FOUND: N_("发票不存在"),
@@ -221,6 +234,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.PROVIDER_NOT_LISTED: N_("服务商不在目录"),
         Discrepancy.CAP_REACHED: N_("已达年度上限"),
         Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: N_("批准后用量作废，已追回差额"),
+        Discrepancy.BUDGET_EXHAUSTED: N_("年度预算不足"),
     },
     CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限"),
                CapBasis.OUTSIDE_POLICY_WINDOW: N_("政策期外年度（上限为0）")},

@@ -107,7 +107,7 @@ def summary_block(ws, title: str) -> dict[str, tuple]:
 def test_the_month_has_every_kind_of_claim(month):
     rec = month["rec"]
     assert rec["summary"]["by_status"] == {"submitted": 0, "verified": 1, "flagged": 1,
-                                           "approved": 2, "rejected": 1}
+                                           "approved": 2, "rejected": 1, "waitlisted": 0}
     assert rec["summary"]["cap_reached"] == 1
     # v2, proportional: the ¥200 void of a ¥700 month takes back ¥100 of the ¥350 grant.
     assert rec["summary"]["totals"]["clawed_back"] == 10_000
