@@ -20,7 +20,7 @@ are funded at their period's next run (the daily re-run of open periods) once bu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -208,17 +208,19 @@ def waitlisted(session: Session, year: int) -> tuple[Fen, int]:
 def raise_crossings(session: Session, policy: Policy, before: dict[tuple[str, int], Fen], balances,
                     budget_before: dict[int, Fen], budgets: dict[int, Budget]) -> None:
     """Audit entries (hence events, kernel/outbox.py) for every threshold crossed since `before`:
-    `quota.threshold_reached` per enterprise-year, `budget.threshold_reached` per year."""
+    `quota.threshold_reached` per enterprise-year, `budget.threshold_reached` per year. The
+    object's id names the threshold (`<uscc>/<year>/<t>`, `<programme>/<year>/<t>`): one object
+    per crossing, as the outbox renders one object per id."""
     for key in sorted(before):
         b = balances[key]
         for t in thresholds_crossed(policy.quota_thresholds, b.cap, before[key], b.reserved + b.granted):
-            audit.append(session, AuditAction.QUOTA_THRESHOLD_REACHED, "quota", f"{key[0]}/{key[1]}", after={
+            audit.append(session, AuditAction.QUOTA_THRESHOLD_REACHED, "quota", f"{key[0]}/{key[1]}/{t}", after={
                 "enterprise_uscc": key[0], "year": key[1], "threshold": t, "cap": b.cap,
                 "reserved": b.reserved, "granted": b.granted, "currency": "CNY"})
     for year in sorted(budget_before):
         g = budgets[year]
         for t in thresholds_crossed(policy.budget_thresholds, g.annual, budget_before[year], g.used):
-            audit.append(session, AuditAction.BUDGET_THRESHOLD_REACHED, "budget", f"{g.programme_id}/{year}",
+            audit.append(session, AuditAction.BUDGET_THRESHOLD_REACHED, "budget", f"{g.programme_id}/{year}/{t}",
                          after={"year": year, "threshold": t, "annual": g.annual, "reserved": g.reserved,
                                 "granted": g.granted, "remaining": g.remaining, "currency": "CNY"})
 
@@ -290,7 +292,7 @@ def figures(session: Session, policy: Policy, year: int, today: date) -> Figures
     fen, count = waitlisted(session, year)
     forecast = None
     if annual is not None:
-        since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time())
+        since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time(), UTC)
         forecast = forecast_exhausted_on(annual, reserved + granted, daily_use(session, year, since), today)
     return Figures(year, annual, reserved, granted, fen, count, forecast)
 

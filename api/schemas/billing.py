@@ -44,7 +44,7 @@ class Discrepancy(BaseModel):
     code: Literal["invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",
                   "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
                   "outside_policy_window", "cap_reached",
-                  "usage_voided_after_approval"]
+                  "usage_voided_after_approval", "budget_exhausted"]
     message: str
 
 
