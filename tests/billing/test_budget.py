@@ -210,3 +210,22 @@ def test_policy_budget_and_alerts_load():
     assert (p.budget_annual, p.quota_thresholds, p.budget_thresholds) == (5_000_000_000, (90,), (50, 80, 100))
     shipped = parse_policy(_policy(""))
     assert (shipped.budget_annual, shipped.quota_thresholds) == (None, (80, 100))
+
+
+def test_monthly_xlsx_has_the_budget_sheet(w):
+    import io
+
+    import openpyxl
+
+    w["budget"](10_000)
+    spend(w, 0, 8_000)
+    spend(w, 1, 14_000)  # 7_000, cut to 6_000
+    run(w)
+    r = w["finance"].get("/v1/reconciliations/2026-10/report.xlsx")
+    assert r.status_code == 200
+    ws = openpyxl.load_workbook(io.BytesIO(r.data))["预算 Budget"]
+    rows = {row[0].value: row[1].value for row in ws.iter_rows(min_row=4) if row[0].value}
+    assert rows["年度预算 Annual"] == 100 and rows["已预留 Reserved"] == 100
+    assert rows["剩余 Remaining"] == 0 and rows["候补金额 Waitlisted"] == 10
+    assert rows["候补申领数 Waitlisted claims"] == 1
+    assert all(c.data_type != "f" for row in ws.iter_rows() for c in row)  # never a formula
