@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 
-from flask import Blueprint, send_file
+from flask import Blueprint, current_app, send_file
 
 from api.auth import db_session, requires
 from api.errors import not_found
@@ -27,7 +27,7 @@ def _report(period: str, fmt: str):
     if session.get(Reconciliation, period) is None:
         raise not_found("reconciliation", period)
     out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
-    write_report(session, period, fmt, out)
+    write_report(session, period, fmt, out, policy=current_app.extensions["voucher.policy"])
     session.rollback()  # end the read transaction before the body is sent
     out.seek(0)
     return send_file(out, mimetype=FORMATS[fmt], as_attachment=True,

@@ -120,6 +120,9 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
     """Move the claim's reservation to granted; a flagged claim needs a (non-blank) reason."""
     if claim.status == ClaimStatus.APPROVED:
         return claim  # idempotent
+    if claim.status == ClaimStatus.WAITLISTED:
+        raise Conflict("claim_waitlisted", "A waitlisted claim holds no budget yet: a reconciliation "
+                       "run funds it when budget frees up (docs/API.md#budget)", "status")
     if claim.status not in RECONCILED:
         raise Conflict("claim_not_reconciled" if claim.status == ClaimStatus.SUBMITTED else "claim_decided",
                        f"A {claim.status} claim cannot be approved; "

@@ -18,6 +18,8 @@ amount against its postings (docs/API.md#redemptions).
 `quota_balance` holds reserved and granted in step with the postings, updated in the same
 transaction by conditional UPDATEs, and its CHECK constraints refuse any write that would
 take reserved + granted past the cap: the cap is enforced by the database, not only here.
+The programme's budget row (billing/budget.py) moves in the same statements' transaction, by
+the same kind of conditional UPDATE, when the policy has a `[budget]`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import and_, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from billing import budget as budgets
 from billing.models import LedgerPosting, QuotaBalance
 from billing.policy import Policy, cap_for, remaining
 from kernel.db import utcnow
@@ -80,6 +83,7 @@ class Balance:
     reserved: Fen
     granted: Fen
     policy_id: str
+    budget: budgets.Budget | None = None  # the programme's locked budget row; None: unlimited
 
     @property
     def remaining(self) -> Fen:
@@ -110,6 +114,7 @@ class Transfer:
     policy_id: str
     reason: str
     redemption_id: int | None = None
+    programme_id: str | None = None  # the budget row it also moves (apply_transfers)
 
 
 def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
@@ -144,11 +149,13 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
     granted above the cap — is refused as one-by-one reserve()/release() would refuse it.
     """
     net: dict[tuple[str, int], list[int]] = {}
+    programme: dict[tuple[str, int], list[int]] = {}
     for t in transfers:
         move = MOVES[t.kind]
-        d = net.setdefault((t.enterprise_uscc, t.year), [0, 0])
-        d[0] += move.reserved * t.amount
-        d[1] += move.granted * t.amount
+        for d in ([net.setdefault((t.enterprise_uscc, t.year), [0, 0])]
+                  + ([programme.setdefault((t.programme_id, t.year), [0, 0])] if t.programme_id else [])):
+            d[0] += move.reserved * t.amount
+            d[1] += move.granted * t.amount
     params = [{"b_uscc": u, "b_year": y, "d_reserved": dr, "d_granted": dg}
               for (u, y), (dr, dg) in net.items() if dr or dg]
     if params:
@@ -163,6 +170,7 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
         )
         if result.rowcount != len(params):
             raise CapExceeded(f"quota refused {len(params) - result.rowcount} of {len(params)} batched changes")
+    budgets.apply(session, {k: (dr, dg) for k, (dr, dg) in programme.items()})
     post_many(session, transfers)
 
 
@@ -178,7 +186,9 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
     """Create missing balance rows, bring caps up to date with the filings, and lock the rows.
 
     Rows are locked in (uscc, year) order so concurrent reconciliations cannot deadlock; a
-    long list is taken in chunks of LOCK_CHUNK keys, still in that order. Core statements
+    long list is taken in chunks of LOCK_CHUNK keys, still in that order. Then, last, the
+    programme's budget rows of those years (billing/budget.py; docs/ARCHITECTURE.md#lock-order),
+    which every returned Balance carries. Core statements
     throughout: a month's 10,000 enterprises never become ORM objects.
     """
     keys = sorted(set(keys))
@@ -216,6 +226,9 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
             session.execute(update(q).where(q.c.enterprise_uscc == bindparam("b_uscc"),
                                             q.c.year == bindparam("b_year")), raised)
             post_many(session, opened)
+    locked = budgets.lock_budgets(session, policy, {y for _, y in keys})
+    for b in balances.values():
+        b.budget = locked.get(b.year)
     return balances
 
 
@@ -236,10 +249,14 @@ def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: 
     )
     if result.rowcount != 1:
         raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
+    if b.budget is not None:
+        budgets.apply(session, {(b.budget.programme_id, b.year): (dr, dg)})
+        b.budget.reserved += dr
+        b.budget.granted += dg
     b.reserved += dr
     b.granted += dg
     post_many(session, [Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason,
-                                 redemption_id)])
+                                 redemption_id=redemption_id)])
 
 
 def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
@@ -253,9 +270,15 @@ def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, clai
     dr, dg = move.reserved * amount, move.granted * amount
     if b.reserved + dr < 0 or b.granted + dg < 0 or b.reserved + b.granted + dr + dg > b.cap:
         raise CapExceeded(f"quota {b.enterprise_uscc}/{b.year} refused the change")
+    if b.budget is not None:
+        if not budgets.within(b.budget, dr, dg):
+            raise budgets.BudgetExceeded(f"budget {b.budget.programme_id}/{b.year} refused the change")
+        b.budget.reserved += dr
+        b.budget.granted += dg
     b.reserved += dr
     b.granted += dg
-    transfers.append(Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason))
+    transfers.append(Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason,
+                              programme_id=b.budget.programme_id if b.budget is not None else None))
 
 
 def reserve(session: Session, b: Balance, amount: Fen, **why) -> None:
@@ -377,6 +400,8 @@ def verify(session: Session) -> VerifyReport:
         if mismatches:
             report.breaches.append(Breach("balance_mismatch", uscc, year, "; ".join(mismatches)))
     report.breaches += verify_holds(session)
+    for what, year, detail in budgets.verify_rows(session):
+        report.breaches.append(Breach(what, None, year, detail))
     return report
 
 

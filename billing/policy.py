@@ -89,6 +89,9 @@ class Policy:
     # How the subsidy reaches the enterprise (docs/POLICY.md#settlement-modes); both draw on one quota.
     settlement_modes: tuple[str, ...] = ("reimbursement",)
     hold_days: int = 30  # an authorised redemption not captured within this many days expires
+    budget_annual: Fen | None = None  # [budget] annual: the programme's yearly budget; None: unlimited (docs/API.md#budget)
+    quota_thresholds: tuple[int, ...] = (80, 100)  # [alerts]: % of an enterprise's cap (docs/API.md#thresholds)
+    budget_thresholds: tuple[int, ...] = (50, 80, 100)  # [alerts]: % of the annual budget
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by
@@ -123,6 +126,13 @@ class Policy:
                 "effective_until",
                 f"{self.effective_until} is before effective_from {self.effective_from}",
             )
+        if self.budget_annual is not None and (not _is_int(self.budget_annual) or self.budget_annual <= 0):
+            raise PolicyError("budget_annual", "must be a positive integer (fen)")
+        for name in ("quota_thresholds", "budget_thresholds"):
+            values = getattr(self, name)
+            if (not values or any(not _is_int(v) or not 0 < v <= 100 for v in values)
+                    or list(values) != sorted(set(values))):
+                raise PolicyError(name, "must be a non-empty ascending list of whole percentages, 1 to 100")
         if self.rounding not in ROUNDINGS:
             raise PolicyError(
                 "rounding", f"must be one of {sorted(ROUNDINGS)}, got {self.rounding!r}"
@@ -181,6 +191,15 @@ def cap_for(policy: Policy, year: int, filing_dates: Iterable[date]) -> tuple[Fe
 def remaining(cap: Fen, granted: Fen, reserved: Fen) -> Fen:
     """Quota still available in a year: cap − granted − reserved, never below 0."""
     return max(cap - granted - reserved, 0)
+
+
+def thresholds_crossed(thresholds: Sequence[int], limit: Fen, before: Fen, after: Fen) -> list[int]:
+    """The thresholds (whole % of `limit`) that use crosses going from `before` to `after` fen
+    (docs/API.md#thresholds): t with before < t % of limit <= after. A re-run that changes
+    nothing, or a fall, crosses none; a fall and a new rise crosses again. Limit 0: none."""
+    if limit <= 0 or after <= before:
+        return []
+    return [t for t in thresholds if before * 100 < t * limit <= after * 100]
 
 
 def period_dates(period: str) -> tuple[date, date]:

@@ -38,6 +38,9 @@ _KEYS = {
     "tolerance": "reconciliation.tolerance",
     "close_after_days": "reconciliation.close_after_days",
     "hold_days": "redemption.hold_days",
+    "budget_annual": "budget.annual",
+    "quota_thresholds": "alerts.quota_thresholds",
+    "budget_thresholds": "alerts.budget_thresholds",
 }
 
 _TOP = {
@@ -58,11 +61,16 @@ _TOP = {
     "reconciliation",
     "settlement_modes",
     "redemption",
+    "budget",
+    "alerts",
 }
 _TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"},
-           "redemption": {"hold_days"}}
-# Added in v2: files written before keep loading (close after 90 days; reimbursement only).
-_OPTIONAL = {"reconciliation.close_after_days", "settlement_modes", "redemption"}
+           "redemption": {"hold_days"}, "budget": {"annual"},
+           "alerts": {"quota_thresholds", "budget_thresholds"}}
+# Added in v2: files written before keep loading (close after 90 days; reimbursement only; no
+# [budget]: unlimited; no [alerts] (or a key of it): the default thresholds, docs/POLICY.md#budget).
+_OPTIONAL = {"reconciliation.close_after_days", "settlement_modes", "redemption", "budget", "alerts",
+             "alerts.quota_thresholds", "alerts.budget_thresholds"}
 
 
 def default_policy_path() -> Path:
@@ -201,6 +209,11 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     elif "redemption" in modes:
         raise fail("redemption", "missing: settlement_modes enables redemption, so [redemption] "
                                  "hold_days must be set")
+    if "budget" in data:
+        fields["budget_annual"] = integer(data["budget"], "annual", "budget.annual", 1, positive_fen)
+    for key in ("quota_thresholds", "budget_thresholds"):
+        if key in data.get("alerts", {}):
+            fields[key] = _percentages(data["alerts"][key], f"alerts.{key}", fail)
     try:
         return Policy(**fields)
     except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
@@ -210,12 +223,22 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         raise fail(_KEYS.get(exc.key or "", exc.key or ""), message) from exc
 
 
+def _percentages(value: Any, key: str, fail) -> tuple[int, ...]:
+    """A list of whole percentages, 1 to 100, strictly ascending (`[80, 100]`)."""
+    if (not isinstance(value, list) or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 100 for v in value)):
+        raise fail(key, "must be a non-empty list of whole percentages, 1 to 100, such as [80, 100]")
+    if value != sorted(set(value)):
+        raise fail(key, "must be in ascending order, without repeats")
+    return tuple(value)
+
+
 def _check_keys(data: dict[str, Any], source: str) -> None:
     """Every key present, none unknown, tables are tables."""
     _check_names(data, _TOP, "", source)
     for table, keys in _TABLES.items():
-        if table not in data and table in _OPTIONAL:
-            continue
+        if table not in data:
+            continue  # a missing required table is reported by _check_names above
         if not isinstance(data[table], dict):
             raise PolicyError(table, f"must be a table [{table}]", source)
         _check_names(data[table], keys, f"{table}.", source)

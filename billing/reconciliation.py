@@ -12,13 +12,14 @@ back by the difference when voided usage no longer supports their grant (docs/AP
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
+from billing import budget as budgets
 from billing import ledger, redemptions
 from billing.models import (
     Claim,
@@ -325,6 +326,12 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     holder = invoice_holders(session, period)
     redeemed = redemptions.redeemed_invoices(session, period)  # docs/API.md#rec-steps: invoice_already_redeemed
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
+    # The budget (docs/API.md#budget): first in, first out across the year's periods; the
+    # thresholds crossed by this run are told by comparing with these figures at the end.
+    budget = next(iter(balances.values())).budget if balances else None
+    budgets.note_queue(session, budget, period)
+    used_before = {k: b.reserved + b.granted for k, b in balances.items()}
+    budget_before = {year: budget.used} if budget is not None else {}
     now = utcnow()
     totals = _Summary()
     for claims in _claim_batches(session, period, batch):
@@ -338,9 +345,14 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
+                was = claim.status
                 _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted, redeemed),
                                claim_level(policy, period, enterprise),
                                now, transfers, claim_rows, item_rows)
+                if claim.status == ClaimStatus.WAITLISTED and was != ClaimStatus.WAITLISTED:
+                    audit.append(session, AuditAction.CLAIM_WAITLISTED, "claim", f"clm_{claim.id}",
+                                 before={"status": was}, after={"status": claim.status,
+                                                                "enterprise_uscc": claim.enterprise_uscc})
             elif claim.status == ClaimStatus.APPROVED:
                 _recompute_approved(session, policy, claim, balance, metered, now)
             totals.add(claim)
@@ -351,6 +363,9 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
         if item_rows:
             i = ClaimItem.__table__
             session.execute(update(i).where(i.c.id == bindparam("b_id")), item_rows)
+
+    budgets.raise_crossings(session, policy, used_before, balances, budget_before,
+                            {year: budget} if budget is not None else {})
 
     # Rows changed with Core statements: ORM copies the caller may hold would be stale.
     for obj in list(session.identity_map.values()):
@@ -398,6 +413,13 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                               "remaining": balance.remaining + held, "cap": balance.cap,
                               "payable": amounts.payable})
     delta = amounts.payable - held
+    funded = budgets.fundable(balance.budget, claim.id, delta)
+    if balance.budget is not None and funded < delta:  # cut by the budget (docs/API.md#budget)
+        wanted = amounts.payable
+        amounts = replace(amounts, payable=held + funded)
+        discrepancies.append(budgets.exhausted(balance.budget, wanted, amounts.payable,
+                                               balance.budget.remaining))
+        delta = funded
     why = dict(claim_id=claim.id, policy_id=policy.id)
     if delta > 0:
         ledger.stage(transfers, "reserve", balance, delta, reason=f"reconciliation {claim.period}", **why)
@@ -411,6 +433,8 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                           "base": base, "discrepancies": item.discrepancies})
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
     claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
+    if amounts.payable == 0 and any(d["code"] == Discrepancy.BUDGET_EXHAUSTED for d in discrepancies):
+        claim.status = ClaimStatus.WAITLISTED  # nothing funded yet: waits its turn (docs/API.md#budget)
     claim.base, claim.computed = amounts.base, amounts.computed
     claim.payable_before_cap, claim.payable = amounts.payable_before_cap, amounts.payable
     claim.cap_reached = amounts.cap_reached

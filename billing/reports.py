@@ -25,7 +25,7 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import IO, Any
 
 from openpyxl import Workbook
@@ -36,10 +36,11 @@ from openpyxl.utils import get_column_letter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.budget import figures
 from billing.models import Claim, ClaimAdjustment, ClaimItem, Reconciliation
 from billing.totals import TOTAL_KEYS, ClaimTotals, codes_of
 from kernel.money import yuan_decimal
-from kernel.periods import parse_period
+from kernel.periods import parse_period, period_year
 from kernel.vocabulary import CLAIM_STATUSES, AdjustmentKind, ClaimStatus, Discrepancy, label
 from metering.models import Enterprise, Provider
 
@@ -415,8 +416,10 @@ def _status_text(status: str) -> str:
 
 
 def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
-               run: Reconciliation | None = None, generated_at: datetime | None = None) -> ReportSummary:
-    """The report workbook: 汇总 Summary (with charts), 明细 Claim items, 调整 Adjustments."""
+               run: Reconciliation | None = None, generated_at: datetime | None = None,
+               budget: Any = None) -> ReportSummary:
+    """The report workbook: 汇总 Summary (with charts), 明细 Claim items, 调整 Adjustments, and
+    预算 Budget when `budget` (billing/budget.py Figures of the period's year) is given."""
     generated_at = generated_at or datetime.now(UTC)
     wb = Workbook(write_only=True)
     summary_sheet = _Sheet(wb, "汇总 Summary", (30, 24, 14, 18, 18, 18, 18, 18))
@@ -457,8 +460,24 @@ def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
                        + [adjustments.money(s.adjustments_total, font=BOLD, fill=TOTAL_FILL)])
 
     _write_summary(summary_sheet, s, run, generated_at)
+    if budget is not None:
+        _write_budget(_Sheet(wb, "预算 Budget", (34, 20)), budget)
     wb.save(out)
     return s
+
+
+def _write_budget(sh: _Sheet, f: Any) -> None:
+    """The programme's budget of the period's year (docs/API.md#budget): label, figure."""
+    sh.append([sh.cell(f"年度预算 Programme budget {f.year}", font=TITLE_FONT)])
+    sh.header(("项目", "金额（元）"), ("Figure", "CNY"))
+    unlimited = "不限 unlimited"
+    for zh_en, value in (("年度预算 Annual", f.annual), ("已预留 Reserved", f.reserved),
+                         ("已批准 Granted", f.granted), ("剩余 Remaining", f.remaining),
+                         ("候补金额 Waitlisted", f.waitlisted)):
+        sh.append((zh_en, unlimited if value is None else sh.money(value)))
+    sh.append(("候补申领数 Waitlisted claims", f.waitlisted_claims))
+    forecast = f.forecast_exhausted_on.isoformat() if f.forecast_exhausted_on else "—"
+    sh.append(("预计用尽日期 Forecast exhausted on (last 90 days)", forecast))
 
 
 def _write_summary(sh: _Sheet, s: ReportSummary, run: Reconciliation | None, generated_at: datetime) -> None:
@@ -568,13 +587,18 @@ def filename(period: str, fmt: str) -> str:
     return f"voucher-report-{period}.{fmt}"
 
 
-def write_report(session: Session, period: str, fmt: str, out: IO[bytes] | str) -> ReportSummary:
-    """Write the report of `period` as `fmt` ("csv" or "xlsx") to a binary file or path."""
+def write_report(session: Session, period: str, fmt: str, out: IO[bytes] | str, *,
+                 policy: Any = None, today: date | None = None) -> ReportSummary:
+    """Write the report of `period` as `fmt` ("csv" or "xlsx") to a binary file or path; with
+    `policy`, the XLSX has the 预算 Budget sheet of the period's year (as of `today`)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     rows = iter_rows(session, period)
     if fmt == "xlsx":
-        return write_xlsx(period, rows, out, run=session.get(Reconciliation, period))
+        budget = None
+        if policy is not None:
+            budget = figures(session, policy, period_year(period), today or datetime.now(UTC).date())
+        return write_xlsx(period, rows, out, run=session.get(Reconciliation, period), budget=budget)
     if isinstance(out, str):
         with open(out, "wb") as fh:
             return write_csv(period, rows, fh)

@@ -28,10 +28,12 @@ class ClaimStatus(StrEnum):
     FLAGGED = "flagged"
     APPROVED = "approved"
     REJECTED = "rejected"
+    WAITLISTED = "waitlisted"  # the programme's budget cannot fund it yet (docs/API.md#budget)
 
 
 CLAIM_STATUSES: tuple[ClaimStatus, ...] = tuple(ClaimStatus)
-OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # reconciliation may change them
+OPEN = (ClaimStatus.SUBMITTED, ClaimStatus.VERIFIED, ClaimStatus.FLAGGED,
+        ClaimStatus.WAITLISTED)  # reconciliation may change them
 RECONCILED = (ClaimStatus.VERIFIED, ClaimStatus.FLAGGED)  # hold a reservation; awaiting a decision
 
 
@@ -88,6 +90,7 @@ class Discrepancy(StrEnum):
     USAGE_VOIDED_AFTER_APPROVAL = "usage_voided_after_approval"
     INVOICE_ALREADY_REDEEMED = "invoice_already_redeemed"  # a claim (or a 2nd redemption) names a redeemed invoice
     INVOICE_ALREADY_CLAIMED = "invoice_already_claimed"  # a redemption names an invoice a claim held first
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 class CapBasis(StrEnum):
@@ -198,6 +201,9 @@ class AuditAction(StrEnum):
     REDEMPTION_REJECTED = "redemption.rejected"
     SETTLEMENT_CREATED = "settlement.created"
     SETTLEMENT_APPROVED = "settlement.approved"
+    CLAIM_WAITLISTED = "claim.waitlisted"
+    QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
+    BUDGET_THRESHOLD_REACHED = "budget.threshold_reached"
 
 
 class EventType(StrEnum):
@@ -218,6 +224,9 @@ class EventType(StrEnum):
     REDEMPTION_VOIDED = "redemption.voided"
     REDEMPTION_EXPIRED = "redemption.expired"
     SETTLEMENT_APPROVED = "settlement.approved"
+    CLAIM_WAITLISTED = "claim.waitlisted"
+    QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
+    BUDGET_THRESHOLD_REACHED = "budget.threshold_reached"
 
 
 # The audit action whose entry raises each event (one event per entry; docs/API.md#events).
@@ -235,6 +244,9 @@ EVENT_OF_ACTION: dict[str, EventType] = {
     AuditAction.REDEMPTION_VOIDED: EventType.REDEMPTION_VOIDED,
     AuditAction.REDEMPTION_EXPIRED: EventType.REDEMPTION_EXPIRED,
     AuditAction.SETTLEMENT_APPROVED: EventType.SETTLEMENT_APPROVED,
+    AuditAction.CLAIM_WAITLISTED: EventType.CLAIM_WAITLISTED,
+    AuditAction.QUOTA_THRESHOLD_REACHED: EventType.QUOTA_THRESHOLD_REACHED,
+    AuditAction.BUDGET_THRESHOLD_REACHED: EventType.BUDGET_THRESHOLD_REACHED,
 }
 
 
@@ -262,6 +274,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         ClaimStatus.FLAGGED: N_("有差异"),
         ClaimStatus.APPROVED: N_("已批准"),
         ClaimStatus.REJECTED: N_("已驳回"),
+        ClaimStatus.WAITLISTED: N_("候补（预算不足）"),
     },
     Discrepancy: {
         Discrepancy.INVOICE_NOT_FOUND: N_("发票不存在"),
@@ -273,6 +286,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.PROVIDER_NOT_LISTED: N_("服务商不在目录"),
         Discrepancy.CAP_REACHED: N_("已达年度上限"),
         Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: N_("批准后用量作废，已追回差额"),
+        Discrepancy.BUDGET_EXHAUSTED: N_("年度预算不足"),
         Discrepancy.INVOICE_ALREADY_REDEEMED: N_("发票已核销"),
         Discrepancy.INVOICE_ALREADY_CLAIMED: N_("发票已申领"),
     },

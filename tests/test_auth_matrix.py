@@ -61,6 +61,7 @@ EXPECT: dict[str, Route | Public] = {
     "DELETE /v1/api-keys/<key_id>": Route("/v1/api-keys/{spare_key}", {"finance": 200}),
     "GET /v1/audit-events": Route("/v1/audit-events", {"finance": 200}),
     "GET /v1/job-runs": Route("/v1/job-runs", {"finance": 200}),
+    "GET /v1/budget": Route("/v1/budget", {"finance": 200}),  # the programme's money: finance only
     "GET /v1/job-runs/<run_id>": Route("/v1/job-runs/{job_run}", {"finance": 200}),
     # registry
     "POST /v1/providers": Route("/v1/providers", {"finance": 201},

@@ -2,6 +2,7 @@
 
 from api.buckets import RateBucket  # noqa: F401
 from api.idempotency import IdempotencyKey  # noqa: F401
+from billing.budget import ProgrammeBudget  # noqa: F401
 from billing.models import (  # noqa: F401
     Claim,
     ClaimAdjustment,

@@ -44,7 +44,8 @@ class Discrepancy(BaseModel):
     code: Literal["invoice_not_found", "invoice_amount_mismatch", "invoice_claimed_twice",
                   "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
                   "outside_policy_window", "cap_reached",
-                  "usage_voided_after_approval", "invoice_already_redeemed", "invoice_already_claimed"]
+                  "usage_voided_after_approval", "invoice_already_redeemed", "invoice_already_claimed",
+                  "budget_exhausted"]
     message: str
 
 

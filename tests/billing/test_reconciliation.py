@@ -433,7 +433,7 @@ def test_claims_in_batches_of_one_give_what_one_batch_gives(w, db):
     assert seen[0] == seen[1] == seen[2]
     summary, st = seen[0]
     assert summary["by_status"] == {"submitted": 0, "verified": 3, "flagged": 2, "approved": 0,
-                                    "rejected": 0}
+                                    "rejected": 0, "waitlisted": 0}
     assert summary["cap_reached"] == 1
     assert [c.payable for c in st["claims"]] == [big // 2, 30_000, w["policy"].cap_standard - big // 2,
                                                  0, 0]

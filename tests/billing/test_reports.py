@@ -107,7 +107,7 @@ def summary_block(ws, title: str) -> dict[str, tuple]:
 def test_the_month_has_every_kind_of_claim(month):
     rec = month["rec"]
     assert rec["summary"]["by_status"] == {"submitted": 0, "verified": 1, "flagged": 1,
-                                           "approved": 2, "rejected": 1}
+                                           "approved": 2, "rejected": 1, "waitlisted": 0}
     assert rec["summary"]["cap_reached"] == 1
     # v2, proportional: the ¥200 void of a ¥700 month takes back ¥100 of the ¥350 grant.
     assert rec["summary"]["totals"]["clawed_back"] == 10_000
@@ -174,7 +174,7 @@ def test_payable_is_split_across_items_by_base_and_adds_up_per_claim(month):
 
 def test_xlsx_totals_equal_the_summary(month):
     wb, _ = get_xlsx(month["finance"])
-    assert wb.sheetnames == ["汇总 Summary", "明细 Claim items", "调整 Adjustments"]
+    assert wb.sheetnames == ["汇总 Summary", "明细 Claim items", "调整 Adjustments", "预算 Budget"]
     s = month["rec"]["summary"]
     totals = summary_block(wb["汇总 Summary"], "合计 Totals")
     for key, label in (("amount_paid", "Paid"), ("invoiced", "Invoiced"), ("metered", "Metered"),

@@ -91,7 +91,7 @@ def test_two_spellings_of_one_code_stop_the_migration_and_change_nothing(fresh_u
     assert _column(fresh_url, "SELECT uscc FROM enterprise") == sorted([A, other, B])
     # 0012 did not run (migrations on other branches of the history may have run beside it).
     versions = _column(fresh_url, "SELECT version_num FROM alembic_version")
-    assert "0012" not in versions and {"0002", "0010"} <= set(versions)
+    assert "0012" not in versions and "0010" in versions
 
 
 def test_a_canonical_database_passes_silently(fresh_url, capsys):

@@ -1,0 +1,35 @@
+"""`GET /v1/budget[?year=]`: the programme's budget (docs/API.md#budget), finance only."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from api.auth import db_session, requires
+from api.http import query_arg
+from api.openapi import doc, query
+from api.schemas.budget import Budget
+from billing.budget import figures
+from kernel.db import utcnow
+from kernel.periods import day_of, parse_day
+
+bp = Blueprint("budget", __name__, url_prefix="/v1")
+
+
+def _year(value: str) -> int:
+    year = int(value)
+    if not 2000 <= year <= 2100:
+        raise ValueError("must be a year such as 2026")
+    return year
+
+
+@doc("Read the programme's budget", response=Budget, tags=["billing"],
+     description="Reserved and granted across every enterprise in the year against the policy's "
+                 "`[budget] annual`, what waits for budget, and the day it runs out at the pace "
+                 "of the last 90 days.",
+     query=[query("year", "Calendar year (default: this year, Asia/Shanghai)", type="integer")])
+@bp.get("/budget")
+@requires("finance")
+def read_budget():
+    today = parse_day(day_of(utcnow()))  # Asia/Shanghai
+    year = query_arg("year", _year, default=today.year)
+    return Budget.dump(figures(db_session(), current_app.extensions["voucher.policy"], year, today))
