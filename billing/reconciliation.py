@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import ledger, risk_data
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -41,6 +41,7 @@ from billing.policy import (
     recomputed_grant,
     window_bounds,
 )
+from billing.risk import needs_review
 from billing.totals import ClaimTotals, codes_of
 from kernel import audit
 from kernel.billing_periods import EXCLUSIVE, lock_period
@@ -177,6 +178,10 @@ def metered_sums(session: Session, policy: Policy, period: str,
     if ranges:
         in_window = case(*[(UsageRecord.provider_id.in_(sorted(pids)), ended_inside(b))
                            for b, pids in sorted(ranges.items())], else_=in_window)
+    if policy.eligible_resources:
+        # Storage, network, … are metered but left out of the base, as the window does
+        # (docs/API.md#risk, ineligible_resource).
+        in_window = case((risk_data.eligible_clause(policy.eligible_resources), in_window), else_=0)
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount),
                func.sum(in_window))
@@ -317,12 +322,15 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     def unlisted(pid: str) -> dict[str, Any] | None:
         return listing[pid] if pid in listing else provider_not_listed(policy, period, providers, pid)
     holder = invoice_holders(session, period)
+    risks = risk_data.load(session, policy, period, providers)  # a few grouped queries (docs/API.md#risk)
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
     now = utcnow()
     totals = _Summary()
     for claims in _claim_batches(session, period, batch):
-        eligible = dict(session.execute(select(Enterprise.uscc, Enterprise.eligible).where(
-            Enterprise.uscc.in_({c.enterprise_uscc for c in claims}))).all())
+        registered = {u: (ok, rep) for u, ok, rep in session.execute(
+            select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative).where(
+                Enterprise.uscc.in_({c.enterprise_uscc for c in claims})))}
+        eligible = {u: ok for u, (ok, _rep) in registered.items()}
         transfers: list[ledger.Transfer] = []
         claim_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
@@ -331,9 +339,11 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
+                risk = risks.assess(claim.enterprise_uscc, [i.provider_id for i in claim.items],
+                                    registered.get(claim.enterprise_uscc, (None, None))[1])
                 _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted),
                                claim_level(policy, period, enterprise),
-                               now, transfers, claim_rows, item_rows)
+                               now, transfers, claim_rows, item_rows, risk)
             elif claim.status == ClaimStatus.APPROVED:
                 _recompute_approved(session, policy, claim, balance, metered, now)
             totals.add(claim)
@@ -371,8 +381,12 @@ class _Eligibility:
 
 def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
                    claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
-                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]]) -> None:
-    """Evaluate one open claim; move `balance` at once and queue the writes for the batch."""
+                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]],
+                   risk: dict[str, Any] | None = None) -> None:
+    """Evaluate one open claim; move `balance` at once and queue the writes for the batch.
+
+    `risk` ({score, signals}, billing/risk_data.py) is stored with the claim and never changes
+    an amount; above the review threshold a clean claim is flagged `risk_review` (docs/API.md#risk)."""
     outcomes = [evaluate_item(policy, f) for f in facts]
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
@@ -399,6 +413,13 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
         item_rows.append({"b_id": item.id, "invoice_amount": item.invoice_amount, "metered": item.metered,
                           "base": base, "discrepancies": item.discrepancies})
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
+    if risk is not None and not flagged and needs_review(policy.risk, risk):
+        flagged = True
+        discrepancies.append({"code": Discrepancy.RISK_REVIEW,
+                              "message": f"Risk score {risk['score']} is above the review threshold "
+                                         f"{policy.risk.review_threshold}: "
+                                         + ", ".join(x["code"] for x in risk["signals"]),
+                              "score": risk["score"], "review_threshold": policy.risk.review_threshold})
     claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
     claim.base, claim.computed = amounts.base, amounts.computed
     claim.payable_before_cap, claim.payable = amounts.payable_before_cap, amounts.payable
@@ -408,7 +429,8 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     claim_rows.append({"b_id": claim.id, "status": claim.status, "base": claim.base,
                        "computed": claim.computed, "payable_before_cap": claim.payable_before_cap,
                        "payable": claim.payable, "cap_reached": claim.cap_reached,
-                       "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now})
+                       "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now,
+                       "risk": risk})
 
 
 def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,

@@ -54,6 +54,17 @@ class Discrepancy(StrEnum):
     PROVIDER_NOT_LISTED = "provider_not_listed"
     CAP_REACHED = "cap_reached"
     USAGE_VOIDED_AFTER_APPROVAL = "usage_voided_after_approval"
+    RISK_REVIEW = "risk_review"  # the risk score is above the policy's review threshold
+
+
+class RiskSignal(StrEnum):
+    """Risk signals of a claim (docs/API.md#risk); billing/risk.py computes them."""
+
+    PRICE_ABOVE_CATALOGUE = "price_above_catalogue"
+    NO_CONTRACT = "no_contract"
+    RELATED_PARTY = "related_party"
+    INELIGIBLE_RESOURCE = "ineligible_resource"
+    USAGE_SPIKE = "usage_spike"
 
 
 class CapBasis(StrEnum):
@@ -95,6 +106,7 @@ class RecordCode(StrEnum):
     CONFLICT = "conflict"
     INVALID_FIELD = "invalid_field"
     PERIOD_CLOSED = "period_closed"
+    NO_CONTRACT = "no_contract"  # policy require_contracts: no confirmed contract covers the usage
 
 
 class SkipReason(StrEnum):
@@ -221,6 +233,14 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.PROVIDER_NOT_LISTED: N_("服务商不在目录"),
         Discrepancy.CAP_REACHED: N_("已达年度上限"),
         Discrepancy.USAGE_VOIDED_AFTER_APPROVAL: N_("批准后用量作废，已追回差额"),
+        Discrepancy.RISK_REVIEW: N_("风险评分超过复核阈值"),
+    },
+    RiskSignal: {
+        RiskSignal.PRICE_ABOVE_CATALOGUE: N_("单价高于目录价"),
+        RiskSignal.NO_CONTRACT: N_("无已确认合同"),
+        RiskSignal.RELATED_PARTY: N_("关联方交易"),
+        RiskSignal.INELIGIBLE_RESOURCE: N_("非补贴资源"),
+        RiskSignal.USAGE_SPIKE: N_("用量激增"),
     },
     CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限"),
                CapBasis.OUTSIDE_POLICY_WINDOW: N_("政策期外年度（上限为0）")},
@@ -243,6 +263,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         RecordCode.CONFLICT: N_("同一记录号内容不同"),
         RecordCode.INVALID_FIELD: N_("字段无效"),
         RecordCode.PERIOD_CLOSED: N_("账期已关闭"),
+        RecordCode.NO_CONTRACT: N_("无已确认合同"),
     },
     PeriodState: {PeriodState.OPEN: N_("未关闭"), PeriodState.CLOSED: N_("已关闭")},
     SkipReason: {

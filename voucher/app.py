@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     from api.audit import bp as audit_bp
     from api.billing import bp as billing_bp
+    from api.contracts import bp as contracts_bp
     from api.events import bp as events_bp
     from api.jobs import bp as jobs_bp
     from api.registry import bp as registry_bp
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.register_blueprint(registry_bp)
     app.register_blueprint(usage_bp)
     app.register_blueprint(billing_bp)
+    app.register_blueprint(contracts_bp)
     app.register_blueprint(reports_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(audit_bp)
