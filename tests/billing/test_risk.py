@@ -228,3 +228,17 @@ def test_contract_registration_is_idempotent_and_confirmed_only_by_its_enterpris
     assert other.post(f"/v1/contracts/{cid}/confirm").status_code == 404
     assert world["ent"].get("/v1/contracts").json["data"][0]["id"] == cid
     assert other.get("/v1/contracts").json["data"] == []
+
+
+def test_the_xlsx_report_has_a_risk_sheet_of_text_cells(world):
+    import io
+
+    import openpyxl
+    contract(world, valid_until="2026-10-05")
+    push(world["prov"], world["u0"], "r", 1000, at(2026, 10, 10))
+    run(world, 1000)
+    r = world["finance"].get(f"/v1/reconciliations/{PERIOD}/report.xlsx")
+    ws = openpyxl.load_workbook(io.BytesIO(r.data))["风险 Risk"]
+    rows = list(ws.iter_rows(min_row=3, values_only=True))
+    assert rows[0][2] == 30 and rows[0][4] == "无已确认合同 no_contract"
+    assert all(not str(v).startswith("=") for row in rows for v in row if v is not None)
