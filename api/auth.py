@@ -12,6 +12,7 @@ from sqlalchemy.engine import Row
 
 from api.errors import ApiError
 from api.hotread import hot_reads
+from api.http import json_body
 from api.ratelimit import limiter_of
 from kernel.audit import Actor, new_request_id
 from kernel.keys import Principal, authenticate, check_key, parse_key
@@ -105,6 +106,9 @@ def authenticate_and_read(statement: Select, **params: Any) -> tuple[Principal, 
     return principal, row  # type: ignore[return-value]  # a valid key always has its row
 
 
+_WITH_BODY = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
 def requires(*roles: str, deferred: bool = False) -> Callable:
     """Admit only these roles; everyone else with a valid key gets 403.
 
@@ -118,6 +122,8 @@ def requires(*roles: str, deferred: bool = False) -> Callable:
             if not deferred:
                 principal = current_principal()
                 _check_role(principal, roles)
+            if request.method in _WITH_BODY:
+                json_body(required=False)  # any body sent is JSON within the limits, read or not
             return view(*args, **kwargs)
 
         wrapper.roles = roles  # type: ignore[attr-defined]  # read by the authorisation matrix

@@ -275,7 +275,6 @@ def run_reconciliation():
 @bp.post("/reconciliations/<period>/close")
 @requires("finance")
 def close_reconciliation_period(period: str):
-    json_body(required=False)  # no fields, but a body sent must be JSON like any other POST's
     try:
         parse_period(period)
     except ValueError:

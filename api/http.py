@@ -8,7 +8,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from flask import request
+from flask import g, request
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError
@@ -33,8 +33,24 @@ def whole_number(text: str) -> int:
     return int(text)
 
 
+_NO_BODY = object()
+
+
 def json_body(required: bool = True) -> Any:
-    """The request's JSON; numbers with a fraction parse as Decimal so nothing is rounded."""
+    """The request's JSON; numbers with a fraction parse as Decimal so nothing is rounded.
+    Parsed once per request (api.auth.requires checks every POST's body before the view)."""
+    parsed = g.get("json_body", _NO_BODY)
+    if parsed is _NO_BODY:
+        parsed = g.json_body = _parse_body()
+    if parsed is None:
+        if required:
+            raise ApiError(400, "bad_request", "Request body must be a JSON object")
+        return {}
+    return parsed
+
+
+def _parse_body() -> Any:
+    """The request body parsed as JSON, None when there is none."""
     raw = request.get_data(cache=True)
     limit = request.max_content_length
     if limit is not None and request.content_length is None and len(raw) >= limit:
@@ -43,9 +59,7 @@ def json_body(required: bool = True) -> Any:
         if request.environ["wsgi.input"].read(1):
             raise ApiError(413, "request_too_large", "Request body too large")
     if not raw:
-        if required:
-            raise ApiError(400, "bad_request", "Request body must be a JSON object")
-        return {}
+        return None
     too_deep = ApiError(400, "json_too_deep",
                         f"Request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
     try:

@@ -58,7 +58,8 @@ def push_usage_records():
     session = db_session()
     with session.begin():
         result = ingest_records(session, principal.subject, records,
-                                future_skew=timedelta(seconds=settings.future_skew_seconds))
+                                future_skew=timedelta(seconds=settings.future_skew_seconds),
+                                require_contracts=current_app.extensions["voucher.policy"].require_contracts)
         record_batch(session, principal.subject, "api", result)
     current_app.extensions["voucher.events"].batch_ingested(principal.subject, result)
     return UsageBatch.dump(result)

@@ -114,7 +114,6 @@ def list_deliveries(endpoint_id: str):
 @bp.post("/webhook-endpoints/<endpoint_id>/deliveries/<delivery_id>/retry")
 @requires(*ALL)
 def retry_delivery(endpoint_id: str, delivery_id: str):
-    json_body(required=False)  # no fields, but a body sent must be JSON like any other POST's
     session = db_session()
     with session.begin():
         endpoint = _endpoint_or_404(session, endpoint_id)

@@ -65,6 +65,7 @@ class Claim(Base):
     clawed_back: Mapped[int] = mapped_column(BigInteger, default=0)
     cap_reached: Mapped[bool] = mapped_column(Boolean, default=False)
     discrepancies: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    risk: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {score, signals} (docs/API.md#risk)
     policy_id: Mapped[str | None] = mapped_column(String(64))
     decision_reason: Mapped[str | None] = mapped_column(Text)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

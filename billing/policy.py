@@ -10,11 +10,12 @@ docs/POLICY.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
+from billing.risk import RiskPolicy
 from kernel import periods
 from kernel.vocabulary import CapBasis, Discrepancy
 
@@ -92,6 +93,11 @@ class Policy:
     budget_annual: Fen | None = None  # [budget] annual: the programme's yearly budget; None: unlimited (docs/API.md#budget)
     quota_thresholds: tuple[int, ...] = (80, 100)  # [alerts]: % of an enterprise's cap (docs/API.md#thresholds)
     budget_thresholds: tuple[int, ...] = (50, 80, 100)  # [alerts]: % of the annual budget
+    # Risk review (docs/POLICY.md#risk): resource patterns whose usage counts toward the base
+    # (empty: every resource), contracts required at push time, the [risk] table.
+    eligible_resources: tuple[str, ...] = ()
+    require_contracts: bool = False
+    risk: RiskPolicy = field(default_factory=RiskPolicy)
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by

@@ -25,6 +25,7 @@ from billing.policy import (
     Policy,
     PolicyError,
 )
+from billing.risk import SIGNALS, RiskPolicy
 
 __all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
 
@@ -63,6 +64,9 @@ _TOP = {
     "redemption",
     "budget",
     "alerts",
+    "eligible_resources",
+    "require_contracts",
+    "risk",
 }
 _TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"},
            "redemption": {"hold_days"}, "budget": {"annual"},
@@ -70,7 +74,10 @@ _TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"toleran
 # Added in v2: files written before keep loading (close after 90 days; reimbursement only; no
 # [budget]: unlimited; no [alerts] (or a key of it): the default thresholds, docs/POLICY.md#budget).
 _OPTIONAL = {"reconciliation.close_after_days", "settlement_modes", "redemption", "budget", "alerts",
-             "alerts.quota_thresholds", "alerts.budget_thresholds"}
+             "alerts.quota_thresholds", "alerts.budget_thresholds", "eligible_resources",
+             "require_contracts", "risk"}
+_RISK = {"price_tolerance", "spike_factor", "spike_floor", "review_threshold", "weights"}
+_RESOURCE = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._*?:/-]{0,63}$")
 
 
 def default_policy_path() -> Path:
@@ -214,6 +221,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     for key in ("quota_thresholds", "budget_thresholds"):
         if key in data.get("alerts", {}):
             fields[key] = _percentages(data["alerts"][key], f"alerts.{key}", fail)
+    fields.update(_risk_fields(data, fail))
     try:
         return Policy(**fields)
     except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
@@ -231,6 +239,63 @@ def _percentages(value: Any, key: str, fail) -> tuple[int, ...]:
     if value != sorted(set(value)):
         raise fail(key, "must be in ascending order, without repeats")
     return tuple(value)
+
+
+def _risk_fields(data: dict[str, Any], fail) -> dict[str, Any]:
+    """`eligible_resources`, `require_contracts` and `[risk]` (docs/POLICY.md#risk), each optional."""
+    out: dict[str, Any] = {}
+    if "eligible_resources" in data:
+        patterns = data["eligible_resources"]
+        if not isinstance(patterns, list) or not patterns:
+            raise fail("eligible_resources", 'must be a non-empty list of patterns such as "gpu.*"')
+        for i, p in enumerate(patterns):
+            if not isinstance(p, str) or not _RESOURCE.fullmatch(p) or "[" in p:
+                raise fail(f"eligible_resources[{i}]", "must be a resource name or a pattern with * and ?")
+        out["eligible_resources"] = tuple(patterns)
+    if "require_contracts" in data:
+        if not isinstance(data["require_contracts"], bool):
+            raise fail("require_contracts", "must be true or false")
+        out["require_contracts"] = data["require_contracts"]
+    if "risk" not in data:
+        return out
+    risk = data["risk"]
+    if not isinstance(risk, dict):
+        raise fail("risk", "must be a table [risk]")
+    unknown = sorted(set(risk) - _RISK)
+    if unknown:
+        raise fail(f"risk.{unknown[0]}", "unknown key")
+    missing = sorted(_RISK - set(risk))
+    if missing:
+        raise fail(f"risk.{missing[0]}", "missing")
+
+    def fraction(key: str, minimum: int) -> Fraction:
+        v = risk[key]
+        if not isinstance(v, str) or not _RATE.fullmatch(v):
+            raise fail(f"risk.{key}", 'must be an exact string such as "0.2" or "3", not a float')
+        f = Fraction(v)
+        if f < minimum:
+            raise fail(f"risk.{key}", f"must be >= {minimum}")
+        return f
+
+    def whole(table: dict[str, Any], key: str, name: str, top: int | None) -> int:
+        v = table[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or (top is not None and v > top):
+            raise fail(name, "must be an integer" + (f" 0–{top}" if top is not None else " >= 0 (fen)"))
+        return v
+
+    weights = risk["weights"]
+    if not isinstance(weights, dict):
+        raise fail("risk.weights", "must be a table [risk.weights]")
+    for key in sorted(set(weights) ^ set(SIGNALS)):
+        raise fail(f"risk.weights.{key}", "unknown signal" if key in weights else "missing")
+    out["risk"] = RiskPolicy(
+        price_tolerance=fraction("price_tolerance", 0),
+        spike_factor=fraction("spike_factor", 1),
+        spike_floor=whole(risk, "spike_floor", "risk.spike_floor", None),
+        review_threshold=whole(risk, "review_threshold", "risk.review_threshold", 100),
+        weights={k: whole(weights, k, f"risk.weights.{k}", 100) for k in SIGNALS},
+    )
+    return out
 
 
 def _check_keys(data: dict[str, Any], source: str) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from billing import budget as budgets
-from billing import ledger, redemptions
+from billing import ledger, redemptions, risk_data
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -42,6 +42,7 @@ from billing.policy import (
     recomputed_grant,
     window_bounds,
 )
+from billing.risk import needs_review
 from billing.totals import ClaimTotals, codes_of
 from kernel import audit
 from kernel.billing_periods import EXCLUSIVE, lock_period
@@ -181,6 +182,10 @@ def metered_sums(session: Session, policy: Policy, period: str,
     if ranges:
         in_window = case(*[(UsageRecord.provider_id.in_(sorted(pids)), ended_inside(b))
                            for b, pids in sorted(ranges.items())], else_=in_window)
+    if policy.eligible_resources:
+        # Storage, network, … are metered but left out of the base, as the window does
+        # (docs/API.md#risk, ineligible_resource).
+        in_window = case((risk_data.eligible_clause(policy.eligible_resources), in_window), else_=0)
     rows = session.execute(
         select(UsageRecord.provider_id, UsageRecord.enterprise_uscc, func.sum(UsageRecord.amount),
                func.sum(in_window))
@@ -325,6 +330,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
         return listing[pid] if pid in listing else provider_not_listed(policy, period, providers, pid)
     holder = invoice_holders(session, period)
     redeemed = redemptions.redeemed_invoices(session, period)  # docs/API.md#rec-steps: invoice_already_redeemed
+    risks = risk_data.load(session, policy, period, providers)  # a few grouped queries (docs/API.md#risk)
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
     # The budget (docs/API.md#budget): first in, first out across the year's periods; the
     # thresholds crossed by this run are told by comparing with these figures at the end.
@@ -335,8 +341,10 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     now = utcnow()
     totals = _Summary()
     for claims in _claim_batches(session, period, batch):
-        eligible = dict(session.execute(select(Enterprise.uscc, Enterprise.eligible).where(
-            Enterprise.uscc.in_({c.enterprise_uscc for c in claims}))).all())
+        registered = {u: (ok, rep) for u, ok, rep in session.execute(
+            select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative).where(
+                Enterprise.uscc.in_({c.enterprise_uscc for c in claims})))}
+        eligible = {u: ok for u, (ok, _rep) in registered.items()}
         transfers: list[ledger.Transfer] = []
         claim_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
@@ -345,10 +353,12 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
+                risk = risks.assess(claim.enterprise_uscc, [i.provider_id for i in claim.items],
+                                    registered.get(claim.enterprise_uscc, (None, None))[1])
                 was = claim.status
                 _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted, redeemed),
                                claim_level(policy, period, enterprise),
-                               now, transfers, claim_rows, item_rows)
+                               now, transfers, claim_rows, item_rows, risk)
                 if claim.status == ClaimStatus.WAITLISTED and was != ClaimStatus.WAITLISTED:
                     audit.append(session, AuditAction.CLAIM_WAITLISTED, "claim", f"clm_{claim.id}",
                                  before={"status": was}, after={"status": claim.status,
@@ -397,8 +407,12 @@ class _Eligibility:
 
 def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
                    claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
-                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]]) -> None:
-    """Evaluate one open claim; move `balance` at once and queue the writes for the batch."""
+                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]],
+                   risk: dict[str, Any] | None = None) -> None:
+    """Evaluate one open claim; move `balance` at once and queue the writes for the batch.
+
+    `risk` ({score, signals}, billing/risk_data.py) is stored with the claim and never changes
+    an amount; above the review threshold a clean claim is flagged `risk_review` (docs/API.md#risk)."""
     outcomes = [evaluate_item(policy, f) for f in facts]
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
@@ -432,6 +446,13 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
         item_rows.append({"b_id": item.id, "invoice_amount": item.invoice_amount, "metered": item.metered,
                           "base": base, "discrepancies": item.discrepancies})
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
+    if risk is not None and not flagged and needs_review(policy.risk, risk):
+        flagged = True
+        discrepancies.append({"code": Discrepancy.RISK_REVIEW,
+                              "message": f"Risk score {risk['score']} is above the review threshold "
+                                         f"{policy.risk.review_threshold}: "
+                                         + ", ".join(x["code"] for x in risk["signals"]),
+                              "score": risk["score"], "review_threshold": policy.risk.review_threshold})
     claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
     if amounts.payable == 0 and any(d["code"] == Discrepancy.BUDGET_EXHAUSTED for d in discrepancies):
         claim.status = ClaimStatus.WAITLISTED  # nothing funded yet: waits its turn (docs/API.md#budget)
@@ -443,7 +464,8 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     claim_rows.append({"b_id": claim.id, "status": claim.status, "base": claim.base,
                        "computed": claim.computed, "payable_before_cap": claim.payable_before_cap,
                        "payable": claim.payable, "cap_reached": claim.cap_reached,
-                       "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now})
+                       "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now,
+                       "risk": risk})
 
 
 def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,

@@ -41,7 +41,14 @@ from billing.models import Claim, ClaimAdjustment, ClaimItem, Reconciliation
 from billing.totals import TOTAL_KEYS, ClaimTotals, codes_of
 from kernel.money import yuan_decimal
 from kernel.periods import parse_period, period_year
-from kernel.vocabulary import CLAIM_STATUSES, AdjustmentKind, ClaimStatus, Discrepancy, label
+from kernel.vocabulary import (
+    CLAIM_STATUSES,
+    AdjustmentKind,
+    ClaimStatus,
+    Discrepancy,
+    RiskSignal,
+    label,
+)
 from metering.models import Enterprise, Provider
 
 Fen = int
@@ -417,9 +424,11 @@ def _status_text(status: str) -> str:
 
 def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
                run: Reconciliation | None = None, generated_at: datetime | None = None,
-               budget: Any = None) -> ReportSummary:
-    """The report workbook: 汇总 Summary (with charts), 明细 Claim items, 调整 Adjustments, and
-    预算 Budget when `budget` (billing/budget.py Figures of the period's year) is given."""
+               budget: Any = None,
+               risks: Iterable[tuple[str, str, str, dict[str, Any]]] | None = None) -> ReportSummary:
+    """The report workbook: 汇总 Summary (with charts), 明细 Claim items, 调整 Adjustments,
+    预算 Budget when `budget` (billing/budget.py Figures of the period's year) is given, and
+    风险 Risk when `risks` — (claim ref, USCC, status, risk) by score, highest first — is given."""
     generated_at = generated_at or datetime.now(UTC)
     wb = Workbook(write_only=True)
     summary_sheet = _Sheet(wb, "汇总 Summary", (30, 24, 14, 18, 18, 18, 18, 18))
@@ -462,6 +471,8 @@ def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
     _write_summary(summary_sheet, s, run, generated_at)
     if budget is not None:
         _write_budget(_Sheet(wb, "预算 Budget", (34, 20)), budget)
+    if risks is not None:
+        _write_risk(_Sheet(wb, "风险 Risk", (12, 22, 8, 14, 24, 8, 60, 60)), risks)
     wb.save(out)
     return s
 
@@ -583,6 +594,30 @@ def _show_axes(chart: BarChart) -> None:
 
 # --- one call for the API and the CLI -------------------------------------------------------
 
+RISK_COLUMNS = (("申领", "Claim"), ("统一社会信用代码", "USCC"), ("风险分", "Score"), ("状态", "Status"),
+                ("信号", "Signal"), ("权重", "Weight"), ("说明", "Explanation (zh)"), ("Explanation", "Explanation (en)"))
+
+
+def _write_risk(sh: _Sheet, risks: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
+    """One row per signal of each claim (docs/API.md#risk); text cells only, never formulas."""
+    sh.header((c[0] for c in RISK_COLUMNS), (c[1] for c in RISK_COLUMNS))
+    for ref, uscc, status, risk in risks:
+        for sig in risk.get("signals") or [{}]:
+            code = sig.get("code")
+            sh.append((ref, uscc, risk.get("score", 0), _status_text(status),
+                       f"{label(RiskSignal, code)} {code}" if code else "—", sig.get("weight"),
+                       sig.get("message_zh", ""), sig.get("message", "")))
+
+
+def risk_rows(session: Session, period: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """The period's reconciled claims with their risk, highest score first (one query)."""
+    rows = session.execute(select(Claim.id, Claim.enterprise_uscc, Claim.status, Claim.risk)
+                           .where(Claim.period == period).order_by(Claim.id))
+    out = [(f"clm_{i}", u, st, r) for i, u, st, r in rows if r]
+    out.sort(key=lambda x: -int(x[3].get("score", 0)))
+    return out
+
+
 def filename(period: str, fmt: str) -> str:
     return f"voucher-report-{period}.{fmt}"
 
@@ -598,7 +633,8 @@ def write_report(session: Session, period: str, fmt: str, out: IO[bytes] | str, 
         budget = None
         if policy is not None:
             budget = figures(session, policy, period_year(period), today or datetime.now(UTC).date())
-        return write_xlsx(period, rows, out, run=session.get(Reconciliation, period), budget=budget)
+        return write_xlsx(period, rows, out, run=session.get(Reconciliation, period), budget=budget,
+                          risks=risk_rows(session, period))
     if isinstance(out, str):
         with open(out, "wb") as fh:
             return write_csv(period, rows, fh)

@@ -91,6 +91,17 @@ class Discrepancy(StrEnum):
     INVOICE_ALREADY_REDEEMED = "invoice_already_redeemed"  # a claim (or a 2nd redemption) names a redeemed invoice
     INVOICE_ALREADY_CLAIMED = "invoice_already_claimed"  # a redemption names an invoice a claim held first
     BUDGET_EXHAUSTED = "budget_exhausted"
+    RISK_REVIEW = "risk_review"  # the risk score is above the policy's review threshold
+
+
+class RiskSignal(StrEnum):
+    """Risk signals of a claim (docs/API.md#risk); billing/risk.py computes them."""
+
+    PRICE_ABOVE_CATALOGUE = "price_above_catalogue"
+    NO_CONTRACT = "no_contract"
+    RELATED_PARTY = "related_party"
+    INELIGIBLE_RESOURCE = "ineligible_resource"
+    USAGE_SPIKE = "usage_spike"
 
 
 class CapBasis(StrEnum):
@@ -132,6 +143,7 @@ class RecordCode(StrEnum):
     CONFLICT = "conflict"
     INVALID_FIELD = "invalid_field"
     PERIOD_CLOSED = "period_closed"
+    NO_CONTRACT = "no_contract"  # policy require_contracts: no confirmed contract covers the usage
 
 
 class SkipReason(StrEnum):
@@ -289,6 +301,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         Discrepancy.BUDGET_EXHAUSTED: N_("年度预算不足"),
         Discrepancy.INVOICE_ALREADY_REDEEMED: N_("发票已核销"),
         Discrepancy.INVOICE_ALREADY_CLAIMED: N_("发票已申领"),
+        Discrepancy.RISK_REVIEW: N_("风险评分超过复核阈值"),
     },
     RedemptionStatus: {
         RedemptionStatus.AUTHORIZED: N_("已冻结"),
@@ -301,6 +314,13 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
     },
     SettlementStatus: {SettlementStatus.PENDING: N_("待批准"), SettlementStatus.APPROVED: N_("已批准")},
     SettlementMode: {SettlementMode.REIMBURSEMENT: N_("事后申领"), SettlementMode.REDEMPTION: N_("服务商核销"),
+    },
+    RiskSignal: {
+        RiskSignal.PRICE_ABOVE_CATALOGUE: N_("单价高于目录价"),
+        RiskSignal.NO_CONTRACT: N_("无已确认合同"),
+        RiskSignal.RELATED_PARTY: N_("关联方交易"),
+        RiskSignal.INELIGIBLE_RESOURCE: N_("非补贴资源"),
+        RiskSignal.USAGE_SPIKE: N_("用量激增"),
     },
     CapBasis: {CapBasis.STANDARD: N_("标准上限"), CapBasis.NEW_MODEL_FILING: N_("新取得大模型备案的上限"),
                CapBasis.OUTSIDE_POLICY_WINDOW: N_("政策期外年度（上限为0）")},
@@ -323,6 +343,7 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
         RecordCode.CONFLICT: N_("同一记录号内容不同"),
         RecordCode.INVALID_FIELD: N_("字段无效"),
         RecordCode.PERIOD_CLOSED: N_("账期已关闭"),
+        RecordCode.NO_CONTRACT: N_("无已确认合同"),
     },
     PeriodState: {PeriodState.OPEN: N_("未关闭"), PeriodState.CLOSED: N_("已关闭")},
     SkipReason: {

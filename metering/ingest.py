@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from kernel.billing_periods import closed_among
 from kernel.db import MicroDecimal
+from metering.contracts import confirmed_intervals, covered
 from metering.models import Enterprise, UsageRecord
 from metering.records import (
     RecordError,
@@ -140,8 +141,14 @@ def ingest_records(
     now: datetime | None = None,
     future_skew: timedelta = timedelta(minutes=5),
     param_prefix: str = "records",
+    require_contracts: bool = False,
 ) -> BatchResult:
-    """Validate and store a batch for one provider. The caller owns the transaction."""
+    """Validate and store a batch for one provider. The caller owns the transaction.
+
+    `require_contracts` (policy, docs/API.md#risk): a record whose `ended_at` no confirmed
+    contract between the provider and its enterprise covers is rejected `no_contract` — one
+    query for the batch's contracts, checked in memory.
+    """
     now = now or datetime.now(UTC)
     n = len(raw_records)
     results: list[dict[str, Any] | None] = [None] * n
@@ -168,6 +175,7 @@ def ingest_records(
     # One lookup for the whole batch (docs/API.md#period-close): a closed period's figures are
     # final, so its new records are refused; a replay of a stored one is still a duplicate.
     closed = closed_among(session, {record_period(rec) for _, rec in valid})
+    contracts = confirmed_intervals(session, provider_id, known) if require_contracts else None
 
     # First occurrence of each record_id in the batch is the one offered to the database;
     # later ones are judged against it (same content: duplicate, else conflict).
@@ -180,6 +188,11 @@ def ingest_records(
             reject(i, RecordError("unknown_enterprise",
                                   f"enterprise {rec.enterprise_uscc} is not registered in the programme",
                                   f"{param_prefix}[{i}].enterprise_uscc"))
+            continue
+        if contracts is not None and not covered(contracts.get(rec.enterprise_uscc, []), rec.ended_at):
+            reject(i, RecordError("no_contract",
+                                  f"no confirmed contract between {provider_id} and {rec.enterprise_uscc} "
+                                  f"covers {rec.ended_at.isoformat()}", f"{param_prefix}[{i}].ended_at"))
             continue
         digest = content_hash(rec)
         if rec.record_id in first_seen:

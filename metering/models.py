@@ -33,6 +33,9 @@ class Provider(Base):
     county: Mapped[str | None] = mapped_column(String(64))
     listed_from: Mapped[date | None] = mapped_column(Date)
     listed_until: Mapped[date | None] = mapped_column(Date)
+    # Risk review (docs/API.md#risk): who the provider is, to tell related-party purchases.
+    uscc: Mapped[str | None] = mapped_column(String(18))
+    legal_representative: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -44,6 +47,7 @@ class Enterprise(Base):
     name: Mapped[str] = mapped_column(String(200))
     county: Mapped[str | None] = mapped_column(String(64))
     eligible: Mapped[bool] = mapped_column(Boolean, default=True)
+    legal_representative: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

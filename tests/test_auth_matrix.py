@@ -152,6 +152,22 @@ EXPECT: dict[str, Route | Public] = {
                                                              {"finance": 200}),
     "GET /v1/settlements/<settlement_id>/payment.xlsx": Route("/v1/settlements/{settlement}/payment.xlsx",
                                                               {"finance": 200}),
+    # risk registries (docs/API.md#risk-registries)
+    "POST /v1/contracts": Route(  # a provider registers its own; finance must name provider_id
+        "/v1/contracts", {"other_provider": 201, "provider": 201, "finance": 422},
+        {"enterprise_uscc": U0, "contract_no": "C-9", "signed_on": "2026-09-01", "valid_from": "2026-09-01",
+         "valid_until": "2026-12-31"}),
+    "GET /v1/contracts": Route("/v1/contracts", {c: 200 for c in CALLERS[2:]}),
+    "POST /v1/contracts/<contract_id>/confirm": Route(
+        "/v1/contracts/{contract}/confirm", {"other_enterprise": 404, "enterprise": 200}),
+    "POST /v1/providers/<provider_id>/prices": Route(
+        "/v1/providers/prov-a/prices", {"finance": 201},
+        {"resource": "gpu.h800", "unit": "gpu_hour", "unit_price": 1000, "effective_from": "2026-01-01"}),
+    "GET /v1/providers/<provider_id>/prices": Route(
+        "/v1/providers/prov-a/prices", {"other_provider": 404, "provider": 200, "finance": 200}),
+    "POST /v1/related-parties": Route("/v1/related-parties", {"finance": 201},
+                                      {"provider_id": "prov-b", "enterprise_uscc": U1, "relation": "同一实际控制人"}),
+    "GET /v1/related-parties": Route("/v1/related-parties", {"finance": 200}),
     # events and webhooks: each role its own; another subject's endpoint is a 404, as is
     # another role's (an endpoint belongs to its key's role and subject)
     "GET /v1/events": Route("/v1/events", {c: 200 for c in CALLERS[2:]}),
@@ -251,7 +267,10 @@ def world(db, settings):
     invoice(prov, "INV-2", U0, 1_000, period=PERIOD)
     ids = {"claim": claim(ent, [("prov-a", "INV-1", 20_000)], period=PERIOD),
            "claim_to_reject": claim(ent, [("prov-a", "INV-2", 1_000)], period=PERIOD),
-           "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"]}
+           "spare_key": finance.post("/v1/api-keys", json={"role": "finance"}).json["id"],
+           "contract": prov.post("/v1/contracts", json={
+               "enterprise_uscc": U0, "contract_no": "C-1", "signed_on": "2026-09-01",
+               "valid_from": "2026-09-01", "valid_until": "2026-12-31"}).json["id"]}
     rdm = [prov.post("/v1/redemptions", json={"enterprise_uscc": U0, "reference": ref, "list_amount": amount,
                                                "period": PERIOD}).json["id"]
            for ref, amount in (("order-1", 10_000), ("o-2", 10_000), ("o-3", 10_000), ("o-4", 20_005))]

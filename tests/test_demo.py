@@ -186,3 +186,14 @@ def test_make_uscc_is_valid_for_every_county():
     codes = {make_uscc(seq, region) for seq in range(1, 40) for region in COUNTY_CODES.values()}
     assert len(codes) == 39 * 7
     assert all(uscc.is_valid(c) for c in codes)
+
+
+def test_demo_finds_every_planted_risk_case_with_few_false_positives(demo_run):
+    """Recall 100 % of the planted signals, at most 5 % of clean claims flagged by risk (docs/API.md#risk):
+    a weight or threshold change that breaks either fails here."""
+    m = re.search(r"planted (\d+) cases, found (\d+) \(recall (\d+)%\); clean claims flagged by risk "
+                  r"(\d+) of (\d+)", demo_run["output"])
+    assert m, demo_run["output"]
+    planted, found, recall, flagged, clean = map(int, m.groups())
+    assert planted == 5 and found == planted and recall == 100
+    assert clean >= 20 and flagged <= 0.05 * clean

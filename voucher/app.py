@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     from api.audit import bp as audit_bp
     from api.billing import bp as billing_bp
     from api.budget import bp as budget_bp
+    from api.contracts import bp as contracts_bp
     from api.events import bp as events_bp
     from api.jobs import bp as jobs_bp
     from api.redemptions import bp as redemptions_bp
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.register_blueprint(billing_bp)
     app.register_blueprint(redemptions_bp)
     app.register_blueprint(budget_bp)
+    app.register_blueprint(contracts_bp)
     app.register_blueprint(reports_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(audit_bp)

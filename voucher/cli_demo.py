@@ -39,6 +39,7 @@ from kernel.periods import (
     shift_period,
 )
 from kernel.vocabulary import ClaimStatus, Discrepancy, label
+from voucher import cli_demo_risk
 from voucher.cli_settings import settings as cli_settings
 
 Fen = int
@@ -163,7 +164,7 @@ INELIGIBLE = 29  # registered, but not eligible (e.g. its tax registration is ou
 OTHER_SUBSIDIES = {3: ("省级算力券", 2_000_000), 9: ("市级首台套补助（算力部分）", 5_000_000)}  # fen
 # Enterprises with a part in the story always claim; the others now and then skip a month.
 STORY = {HEAVY_NO_FILING, OUTSIDE_WINDOW, AMOUNT_MISMATCH, CLAWBACK, NOT_FOUND, CLAIMED_TWICE,
-         USAGE_MISMATCH, NOT_LISTED, INELIGIBLE, *FILINGS, *OTHER_SUBSIDIES}
+         USAGE_MISMATCH, NOT_LISTED, INELIGIBLE, *FILINGS, *OTHER_SUBSIDIES, *cli_demo_risk.PLANTED}
 
 
 def demo_periods(policy, now: datetime) -> list[str]:
@@ -249,7 +250,9 @@ def build_plan(periods: list[str]) -> Plan:
     dup_id = f"{early.cluster}-{4_100_000 + seq['jx-aicc']}"
     records["jx-aicc"].append({**original, "record_id": dup_id,
                                "metadata": {**original["metadata"], "job_id": dup_id.split("-")[1]}})
-    return Plan(periods, usccs, records, ("jx-aicc", dup_id))
+    plan = Plan(periods, usccs, records, ("jx-aicc", dup_id))
+    cli_demo_risk.plant(plan, PROVIDERS, ENTERPRISES)  # one case per risk signal in the latest month
+    return plan
 
 
 # --- seeding through the service layer ----------------------------------------------------
@@ -277,6 +280,8 @@ def _registry(db, plan: Plan) -> None:
                 obtained = date(year if this_year else year - 1, int(filing_no[-4:-2]), int(filing_no[-2:]))
                 session.add(ModelFiling(enterprise_uscc=plan.usccs[i], filing_no=filing_no,
                                         model_name=model, obtained_on=obtained))
+        session.flush()
+        cli_demo_risk.register(session, plan, PROVIDERS, ENTERPRISES)
 
 
 def _usage(db, plan: Plan, now: datetime) -> Counter:
@@ -617,6 +622,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
         print_reconciliations(db, [OUTSIDE_WINDOW_PERIOD, *plan.periods])
         discrepancy_table(db, plan.usccs)
         quota_table(db, policy, plan.usccs, period_year(plan.periods[-1]))
+        cli_demo_risk.print_figures(db, plan)
         paths = write_reports(db, plan.periods, reports_dir or REPO_ROOT / "var" / "reports")
         click.echo("\nMonthly reports (XLSX):")
         for path in paths:

@@ -23,4 +23,5 @@ from kernel.keys import ApiKey  # noqa: F401
 from kernel.outbox import OutboxEvent  # noqa: F401
 from kernel.webhooks import WebhookDelivery, WebhookEndpoint  # noqa: F401
 from metering.batches import IngestBatch  # noqa: F401
+from metering.contracts import Contract, PriceEntry, RelatedParty  # noqa: F401
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord  # noqa: F401

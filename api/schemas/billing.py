@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from api.schemas.base import USCC_EXAMPLE as USCC
 from api.schemas.base import Resource, Timestamp, Uscc, omitted_when_none, or_empty, public_id
+from api.schemas.risk import Risk
 from kernel.periods import parse_period
 from kernel.vocabulary import CLAIM_STATUSES
 
@@ -45,7 +46,7 @@ class Discrepancy(BaseModel):
                   "usage_invoice_mismatch", "enterprise_not_eligible", "provider_not_listed",
                   "outside_policy_window", "cap_reached",
                   "usage_voided_after_approval", "invoice_already_redeemed", "invoice_already_claimed",
-                  "budget_exhausted"]
+                  "budget_exhausted", "risk_review"]
     message: str
 
 
@@ -112,6 +113,8 @@ class Claim(Resource):
     clawed_back: int
     cap_reached: bool
     discrepancies: Discrepancies = Field(description="Claim-level findings")
+    risk: Risk | None = Field(default=None, description="Risk score and signals of the last run "
+                                                         "(docs/API.md#risk); null until reconciled")
     policy_id: str | None
     decision_reason: str | None
     submitted_at: Timestamp | None

@@ -29,6 +29,8 @@ class Provider(Resource):
     county: str | None
     listed_from: date | None = Field(description="First day in the city's catalogue")
     listed_until: date | None = Field(description="Last day in the catalogue; null while listed")
+    uscc: str | None = Field(default=None, description="The provider's own USCC (related-party check)")
+    legal_representative: str | None = Field(default=None, description="法定代表人 (related-party check)")
     created_at: Timestamp
 
 
@@ -51,6 +53,7 @@ class Enterprise(Resource):
     name: str
     county: str | None
     eligible: bool
+    legal_representative: str | None = Field(default=None, description="法定代表人 (related-party check)")
     created_at: Timestamp
     model_filings: list[ModelFiling] | None = omitted_when_none(
         description="Only when one enterprise is read")
@@ -75,6 +78,8 @@ class ProviderIn(_Listing):
     county: str | None = Field(default=None, max_length=64)
     listed_from: date | None = None
     listed_until: date | None = None
+    uscc: Uscc | None = None
+    legal_representative: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 def _not_null(value: object) -> object:
@@ -92,6 +97,8 @@ class ProviderPatch(_Listing):
     county: str | None = Field(default=None, max_length=64)
     listed_from: date | None = None
     listed_until: date | None = None
+    uscc: Uscc | None = None
+    legal_representative: str | None = Field(default=None, min_length=1, max_length=100)
 
     _required_columns = field_validator("name", "kind")(_not_null)
 
@@ -102,6 +109,7 @@ class EnterpriseIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     county: str | None = Field(default=None, max_length=64)
     eligible: bool = True
+    legal_representative: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class EnterprisePatch(BaseModel):
@@ -109,6 +117,7 @@ class EnterprisePatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     county: str | None = Field(default=None, max_length=64)
     eligible: bool | None = None
+    legal_representative: str | None = Field(default=None, min_length=1, max_length=100)
 
     _required_columns = field_validator("name", "eligible")(_not_null)
 

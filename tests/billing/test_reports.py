@@ -174,7 +174,8 @@ def test_payable_is_split_across_items_by_base_and_adds_up_per_claim(month):
 
 def test_xlsx_totals_equal_the_summary(month):
     wb, _ = get_xlsx(month["finance"])
-    assert wb.sheetnames == ["汇总 Summary", "明细 Claim items", "调整 Adjustments", "预算 Budget"]
+    assert wb.sheetnames == ["汇总 Summary", "明细 Claim items", "调整 Adjustments", "预算 Budget",
+                             "风险 Risk"]
     s = month["rec"]["summary"]
     totals = summary_block(wb["汇总 Summary"], "合计 Totals")
     for key, label in (("amount_paid", "Paid"), ("invoiced", "Invoiced"), ("metered", "Metered"),
