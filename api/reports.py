@@ -8,10 +8,10 @@ from flask import Blueprint, send_file
 
 from api.auth import db_session, requires
 from api.errors import not_found
+from api.http import period_arg
 from api.openapi import doc
 from billing.models import Reconciliation
 from billing.reports import FORMATS, filename, write_report
-from kernel.periods import parse_period
 
 bp = Blueprint("reports", __name__, url_prefix="/v1")
 
@@ -19,10 +19,7 @@ SPOOL_BYTES = 8 * 1024 * 1024  # larger reports go to a temporary file, not memo
 
 
 def _report(period: str, fmt: str):
-    try:
-        parse_period(period)
-    except ValueError:
-        raise not_found("reconciliation", period) from None
+    period_arg(period, "reconciliation")
     session = db_session()
     if session.get(Reconciliation, period) is None:
         raise not_found("reconciliation", period)
