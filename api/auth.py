@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any
 
@@ -10,7 +11,7 @@ from flask import current_app, g, has_request_context, request
 from sqlalchemy import Select
 from sqlalchemy.engine import Row
 
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from api.hotread import hot_reads
 from api.http import json_body
 from api.ratelimit import limiter_of
@@ -23,6 +24,14 @@ def db_session():
     if "db_session" not in g:
         g.db_session = current_app.extensions["voucher.db"].session()
     return g.db_session
+
+
+@contextmanager
+def transaction() -> Iterator[Any]:
+    """The request's session inside one transaction: committed at the end, rolled back on error."""
+    session = db_session()
+    with session.begin():
+        yield session
 
 
 def _bearer_token() -> str:
@@ -137,6 +146,28 @@ def ensure_subject(principal: Principal, role: str, subject: str, what: str) -> 
     """Another subject's resource answers 404, never 403, so ids cannot be enumerated."""
     if principal.role == role and principal.subject != subject:
         raise ApiError(404, "resource_missing", f"No such {what}: {subject!r}")
+
+
+def scoped_filter(principal: Principal, role: str, named: str | None) -> str | None:
+    """A list's `role` filter (provider, enterprise): a principal of that role sees its own
+    (naming another answers 404, param `role`); the others filter by what they named."""
+    if principal.role != role:
+        return named
+    if named and named != principal.subject:
+        raise not_found(role, named, role)
+    return principal.subject
+
+
+def acting_for(principal: Principal, role: str, named: str | None, field: str, refusal: str) -> str:
+    """The subject a write is for: a principal of `role` writes for itself only (naming
+    another is a 403 with `refusal`); finance must name it in `field` (422 otherwise)."""
+    if principal.role == role:
+        if named is not None and named != principal.subject:
+            raise ApiError(403, "forbidden", refusal, field)
+        return principal.subject
+    if not named:
+        raise ApiError(422, "missing_field", f"finance must name {field}", field)
+    return named
 
 
 def request_actor() -> Actor | None:

@@ -9,16 +9,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import (
+    acting_for,
     authenticate_and_read,
     authorised_principal,
     current_principal,
     db_session,
     ensure_subject,
     requires,
+    scoped_filter,
+    transaction,
 )
 from api.errors import ApiError, not_found
 from api.hotread import balance_of_row, quota_params, quota_with_key
-from api.http import cursor, json_body, page_args, parse_model, query_arg, whole_number
+from api.http import cursor, json_body, page_args, parse_model, period_arg, query_arg, whole_number
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
 from api.schemas.billing import (
@@ -33,7 +36,7 @@ from billing.invoices import submit_invoice
 from billing.lifecycle import close_period, period_view
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
-from kernel.db import parse_row_id
+from kernel.db import keyset_page, parse_row_id
 from kernel.keys import key_select
 from kernel.periods import local_year, parse_period
 from kernel.uscc import canonical_uscc
@@ -61,13 +64,9 @@ def _after_id(prefix: str, value: str | None) -> int | None:
 @bp.post("/provider-invoices")
 @requires("provider", "finance")
 def create_invoice():
-    principal = current_principal()
     body = parse_model(InvoiceIn, json_body())
-    provider_id = principal.subject if principal.role == "provider" else body.provider_id
-    if principal.role == "provider" and body.provider_id not in (None, principal.subject):
-        raise ApiError(403, "forbidden", "A provider submits its own invoices only", "provider_id")
-    if not provider_id:
-        raise ApiError(422, "missing_field", "finance must name provider_id", "provider_id")
+    provider_id = acting_for(current_principal(), "provider", body.provider_id, "provider_id",
+                             "A provider submits its own invoices only")
     session = db_session()
     fields = body.model_dump(exclude={"provider_id"})
     try:
@@ -90,14 +89,8 @@ def list_invoices():
     limit, after = page_args()
     stmt = select(ProviderInvoice)
     provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    if principal.role == "enterprise":
-        if enterprise and enterprise != principal.subject:
-            raise not_found("enterprise", enterprise, "enterprise")
-        enterprise = principal.subject
+    provider = scoped_filter(principal, "provider", provider)
+    enterprise = scoped_filter(principal, "enterprise", enterprise)
     if provider:
         stmt = stmt.where(ProviderInvoice.provider_id == provider)
     if enterprise:
@@ -105,11 +98,8 @@ def list_invoices():
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
     if period:
         stmt = stmt.where(ProviderInvoice.period == period)
-    after_id = _after_id("inv_", after)
-    if after_id:
-        stmt = stmt.where(ProviderInvoice.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(ProviderInvoice.id).limit(limit + 1)))
-    return out.ProviderInvoice.page(rows[:limit], len(rows) > limit, "/v1/provider-invoices")
+    rows, more = keyset_page(db_session(), stmt, ProviderInvoice.id, limit, _after_id("inv_", after))
+    return out.ProviderInvoice.page(rows, more, "/v1/provider-invoices")
 
 
 # --- claims -------------------------------------------------------------------------------
@@ -120,19 +110,11 @@ def list_invoices():
 @bp.post("/claims")
 @requires("enterprise", "finance")
 def create_claim():
-    principal = current_principal()
     body = parse_model(ClaimIn, json_body())
     named = canonical_uscc(body.enterprise_uscc) if body.enterprise_uscc else None
-    if principal.role == "enterprise":
-        if named and named != principal.subject:
-            raise ApiError(403, "forbidden", "An enterprise claims for itself only", "enterprise_uscc")
-        uscc = principal.subject
-    else:
-        if not named:
-            raise ApiError(422, "missing_field", "finance must name enterprise_uscc", "enterprise_uscc")
-        uscc = named
-    session = db_session()
-    with session.begin():
+    uscc = acting_for(current_principal(), "enterprise", named, "enterprise_uscc",
+                      "An enterprise claims for itself only")
+    with transaction() as session:
         if session.get(Enterprise, uscc) is None:
             raise ApiError(422, "unknown_enterprise", f"Enterprise {uscc} is not registered", "enterprise_uscc")
         claim = claims_svc.submit_claim(session, uscc, body.period,
@@ -171,11 +153,7 @@ def list_claims():
     principal = current_principal()
     limit, after = page_args()
     stmt = select(Claim)
-    enterprise = query_arg("enterprise", canonical_uscc)
-    if principal.role == "enterprise":
-        if enterprise and enterprise != principal.subject:
-            raise not_found("enterprise", enterprise, "enterprise")
-        enterprise = principal.subject
+    enterprise = scoped_filter(principal, "enterprise", query_arg("enterprise", canonical_uscc))
     if enterprise:
         stmt = stmt.where(Claim.enterprise_uscc == enterprise)
     period = query_arg("period", lambda v: (parse_period(v), v)[1])
@@ -186,11 +164,8 @@ def list_claims():
         if status not in CLAIM_STATUSES:
             raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
         stmt = stmt.where(Claim.status == status)
-    after_id = _after_id("clm_", after)
-    if after_id:
-        stmt = stmt.where(Claim.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(Claim.id).limit(limit + 1)))
-    return out.Claim.page(rows[:limit], len(rows) > limit, "/v1/claims")
+    rows, more = keyset_page(db_session(), stmt, Claim.id, limit, _after_id("clm_", after))
+    return out.Claim.page(rows, more, "/v1/claims")
 
 
 @doc("Approve a reconciled claim: its reservation becomes granted", request=DecisionIn,
@@ -200,8 +175,7 @@ def list_claims():
 @requires("finance")
 def approve_claim(claim_id: str):
     body = parse_model(DecisionIn, json_body(required=False) or {})
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         claim = _claim_or_404(session, claim_id, lock=True)
         claims_svc.approve(session, policy(), claim, body.reason)
     return out.Claim.dump(claim)
@@ -213,8 +187,7 @@ def approve_claim(claim_id: str):
 @requires("finance")
 def reject_claim(claim_id: str):
     body = parse_model(RejectIn, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         claim = _claim_or_404(session, claim_id, lock=True)
         claims_svc.reject(session, policy(), claim, body.reason)
     return out.Claim.dump(claim)
@@ -260,8 +233,7 @@ _QUOTA_WITH_KEY = quota_with_key(key_select())
 @requires("finance")
 def run_reconciliation():
     body = parse_model(ReconciliationIn, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         run, first = reconcile(session, policy(), body.period)
     current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     return out.Reconciliation.dump(run), 201 if first else 200
@@ -275,12 +247,8 @@ def run_reconciliation():
 @bp.post("/reconciliations/<period>/close")
 @requires("finance")
 def close_reconciliation_period(period: str):
-    try:
-        parse_period(period)
-    except ValueError:
-        raise not_found("period", period) from None
-    session = db_session()
-    with session.begin():
+    period_arg(period, "period")
+    with transaction() as session:
         close_period(session, period)
     return out.BillingPeriod.dump(period_view(session, period))
 
@@ -290,10 +258,7 @@ def close_reconciliation_period(period: str):
 @bp.get("/reconciliations/<period>")
 @requires("finance")
 def get_reconciliation(period: str):
-    try:
-        parse_period(period)
-    except ValueError:
-        raise not_found("reconciliation", period) from None
+    period_arg(period, "reconciliation")
     session = db_session()
     run = session.get(Reconciliation, period)
     if run is None:

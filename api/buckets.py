@@ -106,20 +106,31 @@ return '0'
 """
 
 
-class RedisStore:
-    def __init__(self, client: Any, prefix: str = "voucher:") -> None:
-        self.client = client
-        self.prefix = prefix
-        self._take = client.register_script(_TAKE_LUA)
-        self._down = False
+class _SharedStore:
+    """A store in another process (Redis, PostgreSQL): a bucket that never refills refuses
+    at once, without a round trip; the store's `_take` does the rest."""
 
     def take(self, key: str, bucket: Bucket, cost: float = 1, now: float | None = None) -> float:
         now = time.time() if now is None else now
         cost = min(cost, bucket.burst)
         if bucket.rate <= 0:
             return math.inf
+        return self._take(key, bucket, cost, now)
+
+    def _take(self, key: str, bucket: Bucket, cost: float, now: float) -> float:
+        raise NotImplementedError
+
+
+class RedisStore(_SharedStore):
+    def __init__(self, client: Any, prefix: str = "voucher:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._script = client.register_script(_TAKE_LUA)
+        self._down = False
+
+    def _take(self, key: str, bucket: Bucket, cost: float, now: float) -> float:
         try:
-            wait = float(self._take(keys=[f"{self.prefix}bucket:{key}"],
+            wait = float(self._script(keys=[f"{self.prefix}bucket:{key}"],
                                     args=[repr(bucket.rate), repr(bucket.burst), repr(cost), repr(now)]))
         except Exception as exc:  # redis.RedisError, OSError: limits must not take the service down
             if not self._down:
@@ -130,7 +141,7 @@ class RedisStore:
         return wait
 
 
-class PostgresStore:
+class PostgresStore(_SharedStore):
     _UPDATE = text(
         "UPDATE rate_bucket SET tokens = least(:burst, tokens + greatest(0, :now - updated_at) * :rate)"
         " - :cost, updated_at = :now"
@@ -145,11 +156,7 @@ class PostgresStore:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def take(self, key: str, bucket: Bucket, cost: float = 1, now: float | None = None) -> float:
-        now = time.time() if now is None else now
-        cost = min(cost, bucket.burst)
-        if bucket.rate <= 0:
-            return math.inf
+    def _take(self, key: str, bucket: Bucket, cost: float, now: float) -> float:
         params = {"key": key, "rate": bucket.rate, "burst": bucket.burst, "cost": cost, "now": now}
         try:
             with self.engine.begin() as conn:  # its own short transaction, never the request's

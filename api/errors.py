@@ -85,6 +85,11 @@ def from_domain(exc: DomainError) -> ApiError:
     return ApiError(status, exc.code, exc.message, exc.param)
 
 
+def refusal(exc: ApiError | DomainError) -> ApiError:
+    """The ApiError a handler of either refusal answers with (the console's pages too)."""
+    return from_domain(exc) if isinstance(exc, DomainError) else exc
+
+
 def _respond(err: ApiError):
     resp = jsonify(err.body())
     resp.status_code = err.status
@@ -95,12 +100,9 @@ def _respond(err: ApiError):
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(err: ApiError):
-        return _respond(err)
-
     @app.errorhandler(DomainError)
-    def _domain_error(exc: DomainError):
-        return _respond(from_domain(exc))
+    def _refused(exc: ApiError | DomainError):
+        return _respond(refusal(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

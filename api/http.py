@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 from flask import g, request
 from pydantic import BaseModel, ValidationError
 
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from api.schemas.base import error_of
 from kernel.db import NoSuchRow
 from kernel.nesting import deeper_than
+from kernel.periods import parse_period
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -115,3 +116,11 @@ def cursor(parse: Callable[[str], int], value: str | None) -> int | None:
     except ValueError as exc:
         raise ApiError(400, "invalid_query", str(exc), "starting_after") from None
 
+
+def period_arg(period: str, what: str) -> str:
+    """A `YYYY-MM` path parameter; anything else names no `what` (404, like a month never run)."""
+    try:
+        parse_period(period)
+    except ValueError:
+        raise not_found(what, period) from None
+    return period

@@ -24,11 +24,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask
 
 from api.buckets import Bucket, BucketStore, LocalStore, retry_after, store_for
 from api.errors import ApiError
+
+T = TypeVar("T")
 
 MAX_ADDRESSES = 10_000  # blocked addresses remembered by one process; the oldest go first
 
@@ -95,30 +98,26 @@ class PushLimiter:
                                headers={"Retry-After": str(seconds)})
 
 
+def _app_once(app: Flask, name: str, make: Callable[[Any], T]) -> T:
+    """`app.extensions[name]`, made on first use by `make(settings)`."""
+    made = app.extensions.get(name)
+    if made is None:
+        made = app.extensions[name] = make(app.config["VOUCHER_SETTINGS"])
+    return made
+
+
 def bucket_store_of(app: Flask) -> BucketStore:
-    store = app.extensions.get("voucher.buckets")
-    if store is None:
-        settings = app.config["VOUCHER_SETTINGS"]
-        store = app.extensions["voucher.buckets"] = store_for(
-            settings.redis_url, settings.redis_prefix, app.extensions["voucher.db"])
-    return store
+    return _app_once(app, "voucher.buckets", lambda settings: store_for(
+        settings.redis_url, settings.redis_prefix, app.extensions["voucher.db"]))
 
 
 def limiter_of(app: Flask) -> FailureLimiter:
     """The app's failed-authentication limiter, made on first use from its settings."""
-    limiter = app.extensions.get("voucher.auth_failures")
-    if limiter is None:
-        settings = app.config["VOUCHER_SETTINGS"]
-        limiter = app.extensions["voucher.auth_failures"] = FailureLimiter(
-            settings.auth_fail_limit, settings.auth_fail_window, store=bucket_store_of(app))
-    return limiter
+    return _app_once(app, "voucher.auth_failures", lambda settings: FailureLimiter(
+        settings.auth_fail_limit, settings.auth_fail_window, store=bucket_store_of(app)))
 
 
 def push_limiter_of(app: Flask) -> PushLimiter:
-    limiter = app.extensions.get("voucher.push_limits")
-    if limiter is None:
-        s = app.config["VOUCHER_SETTINGS"]
-        limiter = app.extensions["voucher.push_limits"] = PushLimiter(
-            Bucket(s.push_requests_per_second, s.push_requests_burst),
-            Bucket(s.push_records_per_second, s.push_records_burst), bucket_store_of(app))
-    return limiter
+    return _app_once(app, "voucher.push_limits", lambda s: PushLimiter(
+        Bucket(s.push_requests_per_second, s.push_requests_burst),
+        Bucket(s.push_records_per_second, s.push_records_burst), bucket_store_of(app)))

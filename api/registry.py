@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Blueprint
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from api.auth import current_principal, db_session, ensure_subject, requires
+from api.auth import current_principal, db_session, ensure_subject, requires, transaction
 from api.errors import ApiError, not_found
 from api.http import json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
@@ -26,6 +31,16 @@ bp = Blueprint("registry", __name__, url_prefix="/v1")
 __all__ = ["EnterpriseIn", "EnterprisePatch", "FilingIn", "ProviderIn", "ProviderPatch", "bp"]
 
 
+def _create(model: type[BaseModel], create: Callable[[Session, dict[str, Any]], Any],
+            dump: Callable[[Any], dict[str, Any]]):
+    """A registration: the body validated by `model`, created by the registry in one
+    transaction (metering.registry), answered 201 with its `dump`."""
+    body = parse_model(model, json_body())
+    with transaction() as session:
+        row = create(session, body.model_dump())
+    return dump(row), 201
+
+
 @doc("Register a compute provider", request=ProviderIn, response=ProviderOut, status=201,
      tags=["providers"], errors={409: "A provider with this id exists"},
      example={"id": "jx-zhisuan", "name": "嘉兴智算中心", "kind": "intelligent_computing",
@@ -33,11 +48,7 @@ __all__ = ["EnterpriseIn", "EnterprisePatch", "FilingIn", "ProviderIn", "Provide
 @bp.post("/providers")
 @requires("finance")
 def create_provider():
-    body = parse_model(ProviderIn, json_body())
-    session = db_session()
-    with session.begin():
-        provider = registry.create_provider(session, body.model_dump())
-    return ProviderOut.dump(provider), 201
+    return _create(ProviderIn, registry.create_provider, ProviderOut.dump)
 
 
 @doc("List providers", response=ListOf(ProviderOut), tags=["providers"], query=PAGE)
@@ -68,8 +79,7 @@ def get_provider(provider_id: str):
 @requires("finance")
 def patch_provider(provider_id: str):
     body = parse_model(ProviderPatch, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         provider = session.get(Provider, provider_id)
         if provider is None:
             raise not_found("provider", provider_id)
@@ -88,11 +98,8 @@ def patch_provider(provider_id: str):
 @bp.post("/enterprises")
 @requires("finance")
 def create_enterprise():
-    body = parse_model(EnterpriseIn, json_body())
-    session = db_session()
-    with session.begin():
-        enterprise = registry.create_enterprise(session, body.model_dump())
-    return EnterpriseOut.dump(enterprise, model_filings=[]), 201
+    return _create(EnterpriseIn, registry.create_enterprise,
+                   lambda enterprise: EnterpriseOut.dump(enterprise, model_filings=[]))
 
 
 @doc("List enterprises", response=ListOf(EnterpriseOut), tags=["enterprises"],
@@ -136,8 +143,7 @@ def get_enterprise(uscc: str):
 @requires("finance")
 def patch_enterprise(uscc: str):
     body = parse_model(EnterprisePatch, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         enterprise = _enterprise_or_404(session, uscc)
         changes = apply_changes(enterprise, body.model_dump(exclude_unset=True))
         if changes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
-from api.auth import db_session, requires
+from api.auth import requires, transaction
 from api.errors import ApiError, not_found
 from api.http import json_body, parse_model
 from api.openapi import doc
@@ -47,8 +47,7 @@ def readyz():
 @requires("finance")
 def create_api_key():
     body = parse_model(ApiKeyIn, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         subject = check_key_subject(session, body.role, body.subject)
         row, plain = issue_key(session, body.role, subject)
         audit.append(session, "api_key.created", "api_key", row.id,
@@ -60,8 +59,7 @@ def create_api_key():
 @bp.delete("/v1/api-keys/<key_id>")
 @requires("finance")
 def delete_api_key(key_id: str):
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         row = revoke_key(session, key_id)
         if row is None:
             raise not_found("api key", key_id)

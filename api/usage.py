@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from flask import Blueprint, current_app
 
-from api.auth import current_principal, db_session, requires
+from api.auth import current_principal, db_session, requires, scoped_filter, transaction
 from api.errors import ApiError, not_found
 from api.http import cursor, json_body, page_args, parse_model, query_arg
 from api.openapi import PAGE, ListOf, doc, query
@@ -55,8 +55,7 @@ def push_usage_records():
     if extra:
         raise ApiError(422, "unknown_field", f"Unknown field {sorted(extra)[0]}", sorted(extra)[0])
     push_limiter_of(current_app).admit(principal.key_id, len(records))  # 429 before any write
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         result = ingest_records(session, principal.subject, records,
                                 future_skew=timedelta(seconds=settings.future_skew_seconds),
                                 require_contracts=current_app.extensions["voucher.policy"].require_contracts)
@@ -69,15 +68,8 @@ def _scope_filters() -> tuple[str | None, str | None]:
     principal = current_principal()
     provider = query_arg("provider")
     enterprise = query_arg("enterprise", canonical_uscc)
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    elif principal.role == "enterprise":
-        if enterprise and enterprise != principal.subject:
-            raise not_found("enterprise", enterprise, "enterprise")
-        enterprise = principal.subject
-    return provider, enterprise
+    return (scoped_filter(principal, "provider", provider),
+            scoped_filter(principal, "enterprise", enterprise))
 
 
 @doc("List usage records",
@@ -136,8 +128,7 @@ def void_usage_record(record_id: str):
     body = json_body(required=False)
     reason = parse_model(VoidIn, body if isinstance(body, dict) else {}).reason
     provider_id = _target_provider()
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         record = get_record(session, provider_id, record_id, lock=True)
         if record is None:
             raise not_found("usage record", record_id)

@@ -335,6 +335,12 @@ TOTAL_FILL = PatternFill("solid", fgColor="F2F2F2")
 THIN = Side(style="thin", color="999999")
 HEADER_BORDER = Border(bottom=THIN)
 
+
+def _money_column(zh: str, en: str, width: int = 15) -> tuple[str, str, int, str]:
+    """A column of yuan amounts: its headers say so in both languages."""
+    return f"{zh}（元）", f"{en} (CNY)", width, "money"
+
+
 # (Chinese header, English header, width, kind)
 CLAIM_COLUMNS = (  # the first columns of both sheets: which claim a row belongs to
     ("所属期", "Period", 9, "text"),
@@ -346,17 +352,17 @@ CLAIM_COLUMNS = (  # the first columns of both sheets: which claim a row belongs
 ITEM_COLUMNS = CLAIM_COLUMNS + (
     ("服务商", "Provider", 14, "text"),
     ("发票号码", "Invoice no.", 23, "text"),
-    ("实付金额（元）", "Paid (CNY)", 15, "money"),
-    ("发票金额（元）", "Invoiced (CNY)", 15, "money"),
-    ("计量金额（元）", "Metered (CNY)", 15, "money"),
-    ("补贴基数（元）", "Base (CNY)", 15, "money"),
+    _money_column("实付金额", "Paid"),
+    _money_column("发票金额", "Invoiced"),
+    _money_column("计量金额", "Metered"),
+    _money_column("补贴基数", "Base"),
     ("应付补贴（元）", "Payable (CNY, claim's split by base)", 17, "money"),
     ("状态", "Status", 15, "text"),
     ("差异代码", "Discrepancy codes", 40, "text"),
 )
 ADJUSTMENT_COLUMNS = CLAIM_COLUMNS + (
     ("类型", "Kind", 14, "text"),
-    ("金额（元）", "Amount (CNY)", 15, "money"),
+    _money_column("金额", "Amount"),
     ("原因", "Reason", 70, "text"),
     ("时间（UTC）", "Created at (UTC)", 20, "text"),
 )
@@ -559,37 +565,34 @@ def _write_summary(sh: _Sheet, s: ReportSummary, run: Reconciliation | None, gen
     # Charts: where a reader would rather look than read. Series names come from the
     # English header row; categories are the first column of each block.
     if county_last > county_en:
-        chart = BarChart()
-        chart.type = "col"
-        chart.title = "各区县补贴基数与应付补贴 Base and payable by county (CNY)"
+        chart = _bar_chart(sh, "col", "各区县补贴基数与应付补贴 Base and payable by county (CNY)",
+                           ((4, 5),), county_en, county_last)
         chart.y_axis.title = "元 CNY"
-        chart.y_axis.numFmt = "#,##0"
-        chart.add_data(Reference(sh.ws, min_col=4, max_col=5, min_row=county_en, max_row=county_last),
-                       titles_from_data=True)
-        chart.set_categories(Reference(sh.ws, min_col=1, min_row=county_en + 1, max_row=county_last))
-        _show_axes(chart)
-        chart.width, chart.height = 20, 9
         sh.ws.add_chart(chart, "J3")
     if provider_last > provider_en:
-        chart = BarChart()
-        chart.type = "bar"
-        chart.title = "各服务商计量与应付补贴 Metered vs payable by provider (CNY)"
+        chart = _bar_chart(sh, "bar", "各服务商计量与应付补贴 Metered vs payable by provider (CNY)",
+                           ((6, 6), (8, 8)), provider_en, provider_last)
         chart.x_axis.title = None
-        chart.y_axis.numFmt = "#,##0"
-        chart.add_data(Reference(sh.ws, min_col=6, max_col=6, min_row=provider_en, max_row=provider_last),
-                       titles_from_data=True)
-        chart.add_data(Reference(sh.ws, min_col=8, max_col=8, min_row=provider_en, max_row=provider_last),
-                       titles_from_data=True)
-        chart.set_categories(Reference(sh.ws, min_col=1, min_row=provider_en + 1, max_row=provider_last))
-        _show_axes(chart)
-        chart.width, chart.height = 20, 9
         sh.ws.add_chart(chart, "J23")
 
 
-def _show_axes(chart: BarChart) -> None:
+def _bar_chart(sh: _Sheet, kind: str, title: str, series: Iterable[tuple[int, int]],
+               header_row: int, last_row: int) -> BarChart:
+    """A bar chart of a block: each (first, last) column range adds series named by the block's
+    header row (`header_row`, the English one); categories are the block's first column."""
+    chart = BarChart()
+    chart.type = kind
+    chart.title = title
+    chart.y_axis.numFmt = "#,##0"
+    for first, last in series:
+        chart.add_data(Reference(sh.ws, min_col=first, max_col=last, min_row=header_row, max_row=last_row),
+                       titles_from_data=True)
+    chart.set_categories(Reference(sh.ws, min_col=1, min_row=header_row + 1, max_row=last_row))
     # openpyxl ≥ 3.1 writes <c:delete val="1"/> unless told otherwise: Excel then hides the axes.
     chart.x_axis.delete = False
     chart.y_axis.delete = False
+    chart.width, chart.height = 20, 9
+    return chart
 
 
 # --- one call for the API and the CLI -------------------------------------------------------

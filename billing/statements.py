@@ -39,7 +39,7 @@ from billing.models import Claim
 from billing.policy import Policy
 from billing.settlement import PaymentError, Payments
 from kernel import audit
-from kernel.db import Base, BigId, Database, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Database, Timestamps, UTCDateTime, utcnow
 from kernel.periods import parse_period
 from kernel.vocabulary import PROVIDER_KIND_SHORT, ClaimStatus, UsageStatus
 from metering.models import Enterprise, Provider, UsageRecord
@@ -51,7 +51,7 @@ UNREACHABLE = "unreachable"  # an outcome: the payment API did not answer at all
 KIND_ZH = PROVIDER_KIND_SHORT  # kernel/vocabulary.py
 
 
-class Statement(Base):
+class Statement(Timestamps, Base):
     """What was issued to the payment system for one enterprise and month."""
 
     __tablename__ = "statement"
@@ -70,8 +70,6 @@ class Statement(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     issued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (UniqueConstraint("enterprise_uscc", "period"),)
 

@@ -13,7 +13,7 @@ import tempfile
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import (
     Blueprint,
@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 from adapters.registry import UPLOAD_FORMATS
 from api.auth import db_session
-from api.errors import ApiError, from_domain
+from api.errors import ApiError, refusal
 from billing import claims as claims_svc
 from billing import ledger, lifecycle
 from billing.models import (
@@ -94,6 +94,7 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 
 NEAR_CAP = 0.9  # the share of the cap at which an enterprise is "near the cap" (as in /metrics)
 _YUAN = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
+M = TypeVar("M")  # a mapped class
 
 
 class FormError(Exception):
@@ -197,13 +198,10 @@ def _csrf_refused(_exc):
 
 
 @bp.errorhandler(ApiError)
-def _api_error(exc: ApiError):
-    return _error_page(exc.status, _("无法完成"), exc.message)
-
-
 @bp.errorhandler(DomainError)
-def _domain_error(exc: DomainError):
-    return _api_error(from_domain(exc))
+def _refused(exc: ApiError | DomainError):
+    err = refusal(exc)
+    return _error_page(err.status, _("无法完成"), err.message)
 
 
 @bp.errorhandler(HTTPException)
@@ -287,12 +285,17 @@ def _year_arg() -> int:
     return int(raw)
 
 
-def _enterprise_or_404(uscc: str) -> Enterprise:
-    own_subject("enterprise", uscc)
-    enterprise = db_session().get(Enterprise, uscc)
-    if enterprise is None:
+def _own_or_404(model: type[M], role: str, ident: str) -> M:
+    """The `model` row `ident` a user of `role` may see only if it is its own; 404 if missing."""
+    own_subject(role, ident)
+    row = db_session().get(model, ident)
+    if row is None:
         abort(404)
-    return enterprise
+    return row
+
+
+def _enterprise_or_404(uscc: str) -> Enterprise:
+    return _own_or_404(Enterprise, "enterprise", uscc)
 
 
 def monthly_spend(session, uscc: str, year: int) -> dict[str, dict[str, int]]:
@@ -560,11 +563,7 @@ def reject_claim(claim_id: str):
 # --- provider ---------------------------------------------------------------------------------
 
 def _provider_or_404(provider_id: str) -> Provider:
-    own_subject("provider", provider_id)
-    p = db_session().get(Provider, provider_id)
-    if p is None:
-        abort(404)
-    return p
+    return _own_or_404(Provider, "provider", provider_id)
 
 
 def _provider_page(p: Provider, summary=None, upload_errors=None, status: int = 200):
@@ -675,13 +674,18 @@ def claim_codes(c: Claim) -> set[str]:
         d["code"] for i in c.items for d in i.discrepancies or []}
 
 
-@bp.get("/reconciliations/<period>")
-@login_required("finance")
-def reconciliation(period: str):
+def _period_or_404(period: str) -> None:
+    """A month in the URL is `YYYY-MM`; anything else is no such page."""
     try:
         parse_period(period)
     except ValueError:
         abort(404)
+
+
+@bp.get("/reconciliations/<period>")
+@login_required("finance")
+def reconciliation(period: str):
+    _period_or_404(period)
     s = db_session()
     run = s.get(Reconciliation, period)
     claims = list(s.scalars(select(Claim).where(Claim.period == period).order_by(Claim.id)))
@@ -723,10 +727,7 @@ def reconciliation(period: str):
 @login_required("finance")
 def close_period(period: str):
     """The same rule as POST /v1/reconciliations/{period}/close (billing.lifecycle)."""
-    try:
-        parse_period(period)
-    except ValueError:
-        abort(404)
+    _period_or_404(period)
     end_reads()
     try:
         with database().session() as ws, ws.begin():
@@ -746,10 +747,7 @@ def report(period: str, fmt: str):
 
     if fmt not in FORMATS:
         abort(404)
-    try:
-        parse_period(period)
-    except ValueError:
-        abort(404)
+    _period_or_404(period)
     s = db_session()
     if s.get(Reconciliation, period) is None:
         abort(404)

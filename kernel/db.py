@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Select, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -120,6 +120,13 @@ def keyset_page(session: Session, stmt: Select, key: Any, limit: int,
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Timestamps:
+    """Mixin: `created_at`, and `updated_at` set again by every ORM update (the last columns)."""
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -19,12 +19,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base, BigId, MicroDecimal, UTCDateTime, utcnow
+from kernel.db import Base, BigId, MicroDecimal, Timestamps, UTCDateTime, utcnow
 
 PROVIDER_KINDS = ("intelligent_computing", "supercomputing")
 
 
-class Provider(Base):
+class Provider(Timestamps, Base):
     __tablename__ = "provider"
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -36,11 +36,9 @@ class Provider(Base):
     # Risk review (docs/API.md#risk): who the provider is, to tell related-party purchases.
     uscc: Mapped[str | None] = mapped_column(String(18))
     legal_representative: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class Enterprise(Base):
+class Enterprise(Timestamps, Base):
     __tablename__ = "enterprise"
 
     uscc: Mapped[str] = mapped_column(String(18), primary_key=True)
@@ -48,8 +46,6 @@ class Enterprise(Base):
     county: Mapped[str | None] = mapped_column(String(64))
     eligible: Mapped[bool] = mapped_column(Boolean, default=True)
     legal_representative: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class ModelFiling(Base):
