@@ -27,6 +27,16 @@ def _config(provider_id: str, fmt: str | None):
     return ProviderConfig(provider_id, fmt or "csv", provider_id, {}, {}, {})
 
 
+def echo_report(lines: list[str], problems: list[str], limit: int = 20) -> None:
+    """A summary on stdout, then the first `limit` problems on stderr (an import's report)."""
+    for line in lines:
+        click.echo(line)
+    for problem in problems[:limit]:
+        click.echo(f"  {problem}", err=True)
+    if len(problems) > limit:
+        click.echo(f"  … {len(problems) - limit} more", err=True)
+
+
 @click.command("import")
 @click.option("--provider", "provider_id", required=True)
 @click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
@@ -49,12 +59,7 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
     with click.progressbar(length=len(extracted.records), label=f"importing {file.name}",
                            show_pos=True, file=sys.stderr) as bar:
         summary = ingest_extracted(db, provider_id, extracted, bar.update)
-    for line in summary.lines():
-        click.echo(line)
-    for problem in summary.problems[:20]:
-        click.echo(f"  {problem}", err=True)
-    if len(summary.problems) > 20:
-        click.echo(f"  … {len(summary.problems) - 20} more", err=True)
+    echo_report(summary.lines(), summary.problems)
 
 
 def _pull_with_progress(db, cfg):
