@@ -630,7 +630,7 @@ def upload(provider_id: str):
         return _provider_page(p, upload_errors=[str(exc)], status=422)
     end_reads()
     summary = ingest_extracted(database(), provider_id, extracted, source="console",
-                               label=file.filename[:200])
+                               label=file.filename[:200], require_contracts=policy().require_contracts)
     return _provider_page(p, summary=summary)
 
 

@@ -187,3 +187,33 @@ def test_a_registry_file_with_a_wrong_header_is_refused_whole(finance, database_
     assert r.exit_code != 0 and "missing unit_price" in r.output and "unknown price" in r.output
     r = CliRunner().invoke(main, ["import-prices", "--provider", "ghost", str(f)], env=env)
     assert r.exit_code != 0 and "ghost" in r.output
+
+
+def test_import_rejects_uncovered_records_no_contract_when_the_policy_requires_contracts(
+        finance, as_key, database_url, tmp_path):
+    """`require_contracts = true` (docs/POLICY.md#risk): `voucher import` rejects what no confirmed
+    contract covers with `no_contract`, exactly as the push API; covered records go in."""
+    from billing.policy_file import default_policy_path
+
+    uscc = make_uscc(42)
+    finance.post("/v1/providers", json={"id": "jx-cloud", "name": "c", "kind": "intelligent_computing"})
+    finance.post("/v1/enterprises", json={"uscc": uscc, "name": "acme"})
+    text = default_policy_path().read_text(encoding="utf-8")
+    assert "require_contracts = false" in text
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text.replace("require_contracts = false", "require_contracts = true"), encoding="utf-8")
+    (tmp_path / "jx-cloud.toml").write_text(PROVIDER_FILE.format(uscc=uscc))
+    export = tmp_path / "oct.csv"
+    export.write_text(CSV)
+    # a confirmed contract covering 2026-10-01 only: r1 covered, r4 (10-02) not
+    ctr = as_key("provider", "jx-cloud").post("/v1/contracts", json={
+        "enterprise_uscc": uscc, "contract_no": "C-1", "signed_on": "2026-09-01",
+        "valid_from": "2026-09-01", "valid_until": "2026-10-01"}).json["id"]
+    assert as_key("enterprise", uscc).post(f"/v1/contracts/{ctr}/confirm").status_code == 200
+    env = {"VOUCHER_DATABASE_URL": database_url, "VOUCHER_PROVIDERS_DIR": str(tmp_path),
+           "VOUCHER_POLICY": str(policy)}
+    r = CliRunner().invoke(main, ["import", "--provider", "jx-cloud", "--format", "csv", str(export)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "accepted 1" in r.output and "rejected 1" in r.output and "no_contract" in r.output
+    stored = [x["record_id"] for x in finance.get("/v1/usage-records").json["data"]]
+    assert len(stored) == 1 and stored[0].endswith("r1"), stored
