@@ -63,8 +63,11 @@ class IngestSummary:
 
 def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
                      progress: Callable[[int], None] | None = None, *, source: str = "import",
-                     label: str | None = None) -> IngestSummary:
-    """Ingest in batches of 1,000, each its own transaction (a failed batch leaves nothing)."""
+                     label: str | None = None, require_contracts: bool = False) -> IngestSummary:
+    """Ingest in batches of 1,000, each its own transaction (a failed batch leaves nothing).
+
+    `require_contracts` is the policy's (docs/POLICY.md#risk): callers pass it so an import, a
+    pull and an upload reject uncovered records `no_contract` exactly as the push does."""
     summary = IngestSummary(provider_id)
     summary.skipped_by_reason.update(extracted.skipped_by_reason())
     summary.unmapped_tenants |= extracted.unmapped_tenants()
@@ -76,7 +79,7 @@ def ingest_extracted(db: Database, provider_id: str, extracted: Extracted,
         chunk = records[start:start + BATCH]
         started = time.perf_counter()
         with db.session() as session, session.begin():
-            result = ingest_records(session, provider_id, chunk)
+            result = ingest_records(session, provider_id, chunk, require_contracts=require_contracts)
             record_batch(session, provider_id, source, result, label)
         metrics.record_batch(provider_id, result, time.perf_counter() - started, source=source)
         summary.records += len(chunk)
@@ -99,10 +102,12 @@ def check_provider(db: Database, provider_id: str) -> None:
 
 
 def import_file(db: Database, provider_id: str, fmt: str, path: Path, config: ProviderConfig,
-                progress: Callable[[int], None] | None = None) -> IngestSummary:
+                progress: Callable[[int], None] | None = None, *,
+                require_contracts: bool = False) -> IngestSummary:
     check_provider(db, provider_id)
     text = Path(path).read_text(encoding="utf-8-sig")
-    return ingest_extracted(db, provider_id, parse_file(fmt, text, config), progress)
+    return ingest_extracted(db, provider_id, parse_file(fmt, text, config), progress,
+                            require_contracts=require_contracts)
 
 
 def last_ended(db: Database, provider_id: str) -> datetime | None:
@@ -113,7 +118,8 @@ def last_ended(db: Database, provider_id: str) -> datetime | None:
 
 def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = None, *,
                   progress: Callable[[int], None] | None = None,
-                  on_extracted: Callable[[int], None] | None = None) -> IngestSummary:
+                  on_extracted: Callable[[int], None] | None = None,
+                  require_contracts: bool = False) -> IngestSummary:
     """One pull of one provider: resume from its latest record minus the overlap.
 
     `on_extracted(n)` is told how many records the adapter extracted, before any is
@@ -130,7 +136,8 @@ def pull_provider(db: Database, config: ProviderConfig, now: datetime | None = N
         extracted = make_adapter(config).extract(start, now)
         if on_extracted is not None:
             on_extracted(len(extracted.records))
-        summary = ingest_extracted(db, config.provider_id, extracted, progress, source="pull")
+        summary = ingest_extracted(db, config.provider_id, extracted, progress, source="pull",
+                                   require_contracts=require_contracts)
     except Exception:
         metrics.record_adapter_pull(config.provider_id, "failed")
         raise
@@ -146,14 +153,14 @@ def pullable(configs: dict[str, ProviderConfig], provider_id: str | None = None)
             yield cfg
 
 
-def pull_job(db: Database, period: str, providers_dir: Path) -> dict[str, Any]:
+def pull_job(db: Database, period: str, providers_dir: Path, require_contracts: bool = False) -> dict[str, Any]:
     """The pull job (wired by voucher.scheduler with `Settings.providers_dir`): every provider
     with a pull adapter; one failing does not stop the rest."""
     configs = load_all(providers_dir)
     results, errors = {}, {}
     for cfg in pullable(configs):
         try:
-            results[cfg.provider_id] = pull_provider(db, cfg).as_dict()
+            results[cfg.provider_id] = pull_provider(db, cfg, require_contracts=require_contracts).as_dict()
         except Exception as exc:  # reported per provider; the job fails if any provider failed
             errors[cfg.provider_id] = f"{type(exc).__name__}: {exc}"
     if errors:

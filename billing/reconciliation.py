@@ -42,7 +42,7 @@ from billing.policy import (
     recomputed_grant,
     window_bounds,
 )
-from billing.risk import needs_review
+from billing.risk import needs_review, review_discrepancy
 from billing.totals import ClaimTotals, codes_of
 from kernel import audit
 from kernel.billing_periods import EXCLUSIVE, lock_period
@@ -384,7 +384,8 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
 
     # Captured redemptions are checked like claim items (docs/API.md#rec-steps, redemptions).
     checked = redemptions.reconcile_period(session, policy, period, metered=metered, unlisted=unlisted,
-                                           claim_level=lambda e: claim_level(policy, period, e), now=now)
+                                           claim_level=lambda e: claim_level(policy, period, e), now=now,
+                                           assess=risks.assess)
 
     run = session.get(Reconciliation, period)
     first_time = run is None
@@ -448,11 +449,7 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     flagged = bool(claim_codes) or any(o.discrepancies for o in outcomes)
     if risk is not None and not flagged and needs_review(policy.risk, risk):
         flagged = True
-        discrepancies.append({"code": Discrepancy.RISK_REVIEW,
-                              "message": f"Risk score {risk['score']} is above the review threshold "
-                                         f"{policy.risk.review_threshold}: "
-                                         + ", ".join(x["code"] for x in risk["signals"]),
-                              "score": risk["score"], "review_threshold": policy.risk.review_threshold})
+        discrepancies.append(review_discrepancy(policy.risk, risk))
     claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
     if amounts.payable == 0 and any(d["code"] == Discrepancy.BUDGET_EXHAUSTED for d in discrepancies):
         claim.status = ClaimStatus.WAITLISTED  # nothing funded yet: waits its turn (docs/API.md#budget)

@@ -42,6 +42,7 @@ class Redemption(Base):
     invoice_no: Mapped[str | None] = mapped_column(String(64))
     amount: Mapped[int | None] = mapped_column(BigInteger)  # the captured amount (the invoice's, in full)
     discrepancies: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    risk: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {score, signals} (docs/API.md#risk)
     policy_id: Mapped[str] = mapped_column(String(64))
     decision_reason: Mapped[str | None] = mapped_column(Text)
     settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlement_batch.id"))

@@ -32,6 +32,7 @@ from billing.policy import (
     round_half_up_fen,
 )
 from billing.redemption_models import Redemption
+from billing.risk import needs_review, review_discrepancy
 from kernel import audit
 from kernel.billing_periods import SHARED, lock_period, refuse_if_closed
 from kernel.db import parse_row_id, utcnow
@@ -319,7 +320,9 @@ def reconcile_period(session: Session, policy: Policy, period: str, *,
                      metered: dict[tuple[str, str], tuple[Fen, Fen]],
                      unlisted: Callable[[str], dict[str, Any] | None],
                      claim_level: Callable[[Enterprise | None], list[dict[str, Any]]],
-                     now: datetime) -> dict[str, Any]:
+                     now: datetime,
+                     assess: Callable[[str, list[str], str | None], dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
     """Check the period's captured redemptions like claim items (docs/API.md#rec-steps): the
     provider listed, the enterprise eligible and the period in the window, the invoice issued to
     the enterprise for the period, |amount − invoice| and |metered − invoices| within tolerance
@@ -327,7 +330,9 @@ def reconcile_period(session: Session, policy: Policy, period: str, *,
     of it), the invoice not claimed first (`invoice_already_claimed`). Clean ones stay
     `captured`, others become `flagged` and wait for finance. Money does not move here: the
     subsidy was fixed at capture; a rejection releases it. Redemptions finance decided are not
-    re-evaluated. Returns the counts for the run's summary."""
+    re-evaluated. `assess(uscc, provider_ids, legal_representative)` (risk_data.RiskFacts.assess)
+    gives each one its `risk`, as a claim's: above the review threshold a clean redemption is
+    flagged `risk_review` (docs/API.md#risk). Returns the counts for the run's summary."""
     rows = list(session.execute(
         select(Redemption, ProviderInvoice.amount, ProviderInvoice.enterprise_uscc)
         .outerjoin(ProviderInvoice, and_(ProviderInvoice.provider_id == Redemption.provider_id,
@@ -381,9 +386,16 @@ def reconcile_period(session: Session, policy: Policy, period: str, *,
                               "message": f"Invoice {r.invoice_no} is already claimed by clm_{cid}",
                               "invoice_no": r.invoice_no, "claim_id": f"clm_{cid}"})
                 break
+        risk = None
+        if assess is not None:
+            ent = enterprises.get(r.enterprise_uscc)
+            risk = assess(r.enterprise_uscc, [r.provider_id], ent.legal_representative if ent else None)
+            if not found and needs_review(policy.risk, risk):
+                found.append(review_discrepancy(policy.risk, risk))
         status = RedemptionStatus.FLAGGED if found else RedemptionStatus.CAPTURED
         summary["flagged" if found else "captured"] += 1
-        updates.append({"b_id": r.id, "status": status, "discrepancies": found, "reconciled_at": now})
+        updates.append({"b_id": r.id, "status": status, "discrepancies": found, "reconciled_at": now,
+                        "risk": risk})
     if updates:
         t = Redemption.__table__
         session.execute(update(t).where(t.c.id == bindparam("b_id")), updates)

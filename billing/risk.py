@@ -15,6 +15,8 @@ from fnmatch import fnmatchcase
 from fractions import Fraction
 from typing import Any
 
+from kernel.vocabulary import Discrepancy
+
 Fen = int
 
 # The signal codes, in the order they are reported (kernel/vocabulary.py RiskSignal holds the labels).
@@ -205,3 +207,11 @@ def assess(policy: RiskPolicy, signals: Iterable[dict[str, Any] | None]) -> dict
 def needs_review(policy: RiskPolicy, risk: dict[str, Any]) -> bool:
     """Above the review threshold (strictly): a clean claim is flagged `risk_review`."""
     return risk["score"] > policy.review_threshold
+
+
+def review_discrepancy(policy: RiskPolicy, risk: dict[str, Any]) -> dict[str, Any]:
+    """The `risk_review` discrepancy of a clean claim or redemption above the threshold."""
+    return {"code": Discrepancy.RISK_REVIEW,
+            "message": f"Risk score {risk['score']} is above the review threshold {policy.review_threshold}: "
+                       + ", ".join(x["code"] for x in risk["signals"]),
+            "score": risk["score"], "review_threshold": policy.review_threshold}

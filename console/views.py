@@ -67,6 +67,7 @@ from console.words import (
     JOB_STATUS,
     PROVIDER_KIND,
     RECORD_CODES,
+    RISK_SIGNALS,
     ROLES,
     SKIP_REASONS,
     SOURCES,
@@ -165,7 +166,8 @@ def _context() -> dict[str, Any]:
         "word": word,
         "words": {"status": CLAIM_STATUS, "codes": CODES, "cap_basis": CAP_BASIS,
                   "kind": PROVIDER_KIND, "job": JOB_STATUS, "source": SOURCES,
-                  "record_codes": RECORD_CODES, "roles": ROLES, "skip": SKIP_REASONS},
+                  "record_codes": RECORD_CODES, "roles": ROLES, "skip": SKIP_REASONS,
+                  "signals": RISK_SIGNALS},
         "explain": explain,
         "sep": _("；"),
         "nav": _nav(user),
@@ -178,12 +180,15 @@ def _nav(user) -> list[tuple[str, str, str]]:
         return []
     if user.role == "enterprise":
         return [("enterprise", url_for("console.enterprise", uscc=user.subject), _("额度与申领")),
-                ("new_claim", url_for("console.new_claim", uscc=user.subject), _("提交申领"))]
+                ("new_claim", url_for("console.new_claim", uscc=user.subject), _("提交申领")),
+                ("contracts", url_for("console.contracts_page"), _("合同"))]
     if user.role == "provider":
-        return [("provider", url_for("console.provider", provider_id=user.subject), _("数据与发票"))]
+        return [("provider", url_for("console.provider", provider_id=user.subject), _("数据与发票")),
+                ("contracts", url_for("console.contracts_page"), _("合同"))]
     return [("reconciliation", url_for("console.reconciliations"), _("月度对账")),
             ("quotas", url_for("console.quotas"), _("额度使用")),
             ("registry", url_for("console.registry"), _("企业与服务商")),
+            ("risk_registry", url_for("console.risk_registry"), _("合同与目录价")),
             ("jobs", url_for("console.jobs"), _("作业记录"))]
 
 
@@ -395,6 +400,7 @@ SERVICE_ERRORS = {
     "period_closed": _l("该月已关闭，数字为最终结果。"),
     "claims_undecided": _l("该月还有尚未决定的申领，批准或驳回后才能关闭。"),
     "period_not_over": _l("只能关闭已经结束的月份。"),
+    "conflict": _l("与已登记的内容不一致：同一编号或同一天已有不同的记录。"),
 }
 
 
@@ -624,7 +630,7 @@ def upload(provider_id: str):
         return _provider_page(p, upload_errors=[str(exc)], status=422)
     end_reads()
     summary = ingest_extracted(database(), provider_id, extracted, source="console",
-                               label=file.filename[:200])
+                               label=file.filename[:200], require_contracts=policy().require_contracts)
     return _provider_page(p, summary=summary)
 
 

@@ -18,6 +18,7 @@ from kernel.vocabulary import (
     JobStatus,
     ProviderKind,
     RecordCode,
+    RiskSignal,
     Role,
     SkipReason,
     Source,
@@ -37,6 +38,7 @@ JOB_STATUS = _translated(JobStatus)
 SOURCES = _translated(Source)
 CODES = _translated(Discrepancy)
 RECORD_CODES = _translated(RecordCode)  # docs/API.md#record-codes
+RISK_SIGNALS = _translated(RiskSignal)  # docs/API.md#risk
 SKIP_REASONS = _translated(SkipReason)  # adapters.base.Skipped.reason
 
 

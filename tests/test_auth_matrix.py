@@ -230,6 +230,21 @@ CONSOLE: dict[str, Page] = {
         "/console/providers/prov-a", {"other_provider": 404, "provider": 200, "finance": 200}),
     "POST /console/providers/<provider_id>/upload": Page(  # no file: refused, but reached
         "/console/providers/prov-a/upload", {"other_provider": 404, "provider": 422}),
+    # risk review (docs/API.md#risk, #risk-registries): forms answer with a redirect (PRG)
+    "GET /console/reconciliations/<period>/risk": Page(f"/console/reconciliations/{PERIOD}/risk", {"finance": 200}),
+    "GET /console/contracts": Page("/console/contracts", {c: 200 for c in SIGNED_IN}),
+    "POST /console/contracts": Page(
+        "/console/contracts", {"other_provider": 302, "provider": 302},
+        {"enterprise_uscc": U0, "contract_no": "C-console", "signed_on": "2026-09-01",
+         "valid_from": "2026-09-01", "valid_until": "2026-12-31"}),
+    "POST /console/contracts/<contract_id>/confirm": Page(
+        "/console/contracts/{contract}/confirm", {"other_enterprise": 404, "enterprise": 302}),
+    "GET /console/risk-registry": Page("/console/risk-registry", {"finance": 200}),
+    "POST /console/prices": Page("/console/prices", {"finance": 302},
+                                 {"provider_id": "prov-a", "resource": "gpu", "unit": "gpu_hour",
+                                  "unit_price": "8.00", "effective_from": "2026-01-01"}),
+    "POST /console/related-parties": Page("/console/related-parties", {"finance": 302},
+                                          {"provider_id": "prov-b", "enterprise_uscc": U1, "relation": "x"}),
     "GET /console/jobs": Page("/console/jobs", {"finance": 200}),
     "GET /console/quotas": Page("/console/quotas", {"finance": 200}),
     "GET /console/registry": Page("/console/registry", {"finance": 200}),

@@ -121,3 +121,99 @@ def test_pull_cli_shows_a_progress_bar_then_the_summary(finance, database_url, t
     again = CliRunner().invoke(main, ["pull", "--provider", "jx-hpc"], env=env)
     assert again.exit_code == 0 and f"accepted 0, duplicates {PULLED_JOBS}" in again.stdout
     assert f"{PULLED_JOBS}/{PULLED_JOBS}" in again.stderr
+
+
+# --- the risk registries from CSV (docs/API.md#risk-registries) ---------------------------------
+
+def _registry_world(finance, database_url) -> tuple[str, dict[str, str]]:
+    uscc = make_uscc(43)
+    finance.post("/v1/providers", json={"id": "jx-cloud", "name": "c", "kind": "intelligent_computing"})
+    finance.post("/v1/enterprises", json={"uscc": uscc, "name": "acme"})
+    return uscc, {"VOUCHER_DATABASE_URL": database_url}
+
+
+def test_import_contracts_names_line_and_field_and_re_runs_change_nothing(finance, database_url, tmp_path):
+    uscc, env = _registry_world(finance, database_url)
+    f = tmp_path / "contracts.csv"
+    f.write_text("contract_no,enterprise_uscc,signed_on,valid_from,valid_until\n"
+                 f"007,{uscc},2026-01-02,2026-01-01,2026-12-31\n"
+                 f"=HYPERLINK(\"x\"),{uscc},2026-01-02,2026-01-01,2026-06-30\n"
+                 f"C-3,{uscc},2026-01-02,2026-07-01,2026-06-30\n"
+                 f"C-4,{make_uscc(44)},2026-01-02,2026-01-01,2026-06-30\n"
+                 f"C-5,{uscc},yesterday,2026-01-01,2026-06-30\n", encoding="utf-8")
+    args = ["import-contracts", "--provider", "jx-cloud", str(f)]
+    first = CliRunner().invoke(main, args, env=env)
+    assert first.exit_code == 0, first.output
+    assert "contracts: 5 rows — created 2, unchanged 0, rejected 3" in first.output
+    assert "line 4 (" in first.output and "valid_until is before valid_from" in first.output
+    assert "line 5 (enterprise_uscc)" in first.output
+    assert "line 6 (signed_on)" in first.output
+    assert "importing contracts.csv" in first.output  # the progress bar, as `voucher import`
+    again = CliRunner().invoke(main, args, env=env)
+    assert "created 0, unchanged 2, rejected 3" in again.output
+    stored = {c["contract_no"] for c in finance.get("/v1/contracts").json["data"]}
+    assert stored == {"007", '=HYPERLINK("x")'}  # text stays text: no number, no formula
+
+
+def test_import_prices_and_related_parties(finance, database_url, tmp_path):
+    uscc, env = _registry_world(finance, database_url)
+    prices = tmp_path / "prices.csv"
+    prices.write_text("resource,unit,unit_price,effective_from\n"
+                      "gpu.h800,gpu_hour,1200,2026-01-01\n"
+                      "gpu.h800,gpu_hour,12.5,2026-02-01\n"
+                      "gpu.h800,gpu_hour,1300,2026-01-01\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["import-prices", "--provider", "jx-cloud", str(prices)], env=env)
+    assert "prices: 3 rows — created 1, unchanged 0, rejected 2" in r.output, r.output
+    assert "line 3 (unit_price)" in r.output and "line 4 (effective_from)" in r.output
+    again = CliRunner().invoke(main, ["import-prices", "--provider", "jx-cloud", str(prices)], env=env)
+    assert "created 0, unchanged 1, rejected 2" in again.output
+    assert [p["unit_price"] for p in finance.get("/v1/providers/jx-cloud/prices").json["data"]] == [1200]
+
+    links = tmp_path / "links.csv"
+    links.write_text("provider_id,enterprise_uscc,relation\n"
+                     f"jx-cloud,{uscc},同一实际控制人\n"
+                     f"ghost,{uscc},x\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["import-related-parties", str(links)], env=env)
+    assert "related parties: 2 rows — created 1, unchanged 0, rejected 1" in r.output, r.output
+    assert "line 3 (provider_id)" in r.output
+    assert [x["relation"] for x in finance.get("/v1/related-parties").json["data"]] == ["同一实际控制人"]
+
+
+def test_a_registry_file_with_a_wrong_header_is_refused_whole(finance, database_url, tmp_path):
+    _uscc, env = _registry_world(finance, database_url)
+    f = tmp_path / "p.csv"
+    f.write_text("resource,unit,price,effective_from\n", encoding="utf-8")
+    r = CliRunner().invoke(main, ["import-prices", "--provider", "jx-cloud", str(f)], env=env)
+    assert r.exit_code != 0 and "missing unit_price" in r.output and "unknown price" in r.output
+    r = CliRunner().invoke(main, ["import-prices", "--provider", "ghost", str(f)], env=env)
+    assert r.exit_code != 0 and "ghost" in r.output
+
+
+def test_import_rejects_uncovered_records_no_contract_when_the_policy_requires_contracts(
+        finance, as_key, database_url, tmp_path):
+    """`require_contracts = true` (docs/POLICY.md#risk): `voucher import` rejects what no confirmed
+    contract covers with `no_contract`, exactly as the push API; covered records go in."""
+    from billing.policy_file import default_policy_path
+
+    uscc = make_uscc(42)
+    finance.post("/v1/providers", json={"id": "jx-cloud", "name": "c", "kind": "intelligent_computing"})
+    finance.post("/v1/enterprises", json={"uscc": uscc, "name": "acme"})
+    text = default_policy_path().read_text(encoding="utf-8")
+    assert "require_contracts = false" in text
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text.replace("require_contracts = false", "require_contracts = true"), encoding="utf-8")
+    (tmp_path / "jx-cloud.toml").write_text(PROVIDER_FILE.format(uscc=uscc))
+    export = tmp_path / "oct.csv"
+    export.write_text(CSV)
+    # a confirmed contract covering 2026-10-01 only: r1 covered, r4 (10-02) not
+    ctr = as_key("provider", "jx-cloud").post("/v1/contracts", json={
+        "enterprise_uscc": uscc, "contract_no": "C-1", "signed_on": "2026-09-01",
+        "valid_from": "2026-09-01", "valid_until": "2026-10-01"}).json["id"]
+    assert as_key("enterprise", uscc).post(f"/v1/contracts/{ctr}/confirm").status_code == 200
+    env = {"VOUCHER_DATABASE_URL": database_url, "VOUCHER_PROVIDERS_DIR": str(tmp_path),
+           "VOUCHER_POLICY": str(policy)}
+    r = CliRunner().invoke(main, ["import", "--provider", "jx-cloud", "--format", "csv", str(export)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "accepted 1" in r.output and "rejected 1" in r.output and "no_contract" in r.output
+    stored = [x["record_id"] for x in finance.get("/v1/usage-records").json["data"]]
+    assert len(stored) == 1 and stored[0].endswith("r1"), stored

@@ -793,3 +793,81 @@ def test_the_secret_key_file_is_private_and_shared(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert secret_key_file(path) == keys[0]
     assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary files left
+
+
+# --- risk review (docs/API.md#risk, #risk-registries) -------------------------------------------
+
+def test_finance_lists_the_months_claims_by_risk_with_each_signals_figures(console, world, db):
+    console.sign_in(world.keys["finance"])
+    html = console.text(f"/console/reconciliations/{PERIOD}/risk")
+    with db.session() as s:
+        claims = list(s.scalars(select(Claim).where(Claim.period == PERIOD)))
+    scores = {f"clm_{c.id}": c.risk["score"] for c in claims}
+    shown = re.findall(r'id="score-(clm_\d+)">(\d+)<', html)
+    assert [int(v) for _, v in shown] == sorted(scores.values(), reverse=True)
+    assert {k: int(v) for k, v in shown} == scores
+    # no contracts in the seed: every claim has no_contract, explained in Chinese with its figures
+    assert "无已确认合同" in html and "没有已确认的合同覆盖" in html
+    assert "providers" in html and "jx-zhisuan" in html
+    en = console.text(f"/console/reconciliations/{PERIOD}/risk?lang=en")
+    assert "is not covered by a confirmed contract" in en
+    assert "没有已确认的合同覆盖" not in en
+    assert 'id="risk-link"' in console.text(f"/console/reconciliations/{PERIOD}")
+
+
+def test_provider_registers_a_contract_and_the_enterprise_confirms_it(console, world, db, app):
+    from metering.contracts import Contract
+
+    console.sign_in(world.keys["provider"])
+    console.get("/console/contracts")
+    form = {"enterprise_uscc": world.usccs["A"], "contract_no": "JX-A-2026", "signed_on": "2026-01-02",
+            "valid_from": "2026-01-01", "valid_until": "2026-12-31"}
+    r = console.post("/console/contracts", form)
+    assert r.status_code == 302
+    html = console.text("/console/contracts")
+    assert "JX-A-2026" in html and "待企业确认" in html
+    with db.session() as s:
+        c = s.scalars(select(Contract)).one()
+        assert (c.provider_id, c.enterprise_uscc, c.confirmed_at) == (JX, world.usccs["A"], None)
+        cid = f"ctr_{c.id}"
+    # the same form again changes nothing; a reversed range is refused with the field named
+    console.post("/console/contracts", form)
+    console.post("/console/contracts", {**form, "contract_no": "BAD", "valid_until": "2025-12-31"})
+    assert "valid_until is before valid_from" in console.text("/console/contracts")
+    with db.session() as s:
+        assert len(list(s.scalars(select(Contract)))) == 1
+
+    other = Console(app.test_client())
+    other.sign_in(world.keys["enterprise_b"])
+    other.get("/console/contracts")
+    assert other.post(f"/console/contracts/{cid}/confirm").status_code == 404
+    owner = Console(app.test_client())
+    owner.sign_in(world.keys["enterprise"])
+    assert "确认合同" in owner.text("/console/contracts")
+    assert owner.post(f"/console/contracts/{cid}/confirm").status_code == 302
+    assert "已确认" in owner.text("/console/contracts")
+    with db.session() as s:
+        assert s.scalars(select(Contract)).one().confirmed_at is not None
+
+
+def test_finance_records_list_prices_and_related_parties(console, world, db):
+    from metering.contracts import PriceEntry, RelatedParty
+
+    console.sign_in(world.keys["finance"])
+    html = console.text("/console/risk-registry")
+    assert 'id="price-form"' in html and 'id="related-form"' in html
+    price = {"provider_id": JX, "resource": "gpu.h800", "unit": "gpu_hour", "unit_price": "12.50",
+             "effective_from": "2026-01-01"}
+    assert console.post("/console/prices", price).status_code == 302
+    console.post("/console/prices", {**price, "unit_price": "12.505"})  # three decimals: refused
+    console.post("/console/prices", {**price, "unit_price": "13"})  # another price, same day: conflict
+    page = console.text("/console/risk-registry")
+    assert "¥12.50" in page and "最多两位小数" in page and "与已登记的内容不一致" in page
+    assert console.post("/console/related-parties", {"provider_id": WZ, "enterprise_uscc": world.usccs["B"],
+                                                     "relation": "同一实际控制人"}).status_code == 302
+    with db.session() as s:
+        assert [(p.provider_id, p.unit_price) for p in s.scalars(select(PriceEntry))] == [(JX, 1250)]
+        assert [(x.provider_id, x.enterprise_uscc) for x in s.scalars(select(RelatedParty))] == \
+            [(WZ, world.usccs["B"])]
+    assert "同一实际控制人" in console.text("/console/risk-registry")
+

@@ -13,6 +13,7 @@ from voucher.cli_billing import COMMANDS as BILLING_COMMANDS
 from voucher.cli_demo import demo
 from voucher.cli_jobs import jobs, scheduler
 from voucher.cli_redemptions import COMMANDS as REDEMPTION_COMMANDS
+from voucher.cli_registries import COMMANDS as REGISTRY_COMMANDS
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
 from voucher.cli_webhooks import webhooks
@@ -146,5 +147,5 @@ main.add_command(scheduler)
 main.add_command(jobs)
 main.add_command(webhooks)
 for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS,
-                 *REDEMPTION_COMMANDS):
+                 *REDEMPTION_COMMANDS, *REGISTRY_COMMANDS):
     main.add_command(_command)

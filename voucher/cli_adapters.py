@@ -27,6 +27,16 @@ def _config(provider_id: str, fmt: str | None):
     return ProviderConfig(provider_id, fmt or "csv", provider_id, {}, {}, {})
 
 
+def echo_report(lines: list[str], problems: list[str], limit: int = 20) -> None:
+    """A summary on stdout, then the first `limit` problems on stderr (an import's report)."""
+    for line in lines:
+        click.echo(line)
+    for problem in problems[:limit]:
+        click.echo(f"  {problem}", err=True)
+    if len(problems) > limit:
+        click.echo(f"  … {len(problems) - limit} more", err=True)
+
+
 @click.command("import")
 @click.option("--provider", "provider_id", required=True)
 @click.option("--format", "fmt", type=click.Choice(IMPORT_FORMATS), required=True)
@@ -48,16 +58,22 @@ def import_cmd(provider_id: str, fmt: str, file: Path) -> None:
         raise click.ClickException(f"{file}: {exc}") from None
     with click.progressbar(length=len(extracted.records), label=f"importing {file.name}",
                            show_pos=True, file=sys.stderr) as bar:
-        summary = ingest_extracted(db, provider_id, extracted, bar.update)
-    for line in summary.lines():
-        click.echo(line)
-    for problem in summary.problems[:20]:
-        click.echo(f"  {problem}", err=True)
-    if len(summary.problems) > 20:
-        click.echo(f"  … {len(summary.problems) - 20} more", err=True)
+        summary = ingest_extracted(db, provider_id, extracted, bar.update,
+                                   require_contracts=_require_contracts())
+    echo_report(summary.lines(), summary.problems)
 
 
-def _pull_with_progress(db, cfg):
+def _require_contracts() -> bool:
+    """The policy's `require_contracts` (docs/POLICY.md#risk), as the push API applies it."""
+    from billing.policy_file import PolicyError, load_policy
+
+    try:
+        return load_policy(cli_settings().policy_path).require_contracts
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _pull_with_progress(db, cfg, require_contracts: bool = False):
     """pull_provider with a progress bar on stderr, as `voucher import` shows; the bar opens
     once the adapter has extracted the records, when their number is known."""
     from adapters.pull import pull_provider
@@ -72,7 +88,8 @@ def _pull_with_progress(db, cfg):
         def progress(n: int) -> None:
             bar.update(n)
 
-        return pull_provider(db, cfg, progress=progress, on_extracted=sized)
+        return pull_provider(db, cfg, progress=progress, on_extracted=sized,
+                             require_contracts=require_contracts)
 
 
 @click.command("pull")
@@ -90,9 +107,10 @@ def pull_cmd(provider_id: str | None) -> None:
         raise click.ClickException(f"no pull adapter configured in {settings.providers_dir}"
                                    + (f" for {provider_id}" if provider_id else ""))
     failed = False
+    require_contracts = _require_contracts()
     for cfg in configs:
         try:
-            summary = _pull_with_progress(db, cfg)
+            summary = _pull_with_progress(db, cfg, require_contracts)
         except Exception as exc:  # one provider failing must not hide the others' results
             failed = True
             click.echo(f"{cfg.provider_id}: FAILED {type(exc).__name__}: {exc}", err=True)

@@ -284,7 +284,7 @@ def _registry(db, plan: Plan) -> None:
         cli_demo_risk.register(session, plan, PROVIDERS, ENTERPRISES)
 
 
-def _usage(db, plan: Plan, now: datetime) -> Counter:
+def _usage(db, plan: Plan, now: datetime, require_contracts: bool = False) -> Counter:
     from metering.ingest import ingest_records
 
     outcome: Counter = Counter()
@@ -293,7 +293,7 @@ def _usage(db, plan: Plan, now: datetime) -> Counter:
             for i in range(0, len(records), BATCH):
                 batch = records[i:i + BATCH]
                 with db.session() as session, session.begin():
-                    result = ingest_records(session, pid, batch, now=now)
+                    result = ingest_records(session, pid, batch, now=now, require_contracts=require_contracts)
                 outcome.update(accepted=result.accepted, duplicates=result.duplicates,
                                rejected=result.rejected)
                 bar.update(len(batch))
@@ -417,7 +417,7 @@ def _void_duplicate(db, plan: Plan) -> None:
 def seed(db, policy, plan: Plan, now: datetime) -> dict[str, Any]:
     """Write the whole programme (idempotent step by step); returns counts for the output."""
     _registry(db, plan)
-    usage = _usage(db, plan, now)
+    usage = _usage(db, plan, now, policy.require_contracts)  # as the push API (docs/POLICY.md#risk)
     invoices = _invoices(db, plan)
     claims = _claims(db, plan, invoices)
     first, second, third = plan.periods

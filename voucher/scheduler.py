@@ -71,8 +71,11 @@ def job_settings() -> Settings:
 def pull_job(db: Database, period: str) -> dict[str, Any]:
     """The `pull` job: adapters.pull.pull_job over the provider files of the settings."""
     from adapters.pull import pull_job as pull_all
+    from billing.policy_file import load_policy
 
-    return pull_all(db, period, job_settings().providers_dir)
+    settings = job_settings()
+    return pull_all(db, period, settings.providers_dir,
+                    require_contracts=load_policy(settings.policy_path).require_contracts)
 
 
 def reconcile_job(db: Database, day: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from api.schemas.base import USCC_EXAMPLE as USCC
 from api.schemas.base import Resource, Timestamp, Uscc, public_id
 from api.schemas.billing import Discrepancies, Period, PositiveFen
+from api.schemas.risk import Risk
 from kernel.vocabulary import REDEMPTION_STATUSES, SettlementStatus
 
 RedemptionStatus = Literal[tuple(s.value for s in REDEMPTION_STATUSES)]  # type: ignore[valid-type]
@@ -74,6 +75,8 @@ class Redemption(Resource):
     invoice_no: str | None
     amount: int | None = Field(description="The captured amount, fen")
     discrepancies: Discrepancies
+    risk: Risk | None = Field(default=None, description="Risk signals and score (docs/API.md#risk); "
+                                                      "null until a reconciliation checked the capture")
     policy_id: str
     decision_reason: str | None = None
     settlement_id: SettlementId | None

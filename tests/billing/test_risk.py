@@ -242,3 +242,16 @@ def test_the_xlsx_report_has_a_risk_sheet_of_text_cells(world):
     rows = list(ws.iter_rows(min_row=3, values_only=True))
     assert rows[0][2] == 30 and rows[0][4] == "无已确认合同 no_contract"
     assert all(not str(v).startswith("=") for row in rows for v in row if v is not None)
+
+
+def test_an_approved_claim_keeps_the_risk_of_its_last_open_run(world):
+    """docs/API.md#risk-score: a re-run recomputes an approved claim's amounts, never its risk."""
+    push(world["prov"], world["u0"], "r", 1000, at(2026, 10, 10))
+    c = run(world, 1000)
+    assert c["status"] == "verified" and c["risk"]["score"] == 30  # no contract yet
+    f = world["finance"]
+    assert f.post(f"/v1/claims/{c['id']}/approve", json={}).status_code == 200
+    contract(world)  # now covered: an open claim would lose the signal
+    assert f.post("/v1/reconciliations", json={"period": PERIOD}).status_code in (200, 201)
+    after = f.get(f"/v1/claims/{c['id']}").json
+    assert after["status"] == "approved" and after["risk"] == c["risk"]

@@ -200,3 +200,29 @@ def test_settlements_job_runs_once_per_quarter_and_batches_once_per_provider(wor
     run_once(db, "settlements", "2026Q1", settlements_job)  # claimed already: skipped
     batches = finance.get("/v1/settlements?quarter=2026Q1").json["data"]
     assert len(batches) == 1 and batches[0]["subsidy"] == 5_000
+
+
+def test_captured_redemptions_get_a_risk_score_and_risk_review_above_the_threshold(world, db):
+    """docs/API.md#risk: a captured redemption is assessed like a claim; the signals never change
+    its subsidy, above the review threshold a clean one waits for finance as `risk_review`."""
+    prov, _ent, finance, u0, u1 = world
+    for uscc, no in ((u0, "F-1"), (u1, "F-2")):
+        usage(prov, uscc, 80_000, period=P)
+        invoice(prov, no, uscc, 80_000, period=P)
+    plain = authorise(prov, u0, "o1", 80_000).json["id"]
+    prov.post(f"/v1/redemptions/{plain}/capture", json={"invoice_no": "F-1", "amount": 80_000})
+    related = authorise(prov, u1, "o2", 80_000).json["id"]
+    prov.post(f"/v1/redemptions/{related}/capture", json={"invoice_no": "F-2", "amount": 80_000})
+    assert prov.get(f"/v1/redemptions/{plain}").json["risk"] is None  # not reconciled yet
+    finance.post("/v1/related-parties", json={"provider_id": "prov-a", "enterprise_uscc": u1, "relation": "x"})
+    assert finance.post("/v1/reconciliations", json={"period": P}).status_code == 201
+
+    r = prov.get(f"/v1/redemptions/{plain}").json
+    assert r["status"] == "captured" and r["discrepancies"] == []
+    assert r["risk"]["score"] == 30 and [s["code"] for s in r["risk"]["signals"]] == ["no_contract"]
+    assert r["risk"]["signals"][0]["amount"] == 80_000
+    r = prov.get(f"/v1/redemptions/{related}").json
+    assert r["risk"]["score"] == 90  # no_contract 30 + related_party 60 > 50
+    assert r["status"] == "flagged" and [d["code"] for d in r["discrepancies"]] == ["risk_review"]
+    assert r["discrepancies"][0]["score"] == 90 and r["subsidy"] == 40_000
+    verify(db)
