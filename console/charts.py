@@ -148,7 +148,8 @@ def burn_down(*, days: int, used: Sequence[Fen], annual: Fen | None, forecast_da
     """The budget's burn-down: cumulative use by day (`used[i]`, fen, day 0 = 1 January, up to
     today) against the annual line, and the forecast from today's point to the annual line on
     `forecast_day` (drawn to the year's end if that day falls later). `ticks` are (day, label)
-    pairs for the x axis. `labels` names "used", "annual" and "forecast" for the legend."""
+    pairs for the x axis. `labels` names "used", "annual" and "forecast" for the legend, which
+    lists only the lines drawn."""
     top, left, right, bottom = 12, 96, 12, 52
     plot_w, plot_h = width - left - right, height - top - bottom
     today = len(used) - 1
@@ -184,13 +185,14 @@ def burn_down(*, days: int, used: Sequence[Fen], annual: Fen | None, forecast_da
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(used))
         out.append(f'<polyline class="used" points="{points}" fill="none" stroke="{GRANTED}" '
                    f'stroke-width="2"><title>{_e(labels["used"])}: {_e(money(last))}</title></polyline>')
+    legend = [("used", GRANTED, None)] + ([("annual", PALETTE[5], None)] if annual is not None else [])
     if annual is not None and forecast_day is not None and forecast_day > today and last < annual:
+        legend.append(("forecast", GRANTED, "6 4"))
         end_day = min(forecast_day, days - 1)
         end_fen = last + (annual - last) * (end_day - today) / (forecast_day - today)
         out.append(f'<line class="forecast" x1="{x(today):.1f}" y1="{y(last):.1f}" x2="{x(end_day):.1f}" '
                    f'y2="{y(end_fen):.1f}" stroke="{GRANTED}" stroke-width="2" stroke-dasharray="6 4">'
                    f'<title>{_e(labels["forecast"])}</title></line>')
-    legend = [("used", GRANTED, None), ("annual", PALETTE[5], None), ("forecast", GRANTED, "6 4")]
     for i, (key, colour, dash) in enumerate(legend):
         lx, ly = left + i * (plot_w / 3), top + plot_h + 38
         dashed = f' stroke-dasharray="{dash}"' if dash else ""

@@ -607,9 +607,10 @@ def test_burn_down_chart_draws_the_forecast_to_the_annual_line():
                            money=money)
     assert svg.startswith('<svg class="chart burn-down"') and " style=" not in svg
     assert 'class="forecast"' in svg and "Annual: ¥10.00" in svg and "Used: ¥3.00" in svg
-    assert 'class="forecast"' not in charts.burn_down(
-        days=365, used=[0], annual=None, forecast_day=None, ticks=[], chart_id="b", title="t",
-        desc="d", labels=labels, money=money)
+    unlimited = charts.burn_down(days=365, used=[0], annual=None, forecast_day=None, ticks=[],
+                                 chart_id="b", title="t", desc="d", labels=labels, money=money)
+    assert 'class="forecast"' not in unlimited and ">Forecast<" not in unlimited and ">Annual<" not in unlimited
+    assert ">Forecast<" in svg and ">Annual<" in svg
 
 
 def test_registry_and_job_pages(console, world, db):
