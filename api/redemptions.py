@@ -41,8 +41,8 @@ def policy():
                  "reference): the same request again answers 200 with the stored redemption.",
      also={200: "The same reference and request again"},
      errors={409: "reference_conflict, or period_closed",
-             422: "quota_exhausted, unknown_enterprise, enterprise_not_eligible, outside_policy_window, "
-                  "redemption_disabled"})
+             422: "quota_exhausted, budget_exhausted, unknown_enterprise, enterprise_not_eligible, "
+                  "outside_policy_window, redemption_disabled"})
 @bp.post("/redemptions")
 @requires("provider")
 def authorize_redemption():

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -323,6 +323,17 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path | None = 
     stamp = now_utc().strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{name}-{stamp}.json"
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    return path
+
+
+def publish(name: str, result: dict[str, Any], render: Callable[[dict[str, Any]], str], *,
+            docs: bool, results_dir: Path | None = None, docs_path: Path | None = None) -> Path:
+    """Write the scenario's JSON (its path into `result["result_path"]`) and, when `docs`,
+    its section of docs/BENCHMARKS.md rendered by `render`."""
+    path = write_result(name, result, results_dir)
+    result["result_path"] = str(path)
+    if docs:
+        update_docs(name, render(result), docs_path)
     return path
 
 

@@ -46,12 +46,11 @@ from bench.common import (
     median,
     percentile,
     provenance_line,
+    publish,
     run_meta,
     scenario_plan,
     seed_registry,
     unmet_targets,
-    update_docs,
-    write_result,
 )
 
 COLUMNS = ("provider_id", "record_id", "enterprise_uscc", "resource", "unit", "quantity",
@@ -145,6 +144,18 @@ def generate(params: Params, providers: list[str], usccs: list[str], now: dateti
             })
         per_client.append([recs[i:i + params.batch] for i in range(0, len(recs), params.batch)])
     return per_client, {"records": params.records, "amount": total_amount}
+
+
+def write_batches(data: list[list[list[dict[str, Any]]]], directory: Path) -> list[Path]:
+    """One file per client: its batches pre-serialised as request bodies, one per line."""
+    files = []
+    for c, batches in enumerate(data):
+        path = directory / f"client-{c}.jsonl"
+        path.write_bytes(b"\n".join(
+            json.dumps({"records": b}, ensure_ascii=False, separators=(",", ":")).encode()
+            for b in batches))
+        files.append(path)
+    return files
 
 
 # --- load from separate processes ------------------------------------------------------------
@@ -307,13 +318,7 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
         seed = seed_registry(bdb.url, providers=params.clients, enterprises=params.enterprises)
         t0 = time.perf_counter()
         data, expected = generate(params, seed.providers, seed.usccs, datetime.now(UTC))
-        files = []
-        for c, batches in enumerate(data):
-            path = Path(tmp) / f"client-{c}.jsonl"
-            path.write_bytes(b"\n".join(
-                json.dumps({"records": b}, ensure_ascii=False, separators=(",", ":")).encode()
-                for b in batches))
-            files.append(path)
+        files = write_batches(data, Path(tmp))
         log(f"[{name}] generated {params.records:,} records for {params.clients} client(s) "
             f"in {time.perf_counter() - t0:.1f} s; {meta['database']}")
         keys = [seed.keys[p] for p in seed.providers]
@@ -364,13 +369,10 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
         targets["ratio"] = {"min": params.min_ratio, "met": summary["ratio"] >= params.min_ratio}
     result = {**meta, "params": asdict(params), "runs": runs, "median": summary,
               "targets": targets, "reference_method": runs[0]["reference"]["method"]}
-    path = write_result(name, result, results_dir)
-    result["result_path"] = str(path)
+    path = publish(name, result, render, docs=docs, results_dir=results_dir, docs_path=docs_path)
     log(f"[{name}] median of {params.runs}: {fmt_int(summary['records_per_s'])} records/s, "
         f"reference {fmt_int(summary['reference_records_per_s'])}, ratio {summary['ratio']} "
         f"-> {path}")
-    if docs:
-        update_docs(name, render(result), docs_path)
     return result
 
 

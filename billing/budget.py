@@ -181,6 +181,16 @@ def fundable(budget: Budget | None, claim_id: int, wanted: Fen) -> Fen:
     return min(wanted, budget.remaining)
 
 
+def holdable(session: Session, budget: Budget | None) -> Fen | None:
+    """How much new budget a redemption's hold may take: what remains, or nothing while any
+    claim of the year waits for budget (they came first); None without a budget (unlimited)."""
+    if budget is None:
+        return None
+    if session.execute(_waiting(session, budget.year).limit(1)).first() is not None:
+        return 0
+    return budget.remaining
+
+
 def exhausted(budget: Budget, payable_before: Fen, payable: Fen, remaining_before: Fen) -> dict[str, Any]:
     """The budget_exhausted discrepancy, with its figures (docs/API.md#budget)."""
     behind = budget.queue_head is not None and remaining_before > 0
@@ -248,8 +258,9 @@ def forecast_exhausted_on(annual: Fen, used: Fen, daily_use: dict[date, Fen], to
 
 
 def daily_use(session: Session, year: int, since: datetime) -> dict[date, Fen]:
-    """Net use per UTC day since `since`: what moved into reserved+granted from available."""
-    signed = {"reserve": 1, "release": -1, "clawback": -1}
+    """Net use per UTC day since `since`: what moved into reserved+granted from available
+    (claims' reservations and redemptions' holds, less releases and clawbacks)."""
+    signed = {"reserve": 1, "release": -1, "clawback": -1, "hold": 1, "hold_void": -1}
     out: dict[date, Fen] = {}
     rows = session.execute(select(LedgerPosting.created_at, LedgerPosting.kind, LedgerPosting.amount)
                            .where(LedgerPosting.year == year, LedgerPosting.created_at >= since,

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from billing import budget as budgets
 from billing import ledger
 from billing.models import Claim, ClaimItem, ProviderInvoice
 from billing.policy import (
@@ -82,7 +83,9 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
     Idempotent by (provider, reference): the same request again answers the stored redemption
     (whatever its status since); another request under the same reference is a Conflict. The
     hold is `redemption_hold`: the rate on the list amount, cut to what remains (a partial
-    hold); nothing remaining is Invalid `quota_exhausted`. The balance row's lock and its
+    hold); nothing remaining is Invalid `quota_exhausted`. The programme's budget cuts it the
+    same way, after any claim waiting for budget (`budget_exhausted`; billing/budget.py
+    `holdable`), and the hold raises the threshold events it crosses. The balance row's lock and its
     conditional UPDATE (ledger.transfer) make over-reserving impossible at any concurrency.
     """
     if SettlementMode.REDEMPTION not in policy.settlement_modes:
@@ -113,6 +116,14 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
     if subsidy <= 0:
         raise Invalid("quota_exhausted", f"Nothing remains of {enterprise_uscc}'s {year} quota "
                       f"(cap {balance.cap} fen)", "enterprise_uscc")
+    funded = budgets.holdable(session, balance.budget)
+    if funded is not None and funded <= 0:
+        raise Invalid("budget_exhausted", f"Nothing remains of the programme's {year} budget for new "
+                      f"holds (annual {balance.budget.annual} fen, claims waiting first)", "period")
+    if funded is not None:
+        subsidy = min(subsidy, funded)
+    used_before = {(enterprise_uscc, year): balance.reserved + balance.granted}
+    budget_before = {year: balance.budget.used} if balance.budget is not None else {}
     now = now or utcnow()
     r = Redemption(provider_id=provider_id, reference=reference, enterprise_uscc=enterprise_uscc,
                    period=period, year=year, status=RedemptionStatus.AUTHORIZED, list_amount=list_amount,
@@ -123,6 +134,8 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
     session.flush()
     ledger.transfer(session, "hold", balance, subsidy, claim_id=None, policy_id=policy.id,
                     reason=f"redemption {reference} authorised", redemption_id=r.id)
+    budgets.raise_crossings(session, policy, used_before, {(enterprise_uscc, year): balance}, budget_before,
+                            {year: balance.budget} if balance.budget is not None else {})
     audit.append(session, AuditAction.REDEMPTION_AUTHORIZED, "redemption", f"rdm_{r.id}", after=view(r))
     return r, True
 

@@ -139,3 +139,65 @@ def meter(*, used: Fen, cap: Fen, label: str, width: int = 160, warn_at: float =
             f'width="{width}" height="12" role="img" aria-label="{_e(label)}">'
             f'<rect x="0" y="0" width="{width}" height="12" fill="{REMAINING}"/>'
             f'<rect x="0" y="0" width="{width * share:.1f}" height="12" fill="{colour}"/></svg>')
+
+
+def burn_down(*, days: int, used: Sequence[Fen], annual: Fen | None, forecast_day: int | None,
+              ticks: Sequence[tuple[int, str]], chart_id: str, title: str, desc: str,
+              labels: Mapping[str, str], money: Callable[[Fen], str], width: int = 720,
+              height: int = 300) -> str:
+    """The budget's burn-down: cumulative use by day (`used[i]`, fen, day 0 = 1 January, up to
+    today) against the annual line, and the forecast from today's point to the annual line on
+    `forecast_day` (drawn to the year's end if that day falls later). `ticks` are (day, label)
+    pairs for the x axis. `labels` names "used", "annual" and "forecast" for the legend, which
+    lists only the lines drawn."""
+    top, left, right, bottom = 12, 96, 12, 52
+    plot_w, plot_h = width - left - right, height - top - bottom
+    today = len(used) - 1
+    last = used[-1] if used else 0
+    peak_yuan = -(-max(annual or 0, max(used, default=0)) // 100)
+    step = nice_step(peak_yuan)
+    n_ticks = max(1, -(-peak_yuan // step))
+    axis_max = step * n_ticks * 100  # fen
+
+    def x(day: float) -> float:
+        return left + plot_w * day / max(days - 1, 1)
+
+    def y(fen: float) -> float:
+        return top + plot_h - plot_h * fen / axis_max
+
+    out = _open(width, height, chart_id, title, desc, "burn-down")
+    for i in range(n_ticks + 1):
+        gy = y(step * i * 100)
+        out.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{width - right}" y2="{gy:.1f}" '
+                   f'stroke="{GRID}" stroke-width="1"/>')
+        out.append(f'<text x="{left - 6}" y="{gy + 4:.1f}" text-anchor="end" font-size="11" '
+                   f'fill="{AXIS}">{_e(_axis_label(step * i))}</text>')
+    for day, label in ticks:
+        out.append(f'<text x="{x(day):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+                   f'font-size="11" fill="{AXIS}">{_e(label)}</text>')
+    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+               f'stroke="{AXIS}" stroke-width="1"/>')
+    if annual is not None:
+        out.append(f'<line class="annual" x1="{left}" y1="{y(annual):.1f}" x2="{width - right}" '
+                   f'y2="{y(annual):.1f}" stroke="{PALETTE[5]}" stroke-width="2">'
+                   f'<title>{_e(labels["annual"])}: {_e(money(annual))}</title></line>')
+    if used:
+        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(used))
+        out.append(f'<polyline class="used" points="{points}" fill="none" stroke="{GRANTED}" '
+                   f'stroke-width="2"><title>{_e(labels["used"])}: {_e(money(last))}</title></polyline>')
+    legend = [("used", GRANTED, None)] + ([("annual", PALETTE[5], None)] if annual is not None else [])
+    if annual is not None and forecast_day is not None and forecast_day > today and last < annual:
+        legend.append(("forecast", GRANTED, "6 4"))
+        end_day = min(forecast_day, days - 1)
+        end_fen = last + (annual - last) * (end_day - today) / (forecast_day - today)
+        out.append(f'<line class="forecast" x1="{x(today):.1f}" y1="{y(last):.1f}" x2="{x(end_day):.1f}" '
+                   f'y2="{y(end_fen):.1f}" stroke="{GRANTED}" stroke-width="2" stroke-dasharray="6 4">'
+                   f'<title>{_e(labels["forecast"])}</title></line>')
+    for i, (key, colour, dash) in enumerate(legend):
+        lx, ly = left + i * (plot_w / 3), top + plot_h + 38
+        dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<line x1="{lx:.1f}" y1="{ly - 4}" x2="{lx + 22:.1f}" y2="{ly - 4}" stroke="{colour}" '
+                   f'stroke-width="2"{dashed}/>')
+        out.append(f'<text x="{lx + 28:.1f}" y="{ly}">{_e(labels[key])}</text>')
+    out.append("</svg>")
+    return "".join(out)

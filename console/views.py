@@ -34,6 +34,7 @@ from werkzeug.exceptions import HTTPException
 from adapters.registry import UPLOAD_FORMATS
 from api.auth import db_session
 from api.errors import ApiError, refusal
+from billing import budget as budget_svc
 from billing import claims as claims_svc
 from billing import ledger, lifecycle
 from billing.models import (
@@ -75,11 +76,14 @@ from console.words import (
     money,
     word,
 )
+from kernel.db import utcnow
 from kernel.errors import DomainError
 from kernel.keys import authenticate
 from kernel.periods import (
     current_period,
+    day_of,
     local_year,
+    parse_day,
     parse_period,
     period_year,
     previous_period,
@@ -187,6 +191,7 @@ def _nav(user) -> list[tuple[str, str, str]]:
                 ("contracts", url_for("console.contracts_page"), _("合同"))]
     return [("reconciliation", url_for("console.reconciliations"), _("月度对账")),
             ("quotas", url_for("console.quotas"), _("额度使用")),
+            ("budget", url_for("console.budget"), _("项目预算")),
             ("registry", url_for("console.registry"), _("企业与服务商")),
             ("risk_registry", url_for("console.risk_registry"), _("合同与目录价")),
             ("jobs", url_for("console.jobs"), _("作业记录"))]
@@ -795,6 +800,48 @@ def quotas():
     return render_template("console/quotas.html", year=year, rows=rows, totals=totals,
                            near=sum(1 for r in rows if r["near"]), near_pct=int(NEAR_CAP * 100),
                            active="quotas")
+
+
+def cumulative_use(daily: dict[date, int], year: int, today: date) -> list[int]:
+    """Cumulative net use per day of `year` from 1 January up to `today` (or 31 December for a
+    past year; later postings of the year count on its last day)."""
+    first, last = date(year, 1, 1), date(year, 12, 31)
+    end = min(max(today, first), last)
+    per_day = [0] * ((end - first).days + 1)
+    for day, fen in daily.items():
+        per_day[min(max((day - first).days, 0), len(per_day) - 1)] += fen
+    out, total = [], 0
+    for fen in per_day:
+        total += fen
+        out.append(total)
+    return out
+
+
+@bp.get("/budget")
+@login_required("finance")
+def budget():
+    """The same figures as GET /v1/budget (billing.budget.figures) and the burn-down chart."""
+    year = _year_arg()
+    s = db_session()
+    today = parse_day(day_of(utcnow()))  # Asia/Shanghai, as the API
+    fig = budget_svc.figures(s, policy(), year, today)
+    daily = budget_svc.daily_use(s, year, datetime(year - 1, 1, 1, tzinfo=UTC))
+    used = cumulative_use(daily, year, today)
+    days = (date(year, 12, 31) - date(year, 1, 1)).days + 1
+    forecast_day = None
+    if fig.forecast_exhausted_on is not None:
+        forecast_day = (fig.forecast_exhausted_on - date(year, 1, 1)).days
+    chart = Markup(charts.burn_down(
+        days=days, used=used, annual=fig.annual, forecast_day=forecast_day,
+        ticks=[((date(year, m, 1) - date(year, 1, 1)).days, format_date(date(year, m, 1), "MMM"))
+               for m in range(1, 13)],
+        chart_id="burn", title=_("%(year)s 年预算使用", year=year),
+        desc=_("每日累计使用（预留 + 已发放）%(used)s，年度预算 %(annual)s，预计用尽日期 %(on)s。",
+               used=money(fig.reserved + fig.granted),
+               annual=money(fig.annual) if fig.annual is not None else _("不限"),
+               on=local_date(fig.forecast_exhausted_on)),
+        labels={"used": _("累计使用"), "annual": _("年度预算"), "forecast": _("预测")}, money=money))
+    return render_template("console/budget.html", year=year, fig=fig, chart=chart, active="budget")
 
 
 @bp.get("/registry")

@@ -247,6 +247,7 @@ CONSOLE: dict[str, Page] = {
                                           {"provider_id": "prov-b", "enterprise_uscc": U1, "relation": "x"}),
     "GET /console/jobs": Page("/console/jobs", {"finance": 200}),
     "GET /console/quotas": Page("/console/quotas", {"finance": 200}),
+    "GET /console/budget": Page("/console/budget", {"finance": 200}),
     "GET /console/registry": Page("/console/registry", {"finance": 200}),
     "GET /console/reconciliations": Page("/console/reconciliations?list=1", {"finance": 200}),
     "POST /console/reconciliations": Page("/console/reconciliations", {"finance": 302}, {"period": PERIOD}),

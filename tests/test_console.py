@@ -577,6 +577,42 @@ def test_quota_page_puts_the_enterprises_near_the_cap_first(console, world):
     assert "95%" in html and "接近上限" in html
 
 
+def test_budget_page_shows_the_figures_of_the_api(console, world, app):
+    import dataclasses
+
+    shipped = app.extensions["voucher.policy"]
+    app.extensions["voucher.policy"] = dataclasses.replace(shipped, budget_annual=500_000_000)
+    api = Api(app.test_client(), world.keys["finance"]).get(f"/v1/budget?year={YEAR}").json
+    console.sign_in(world.keys["finance"])
+    html = console.text(f"/console/budget?year={YEAR}")
+    shown = dict(re.findall(r'<dd id="budget-([\w-]+)">([^<]*)</dd>', html))
+    assert shown == {"annual": money(api["annual"]), "reserved": money(api["reserved"]),
+                     "granted": money(api["granted"]), "remaining": money(api["remaining"]),
+                     "waitlisted-claims": str(api["waitlisted_claims"]),
+                     "waitlisted": money(api["waitlisted"]),
+                     "forecast": api["forecast_exhausted_on"] or "—"}
+    assert api["reserved"] + api["granted"] > 0
+    assert '<svg class="chart burn-down"' in html and 'class="annual"' in html and 'class="used"' in html
+    assert 'aria-current="page"' in html and "项目预算" in html
+    assert "Programme budget" in console.text(f"/console/budget?year={YEAR}&lang=en")
+    app.extensions["voucher.policy"] = shipped
+    html = console.text(f"/console/budget?year={YEAR}&lang=zh")
+    assert 'id="budget-annual">不限<' in html and 'class="annual"' not in html
+
+
+def test_burn_down_chart_draws_the_forecast_to_the_annual_line():
+    labels = {"used": "Used", "annual": "Annual", "forecast": "Forecast"}
+    svg = charts.burn_down(days=365, used=[0, 100, 300], annual=1_000, forecast_day=10,
+                           ticks=[(0, "Jan")], chart_id="b", title="t", desc="d", labels=labels,
+                           money=money)
+    assert svg.startswith('<svg class="chart burn-down"') and " style=" not in svg
+    assert 'class="forecast"' in svg and "Annual: ¥10.00" in svg and "Used: ¥3.00" in svg
+    unlimited = charts.burn_down(days=365, used=[0], annual=None, forecast_day=None, ticks=[],
+                                 chart_id="b", title="t", desc="d", labels=labels, money=money)
+    assert 'class="forecast"' not in unlimited and ">Forecast<" not in unlimited and ">Annual<" not in unlimited
+    assert ">Forecast<" in svg and ">Annual<" in svg
+
+
 def test_registry_and_job_pages(console, world, db):
     from kernel.jobruns import claim as claim_job
 
@@ -673,6 +709,7 @@ def test_english_pages_have_no_untranslated_text(app, db):
         "provider": [f"/console/providers/{JX}"],
         "finance": [f"/console/reconciliations/{PERIOD}", f"/console/claims/{world.claims['B']}",
                     f"/console/claims/{world.claims['D']}", f"/console/quotas?year={YEAR}",
+                    f"/console/budget?year={YEAR}",
                     "/console/registry", "/console/jobs", "/console/reconciliations?list=1",
                     f"/console/reconciliations/{PERIOD}?code=usage_invoice_mismatch"],
     }
@@ -687,7 +724,7 @@ def test_english_pages_have_no_untranslated_text(app, db):
             seen += 1
         for url in ("/console/nowhere", ):
             assert not CJK.findall(visible_text(c.get(url).get_data(as_text=True)).replace("中文", ""))
-    assert seen == 12
+    assert seen == 13
 
 
 def test_the_catalogue_translates_every_string_and_is_compiled():

@@ -197,3 +197,24 @@ def test_demo_finds_every_planted_risk_case_with_few_false_positives(demo_run):
     planted, found, recall, flagged, clean = map(int, m.groups())
     assert planted == 5 and found == planted and recall == 100
     assert clean >= 20 and flagged <= 0.05 * clean
+
+
+def test_demo_prints_the_budget_figures_of_the_api(demo_run):
+    from datetime import date
+
+    from billing.budget import figures
+    from billing.policy_file import default_policy_path, load_policy
+    from kernel.money import yuan
+
+    out = demo_run["output"]
+    m = re.search(r"^Budget (\d{4}) \(GET /v1/budget\): reserved ¥(\S+), granted ¥(\S+), "
+                  r"waitlisted ¥(\S+) \((\d+) claims\)$", out, re.M)
+    assert m, out
+    policy = load_policy(default_policy_path())
+    assert policy.budget_annual is None  # the shipped policy: unlimited, left so
+    with demo_run["db"].session() as s:
+        fig = figures(s, policy, int(m.group(1)), date.today())
+    assert m.groups()[1:] == (yuan(fig.reserved), yuan(fig.granted), yuan(fig.waitlisted),
+                              str(fig.waitlisted_claims))
+    assert f"annual: unlimited (policy {policy.id} has no [budget])" in out
+    assert re.search(r"with \[budget\] annual = 5000000000 \(¥50,000,000.00\): \d+ % used", out)

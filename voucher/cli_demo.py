@@ -32,7 +32,9 @@ from stdnum.cn import uscc as uscc_mod
 from config.settings import REPO_ROOT
 from kernel.periods import (
     date_of_month,
+    day_of,
     local_bounds,
+    parse_day,
     period_start_date,
     period_year,
     previous_period,
@@ -504,6 +506,37 @@ def quota_table(db, policy, usccs: list[str], year: int) -> None:
                        + _pad(yuan(b.reserved), 15, True) + _pad(yuan(b.remaining), 15, True))
 
 
+# fen: ¥50,000,000 (docs/POLICY.md#budget's example), the [budget] the demo shows beside a policy without one
+ILLUSTRATIVE_ANNUAL = 5_000_000_000
+
+
+def print_budget(db, policy, year: int, today: date) -> None:
+    """The programme's budget as GET /v1/budget shows it (billing.budget.figures). The shipped
+    Jiaxing policy has no `[budget]` (unlimited), so the demo adds, for illustration only, what
+    the same use would be against a `[budget] annual` of ILLUSTRATIVE_ANNUAL: computed, never
+    written (a budget row belongs to a policy that has one; docs/POLICY.md#budget)."""
+    from billing.budget import FORECAST_DAYS, daily_use, figures, forecast_exhausted_on
+    from kernel.money import yuan
+
+    with db.session() as session:
+        fig = figures(session, policy, year, today)
+        since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time(), UTC)
+        daily = daily_use(session, year, since)
+    used = fig.reserved + fig.granted
+    click.echo(f"\nBudget {year} (GET /v1/budget): reserved ¥{yuan(fig.reserved)}, granted ¥{yuan(fig.granted)}, "
+               f"waitlisted ¥{yuan(fig.waitlisted)} ({fig.waitlisted_claims} claims)")
+    if fig.annual is not None:
+        click.echo(f"  annual ¥{yuan(fig.annual)}, remaining ¥{yuan(fig.remaining)}, "
+                   f"forecast exhaustion {fig.forecast_exhausted_on or 'none (no use in 90 days)'}")
+        return
+    annual = ILLUSTRATIVE_ANNUAL
+    on = forecast_exhausted_on(annual, used, daily, today)
+    click.echo(f"  annual: unlimited (policy {policy.id} has no [budget])")
+    click.echo(f"  with [budget] annual = {annual} (¥{yuan(annual)}): {used * 100 // annual} % used, "
+               f"¥{yuan(max(annual - used, 0))} remaining, forecast exhaustion {on or 'none'} "
+               f"(at the last {FORECAST_DAYS} days' pace)")
+
+
 def write_reports(db, periods: list[str], directory: Path) -> list[Path]:
     from billing.reports import filename, write_report
 
@@ -622,6 +655,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
         print_reconciliations(db, [OUTSIDE_WINDOW_PERIOD, *plan.periods])
         discrepancy_table(db, plan.usccs)
         quota_table(db, policy, plan.usccs, period_year(plan.periods[-1]))
+        print_budget(db, policy, period_year(plan.periods[-1]), parse_day(day_of(now)))
         cli_demo_risk.print_figures(db, plan)
         paths = write_reports(db, plan.periods, reports_dir or REPO_ROOT / "var" / "reports")
         click.echo("\nMonthly reports (XLSX):")

@@ -229,3 +229,59 @@ def test_monthly_xlsx_has_the_budget_sheet(w):
     assert rows["剩余 Remaining"] == 0 and rows["候补金额 Waitlisted"] == 10
     assert rows["候补申领数 Waitlisted claims"] == 1
     assert all(c.data_type != "f" for row in ws.iter_rows() for c in row)  # never a formula
+
+
+# --- redemption holds move the budget and cross its thresholds -------------------------------------
+
+def _redeem(w, annual):
+    shipped = w["app"].extensions["voucher.policy"]
+    w["app"].extensions["voucher.policy"] = dataclasses.replace(
+        shipped, budget_annual=annual, quota_thresholds=(50, 100),
+        settlement_modes=("reimbursement", "redemption"))
+
+    def authorise(n, ref, list_amount, period="2026-02"):
+        return w["a"].post("/v1/redemptions", json={"enterprise_uscc": w["usccs"][n], "reference": ref,
+                                                    "list_amount": list_amount, "period": period})
+    return authorise
+
+
+def test_holds_move_the_budget_and_raise_threshold_events(w):
+    authorise = _redeem(w, 10_000)
+    cap = w["app"].extensions["voucher.policy"].cap_standard
+    r1 = authorise(0, "o-1", 12_000)  # holds 6_000: 60 % of the budget
+    assert r1.status_code == 201 and r1.json["held"] == 6_000
+    assert row(w) == (10_000, 6_000, 0)
+    assert [e["threshold"] for e in events(w["finance"], "budget.threshold_reached")] == [50]
+    # Capture on less releases part of the hold (40 %: back below 50), a new hold crosses 50 anew and 80.
+    cap_r = w["a"].post(f"/v1/redemptions/{r1.json['id']}/capture", json={"invoice_no": "F-1", "amount": 8_000})
+    assert cap_r.status_code == 200 and row(w) == (10_000, 4_000, 0)
+    r2 = authorise(1, "o-2", 9_000)  # + 4_500 = 8_500
+    assert r2.json["held"] == 4_500 and row(w) == (10_000, 8_500, 0)
+    assert [e["threshold"] for e in events(w["finance"], "budget.threshold_reached")] == [50, 50, 80]
+    # The budget cuts the hold like the quota does, and refuses one with nothing left.
+    r3 = authorise(2, "o-3", 9_000)
+    assert r3.status_code == 201 and r3.json["held"] == 1_500 and row(w) == (10_000, 10_000, 0)
+    assert [e["threshold"] for e in events(w["finance"], "budget.threshold_reached")] == [50, 50, 80, 100]
+    r4 = authorise(3, "o-4", 100)
+    assert r4.status_code == 422 and r4.json["error"]["code"] == "budget_exhausted", r4.json
+    # Voiding frees budget; a hold from an enterprise crossing half its cap raises its quota event.
+    assert w["a"].post(f"/v1/redemptions/{r2.json['id']}/void").status_code == 200
+    assert row(w) == (10_000, 5_500, 0)
+    w["app"].extensions["voucher.policy"] = dataclasses.replace(
+        w["app"].extensions["voucher.policy"], budget_annual=cap * 4)
+    big = authorise(3, "o-5", cap)  # half the cap
+    assert big.json["held"] == cap // 2
+    got = events(w["e"][3], "quota.threshold_reached")
+    assert [(e["threshold"], e["enterprise_uscc"]) for e in got] == [(50, w["usccs"][3])]
+    verify_ok(w)
+
+
+def test_waiting_claims_come_before_new_holds(w):
+    authorise = _redeem(w, 10_000)
+    spend(w, 0, 24_000)  # payable 12_000: cut to 10_000, 2_000 waiting
+    run(w)
+    assert row(w) == (10_000, 10_000, 0)
+    w["app"].extensions["voucher.policy"] = dataclasses.replace(
+        w["app"].extensions["voucher.policy"], budget_annual=20_000)
+    r = authorise(1, "o-1", 1_000)  # budget left, but a claim waits for it: first in, first out
+    assert r.status_code == 422 and r.json["error"]["code"] == "budget_exhausted"

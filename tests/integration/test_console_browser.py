@@ -200,6 +200,7 @@ def test_each_role_signs_in_and_sees_its_pages_in_both_languages(visit, stack):
     for path, name in ((f"/console/reconciliations/{PERIOD}", "finance-reconciliation"),
                        (f"/console/claims/{world.claims['B']}", "finance-claim"),
                        (f"/console/quotas?year={YEAR}", "finance-quotas"),
+                       (f"/console/budget?year={YEAR}", "finance-budget"),
                        ("/console/registry", "finance-registry"),
                        ("/console/jobs", "finance-jobs")):
         f.goto(path)
