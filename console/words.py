@@ -18,7 +18,9 @@ from kernel.vocabulary import (
     JobStatus,
     ProviderKind,
     RecordCode,
+    RedemptionStatus,
     Role,
+    SettlementStatus,
     SkipReason,
     Source,
 )
@@ -38,6 +40,8 @@ SOURCES = _translated(Source)
 CODES = _translated(Discrepancy)
 RECORD_CODES = _translated(RecordCode)  # docs/API.md#record-codes
 SKIP_REASONS = _translated(SkipReason)  # adapters.base.Skipped.reason
+REDEMPTION_STATUS = _translated(RedemptionStatus)
+SETTLEMENT_STATUS = _translated(SettlementStatus)
 
 
 def word(table: dict[str, Any], key: str | None) -> str:

@@ -230,6 +230,15 @@ CONSOLE: dict[str, Page] = {
         "/console/providers/prov-a", {"other_provider": 404, "provider": 200, "finance": 200}),
     "POST /console/providers/<provider_id>/upload": Page(  # no file: refused, but reached
         "/console/providers/prov-a/upload", {"other_provider": 404, "provider": 422}),
+    "POST /console/providers/<provider_id>/redemptions": Page(
+        "/console/providers/prov-a/redemptions", {"other_provider": 404, "provider": 302},
+        {"enterprise_uscc": U0, "reference": "console-1", "list_amount": "10", "period": PERIOD}),
+    "POST /console/redemptions/<redemption_id>/capture": Page(
+        "/console/redemptions/{redemption}/capture", {"other_provider": 404, "provider": 302},
+        {"invoice_no": "INV-C", "amount": "100"}),
+    "GET /console/settlements": Page("/console/settlements", {"finance": 200}),
+    "POST /console/settlements/<settlement_id>/approve": Page("/console/settlements/{settlement}/approve",
+                                                              {"finance": 302}),
     "GET /console/jobs": Page("/console/jobs", {"finance": 200}),
     "GET /console/quotas": Page("/console/quotas", {"finance": 200}),
     "GET /console/registry": Page("/console/registry", {"finance": 200}),
