@@ -204,11 +204,14 @@ def write_payment_file(session: Session, batch: SettlementBatch, fmt: str, out: 
     return totals
 
 
-def settled_since(session: Session, uscc: str, start: datetime, end: datetime) -> list[Redemption]:
-    """An enterprise's redemptions settled in [start, end): what a statement shows as granted."""
-    return list(session.scalars(select(Redemption).where(
-        Redemption.enterprise_uscc == uscc, Redemption.status == RedemptionStatus.SETTLED,
-        Redemption.settled_at >= start, Redemption.settled_at < end).order_by(Redemption.id)))
+def settled_since(session: Session, start: datetime, end: datetime, uscc: str | None = None) -> list[Redemption]:
+    """Redemptions settled (their batch approved) in [start, end), of one enterprise or of all
+    (one query): what the statements of the month show as subsidy settled with providers."""
+    stmt = select(Redemption).where(Redemption.status == RedemptionStatus.SETTLED,
+                                    Redemption.settled_at >= start, Redemption.settled_at < end)
+    if uscc is not None:
+        stmt = stmt.where(Redemption.enterprise_uscc == uscc)
+    return list(session.scalars(stmt.order_by(Redemption.enterprise_uscc, Redemption.id)))
 
 
 def previous_quarter(fire_time: datetime, timezone: str = "Asia/Shanghai") -> str:
