@@ -408,7 +408,6 @@ SERVICE_ERRORS = {
     "quota_exhausted": _l("该企业本年度的补贴额度已经用完。"),
     "enterprise_not_eligible": _l("该企业不符合申领条件。"),
     "outside_policy_window": _l("该月份不在政策有效期内。"),
-    "redemption_disabled": _l("现行政策未开启服务商核销。"),
     "settlement_mode_disabled": _l("现行政策未开启这种结算方式。"),
     "reference_conflict": _l("该业务参考号已用于另一笔核销。"),
     "redemption_not_authorized": _l("只有已冻结的核销可以确认。"),
@@ -489,7 +488,8 @@ def new_claim(uscc: str):
             try:
                 with database().session() as ws, ws.begin():
                     claim = claims_svc.submit_claim(ws, uscc, period, items, others,
-                                                    current_app.extensions["voucher.claim_limits"])
+                                                    current_app.extensions["voucher.claim_limits"],
+                                                    policy=policy())
                     claim_id = claim.id
             except DomainError as exc:
                 errors.append(service_error(exc))
