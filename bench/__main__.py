@@ -30,6 +30,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "quota": "bench.quota",
     "reconcile": "bench.reconcile",
+    "redemptions": "bench.redemptions",
 }
 
 
