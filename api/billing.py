@@ -106,6 +106,7 @@ def list_invoices():
 
 @doc("Submit a monthly claim (申领)", request=ClaimIn, response=out.Claim, status=201,
      description="For a past month only. Evaluated by the next reconciliation of its period.",
+     errors={422: "period_not_closed, too_many_items, too_many_claims, settlement_mode_disabled"},
      tags=["claims"])
 @bp.post("/claims")
 @requires("enterprise", "finance")
@@ -120,7 +121,8 @@ def create_claim():
         claim = claims_svc.submit_claim(session, uscc, body.period,
                                         [i.model_dump() for i in body.items],
                                         [s.model_dump() for s in body.other_subsidies],
-                                        current_app.extensions["voucher.claim_limits"])
+                                        current_app.extensions["voucher.claim_limits"],
+                                        policy=current_app.extensions["voucher.policy"])
     return out.Claim.dump(claim), 201
 
 
@@ -243,7 +245,7 @@ def run_reconciliation():
      description="Refused while any claim of the period is undecided. Closing a closed period "
                  "answers it unchanged. Afterwards runs, new usage records, voids, invoices and "
                  "claims of the period are refused with `period_closed`.",
-     errors={409: "claims_undecided, or period_not_over"}, tags=["reconciliations"])
+     errors={409: "claims_undecided, redemptions_undecided, or period_not_over"}, tags=["reconciliations"])
 @bp.post("/reconciliations/<period>/close")
 @requires("finance")
 def close_reconciliation_period(period: str):

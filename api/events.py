@@ -3,6 +3,7 @@ which teaches the outbox to render the API's objects."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint
@@ -14,9 +15,11 @@ from api.errors import ApiError, not_found
 from api.http import page_args, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
+from api.schemas import redemptions as redemptions_out
 from api.schemas.events import Event
 from billing.events import claims_reconciled
 from billing.models import Claim, Reconciliation
+from billing.redemption_models import Redemption, SettlementBatch
 from kernel import outbox
 from kernel.outbox import OutboxEvent
 from kernel.vocabulary import AuditAction, EventType
@@ -81,9 +84,23 @@ def _reconciliations(session: Session, ids: list[str]) -> dict[str, dict[str, An
     return {f"rec_{r.period}": out.Reconciliation.dump(r) for r in rows if r is not None}
 
 
+def _by_id(model: type, prefix: str, schema) -> Callable[[Session, list[str]], dict[str, dict[str, Any]]]:
+    """A renderer of `model` rows named `<prefix><id>`, as `schema` shows them (500 a query)."""
+    def render(session: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
+        numbers = [int(i.removeprefix(prefix)) for i in ids if i.removeprefix(prefix).isdigit()]
+        rendered = {}
+        for start in range(0, len(numbers), 500):
+            rows = session.scalars(select(model).where(model.id.in_(numbers[start:start + 500])))
+            rendered.update({f"{prefix}{r.id}": schema.dump(r) for r in rows})
+        return rendered
+    return render
+
+
 def install() -> None:
     """Plug the API's renderers and billing's claim deriver into the outbox (composition root:
     the app, the CLI and the scheduler call it before any change is made)."""
     outbox.set_renderer("claim", _claims)
     outbox.set_renderer("reconciliation", _reconciliations)
+    outbox.set_renderer("redemption", _by_id(Redemption, "rdm_", redemptions_out.Redemption))
+    outbox.set_renderer("settlement", _by_id(SettlementBatch, "stl_", redemptions_out.Settlement))
     outbox.set_deriver(AuditAction.RECONCILIATION_RUN, claims_reconciled)

@@ -42,7 +42,7 @@ def policy():
      also={200: "The same reference and request again"},
      errors={409: "reference_conflict, or period_closed",
              422: "quota_exhausted, budget_exhausted, unknown_enterprise, enterprise_not_eligible, "
-                  "outside_policy_window, redemption_disabled"})
+                  "outside_policy_window, settlement_mode_disabled"})
 @bp.post("/redemptions")
 @requires("provider")
 def authorize_redemption():
@@ -127,7 +127,7 @@ def list_redemptions():
      tags=["redemptions"],
      description="The subsidy is recomputed on the captured amount (≤ list_amount), never above the "
                  "hold; the rest of the hold is released. The same capture again answers it unchanged.",
-     errors={409: "redemption_not_authorized, redemption_expired, invoice_already_redeemed",
+     errors={409: "redemption_not_authorized, redemption_expired, invoice_already_redeemed, period_closed",
              422: "amount_above_list"})
 @bp.post("/redemptions/<redemption_id>/capture")
 @requires("provider")

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "quota": "bench.quota",
     "reconcile": "bench.reconcile",
     "events": "bench.events",
+    "redemptions": "bench.redemptions",
 }
 
 

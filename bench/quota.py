@@ -219,6 +219,18 @@ def ensure_wrk(log: Any = print) -> str | None:
     return shutil.which("wrk")
 
 
+WRK_DONE = """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"non_2xx":%d,"timeouts":%d,"p50_us":%d,' ..
+    '"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    latency.mean))
+end
+"""  # wrk's figures as one JSON line, read by run_wrk
+
 WRK_SCRIPT = """
 local targets = {%(targets)s}
 local n = #targets
@@ -241,22 +253,12 @@ function request()
   return wrk.format("GET", "/v1/enterprises/" .. t[1] .. "/quota?year=" .. year,
                     {["Authorization"] = "Bearer " .. t[2]})
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('WRKJSON {"requests":%%d,"duration_us":%%d,"connect_errors":%%d,' ..
-    '"read_errors":%%d,"write_errors":%%d,"non_2xx":%%d,"timeouts":%%d,"p50_us":%%d,' ..
-    '"p90_us":%%d,"p99_us":%%d,"max_us":%%d,"mean_us":%%.1f}\\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    latency.mean))
-end
 """
 
 
 def wrk_script(path: Path, pairs: list[tuple[str, str]], year: int) -> Path:
     targets = ",".join(f'{{"{u}","{k}"}}' for u, k in pairs)
-    path.write_text(WRK_SCRIPT % {"targets": targets, "year": year})
+    path.write_text(WRK_SCRIPT % {"targets": targets, "year": year} + WRK_DONE)
     return path
 
 
@@ -446,20 +448,8 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
                     f"ms); bare Flask {fmt_int(reference['requests_per_s'])} req/s (p50 "
                     f"{reference['latency_ms']['p50']} ms, p99 {reference['latency_ms']['p99']} ms);"
                     f" ratio {ratio}")
-    summary = {
-        "requests_per_s": round(median(r["quota"]["requests_per_s"] for r in runs), 1),
-        "p50_ms": median(r["quota"]["latency_ms"]["p50"] for r in runs),
-        "p99_ms": median(r["quota"]["latency_ms"]["p99"] for r in runs),
-        "reference_requests_per_s": round(median(r["reference"]["requests_per_s"] for r in runs), 1),
-        "reference_p50_ms": median(r["reference"]["latency_ms"]["p50"] for r in runs),
-        "reference_p99_ms": median(r["reference"]["latency_ms"]["p99"] for r in runs),
-        "ratio": round(median(r["ratio"] for r in runs), 3),
-    }
-    targets = {}
-    if params.min_ratio is not None:
-        targets["ratio"] = {"min": params.min_ratio, "met": summary["ratio"] >= params.min_ratio}
-    if params.max_p99_ms is not None:
-        targets["p99_ms"] = {"max": params.max_p99_ms, "met": summary["p99_ms"] <= params.max_p99_ms}
+    summary = summarise(runs, "quota")
+    targets = targets_of(params, summary)
     result = {**meta, "params": asdict(params), "checks": checks, "runs": runs, "median": summary,
               "targets": targets}
     path = write_result(name, result, results_dir)
@@ -472,13 +462,36 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
     return result
 
 
-def render(result: dict[str, Any]) -> str:
-    p, m, t = result["params"], result["median"], result["targets"]
-    ratio_t = t.get("ratio")
-    p99_t = t.get("p99_ms")
-    table = markdown_table(
+def summarise(runs: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """Medians over the runs of the service (`side`) and the reference, and their ratio."""
+    return {
+        "requests_per_s": round(median(r[side]["requests_per_s"] for r in runs), 1),
+        "p50_ms": median(r[side]["latency_ms"]["p50"] for r in runs),
+        "p99_ms": median(r[side]["latency_ms"]["p99"] for r in runs),
+        "reference_requests_per_s": round(median(r["reference"]["requests_per_s"] for r in runs), 1),
+        "reference_p50_ms": median(r["reference"]["latency_ms"]["p50"] for r in runs),
+        "reference_p99_ms": median(r["reference"]["latency_ms"]["p99"] for r in runs),
+        "ratio": round(median(r["ratio"] for r in runs), 3),
+    }
+
+
+def targets_of(params: Any, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The scenario's acceptance targets (min_ratio, max_p99_ms) beside the figures."""
+    targets = {}
+    if params.min_ratio is not None:
+        targets["ratio"] = {"min": params.min_ratio, "met": summary["ratio"] >= params.min_ratio}
+    if params.max_p99_ms is not None:
+        targets["p99_ms"] = {"max": params.max_p99_ms, "met": summary["p99_ms"] <= params.max_p99_ms}
+    return targets
+
+
+def figures_table(label: str, result: dict[str, Any]) -> str:
+    """The service (`label`) beside the bare Flask reference, with the targets marked."""
+    m, t = result["median"], result["targets"]
+    ratio_t, p99_t = t.get("ratio"), t.get("p99_ms")
+    return markdown_table(
         ["", "requests/s (median)", "p50 ms", "p99 ms"],
-        [["quota look-ups (service)", fmt_int(m["requests_per_s"]), m["p50_ms"],
+        [[label, fmt_int(m["requests_per_s"]), m["p50_ms"],
           f"{m['p99_ms']}" + (f" (target ≤ {p99_t['max']:g} {'✅' if p99_t['met'] else '❌ not met'})"
                               if p99_t else "")],
          ["bare Flask JSON endpoint (reference)", fmt_int(m["reference_requests_per_s"]),
@@ -487,6 +500,11 @@ def render(result: dict[str, Any]) -> str:
           + (f" (target ≥ {ratio_t['min']:g} {'✅' if ratio_t['met'] else '❌ not met'})"
              if ratio_t else ""), "", ""]],
     )
+
+
+def render(result: dict[str, Any]) -> str:
+    p = result["params"]
+    table = figures_table("quota look-ups (service)", result)
     per_run = ", ".join(f"{fmt_int(r['quota']['requests_per_s'])} vs "
                         f"{fmt_int(r['reference']['requests_per_s'])} (p99 "
                         f"{r['quota']['latency_ms']['p99']} vs {r['reference']['latency_ms']['p99']} ms)"

@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.models import Claim, ClaimItem
-from billing.policy import Policy
+from billing.policy import Policy, refuse_unless_mode
 from kernel import audit
 from kernel.billing_periods import SHARED, lock_period, refuse_if_closed
 from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import current_period, parse_period, period_year
 from kernel.vocabulary import OPEN as VOCAB_OPEN
-from kernel.vocabulary import RECONCILED, ClaimStatus
+from kernel.vocabulary import RECONCILED, ClaimStatus, SettlementMode
 from metering.models import Enterprise, Provider
 
 OPEN = VOCAB_OPEN  # kernel/vocabulary.py
@@ -38,10 +38,14 @@ class ClaimLimits:
 
 
 def submit_claim(session: Session, enterprise_uscc: str, period: str, items: list[dict[str, Any]],
-                 other_subsidies: list[dict[str, Any]], limits: ClaimLimits | None = None) -> Claim:
+                 other_subsidies: list[dict[str, Any]], limits: ClaimLimits | None = None, *,
+                 policy: Policy | None = None) -> Claim:
     """Store a claim for a past month. With `limits` (the API and the console pass the
     settings'), more items than allowed is Invalid `too_many_items` and a claim beyond the
-    period's undecided ones is Invalid `too_many_claims`."""
+    period's undecided ones is Invalid `too_many_claims`. With `policy` (the API and the
+    console pass it), a policy that turned reimbursement off is Invalid `settlement_mode_disabled`."""
+    if policy is not None:
+        refuse_unless_mode(policy, SettlementMode.REIMBURSEMENT)
     if period >= current_period():
         raise Invalid("period_not_closed", f"Claims are for past months only; {period} is not over",
                       "period")

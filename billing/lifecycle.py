@@ -2,7 +2,7 @@
 
 A period is open until it is closed (docs/API.md#period-close). While open, the daily reconcile
 job re-runs it (late claims, voids after approval). Closing refuses while any claim of the
-period is undecided; once closed, the period's figures are final: runs, new usage records,
+period is undecided or any of its redemptions flagged; once closed, the period's figures are final: runs, new usage records,
 voids, invoices and claims of it are refused with `period_closed` (kernel/billing_periods.py).
 """
 
@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from billing.models import Claim, Reconciliation
 from billing.policy import Policy
+from billing.redemption_models import Redemption
 from kernel import audit
 from kernel.billing_periods import EXCLUSIVE, BillingPeriod, lock_period
 from kernel.db import Database, utcnow
 from kernel.errors import Conflict, DomainError
 from kernel.periods import current_period, date_of_month, parse_day, period_dates, shift_period
-from kernel.vocabulary import OPEN, AuditAction, PeriodState
+from kernel.vocabulary import OPEN, AuditAction, PeriodState, RedemptionStatus
 
 log = logging.getLogger("voucher.lifecycle")
 
@@ -44,6 +45,12 @@ def undecided_claims(session: Session, period: str) -> int:
                           .where(Claim.period == period, Claim.status.in_(OPEN))) or 0
 
 
+def undecided_redemptions(session: Session, period: str) -> int:
+    """The period's redemptions flagged by its reconciliation and not yet decided by finance."""
+    return session.scalar(select(func.count()).select_from(Redemption)
+                          .where(Redemption.period == period, Redemption.status == RedemptionStatus.FLAGGED)) or 0
+
+
 def period_view(session: Session, period: str) -> PeriodView:
     row = session.get(BillingPeriod, period)
     return PeriodView(period, row.state if row else PeriodState.OPEN.value,
@@ -57,7 +64,8 @@ def close_period(session: Session, period: str, *, now: datetime | None = None) 
     Takes the period's row exclusively (docs/ARCHITECTURE.md#lock-order), so runs, decisions,
     claims, invoices and voids of the period in flight finish first and later ones see it
     closed. Refused (Conflict) while the month is not over (`period_not_over`) or any of its
-    claims is undecided (`claims_undecided`).
+    claims is undecided (`claims_undecided`) or any of its redemptions is flagged and not yet
+    decided (`redemptions_undecided`).
     """
     if period >= current_period(now):
         raise Conflict("period_not_over", f"Period {period} is not over; only past months close", "period")
@@ -68,6 +76,10 @@ def close_period(session: Session, period: str, *, now: datetime | None = None) 
     if undecided:
         raise Conflict("claims_undecided", f"Period {period} has {undecided} undecided claim(s); "
                        "approve or reject them (after a reconciliation) before closing", "period")
+    flagged = undecided_redemptions(session, period)
+    if flagged:
+        raise Conflict("redemptions_undecided", f"Period {period} has {flagged} flagged redemption(s); "
+                       "approve or reject them before closing", "period")
     actor = audit.current_actor()  # who closed it: an API key, the console, the CLI or the scheduler
     by = f"{actor.role}:{actor.key_id}" if actor.key_id else actor.role
     row.state, row.closed_at, row.closed_by = PeriodState.CLOSED.value, now or utcnow(), by

@@ -350,6 +350,16 @@ def recomputed_grant(policy: Policy, item_bases: Sequence[Fen], other_subsidies:
     return min(compute_claim(policy, item_bases, other_subsidies, available, held=granted).payable, granted)
 
 
+def refuse_unless_mode(policy: Policy, mode: str) -> None:
+    """Invalid `settlement_mode_disabled` unless the policy enables settlement `mode`
+    (`reimbursement`: claims; `redemption`: redemptions at the provider)."""
+    from kernel.errors import Invalid
+
+    if mode not in policy.settlement_modes:
+        raise Invalid("settlement_mode_disabled", f"Policy {policy.id} does not enable settlement by {mode} "
+                      f"(settlement_modes = {list(policy.settlement_modes)})", None)
+
+
 def redemption_hold(policy: Policy, list_amount: Fen, remaining: Fen) -> Fen:
     """What an authorisation holds (docs/API.md#redemptions): the rate on the list amount,
     rounded half up to the fen, cut to what remains of the quota (a partial hold when short)."""

@@ -30,6 +30,7 @@ from billing.policy import (
     item_base,
     redemption_capture,
     redemption_hold,
+    refuse_unless_mode,
     round_half_up_fen,
 )
 from billing.redemption_models import Redemption
@@ -88,9 +89,7 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
     `holdable`), and the hold raises the threshold events it crosses. The balance row's lock and its
     conditional UPDATE (ledger.transfer) make over-reserving impossible at any concurrency.
     """
-    if SettlementMode.REDEMPTION not in policy.settlement_modes:
-        raise Invalid("redemption_disabled", f"Policy {policy.id} does not enable settlement by redemption",
-                      None)
+    refuse_unless_mode(policy, SettlementMode.REDEMPTION)
     parse_period(period)
     existing = find(session, provider_id, reference)
     if existing is not None:
@@ -185,6 +184,7 @@ def capture(session: Session, policy: Policy, r: Redemption, invoice_no: str, am
         if r.status in REDEEMED and (r.invoice_no, r.amount) == (invoice_no, amount):
             return r  # idempotent replay
         raise Conflict("redemption_not_authorized", f"A {r.status} redemption cannot be captured", "status")
+    refuse_if_closed(session, r.period)  # a closed month's figures are final (docs/API.md#period-close)
     now = now or utcnow()
     if now >= r.expires_at:
         raise Conflict("redemption_expired", f"The hold expired at {r.expires_at.isoformat()}", "status")

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from openpyxl import Workbook
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,18 +55,35 @@ def parse_settlement_id(value: str) -> int:
     return parse_row_id("stl_", value, "settlement")
 
 
+def _late_periods(session: Session, quarter: str, provider_id: str | None) -> dict[str, list[str]]:
+    """provider → the periods of its earlier quarters whose batch is approved (final): a
+    redemption of one of them cleared after that approval joins the provider's next batch."""
+    stmt = select(SettlementBatch.provider_id, SettlementBatch.quarter).where(
+        SettlementBatch.status == SettlementStatus.APPROVED, SettlementBatch.quarter < quarter)
+    if provider_id:
+        stmt = stmt.where(SettlementBatch.provider_id == provider_id)
+    late: dict[str, list[str]] = {}
+    for pid, q in session.execute(stmt):
+        late.setdefault(pid, []).extend(parse_quarter(q))
+    return late
+
+
 def build(session: Session, policy: Policy, quarter: str, provider_id: str | None = None) -> list[SettlementBatch]:
     """Create (or top up, while pending) each provider's batch of `quarter`: one per (provider,
     quarter), by its unique key, so the job and the command may run it any number of times.
-    An approved batch is final; redemptions cleared after it wait for no batch (listed by
-    `GET /v1/redemptions?status=captured`)."""
+    An approved batch is final: a redemption of its quarter cleared after the approval (captured
+    late, or accepted by finance late) joins the provider's next batch built — the batch of a
+    later quarter — and the payment file shows its own period."""
     try:
-        parse_quarter(quarter)
+        periods = parse_quarter(quarter)
     except ValueError as exc:
         raise Invalid("invalid_quarter", str(exc), "quarter") from None
-    stmt = select(Redemption.provider_id).where(
-        Redemption.period.in_(parse_quarter(quarter)), Redemption.status == RedemptionStatus.CAPTURED,
-        Redemption.reconciled_at.is_not(None), Redemption.settlement_id.is_(None)).distinct()
+    late = _late_periods(session, quarter, provider_id)
+    due = [Redemption.status == RedemptionStatus.CAPTURED, Redemption.reconciled_at.is_not(None),
+           Redemption.settlement_id.is_(None)]
+    belongs = or_(Redemption.period.in_(periods),
+                  *(and_(Redemption.provider_id == pid, Redemption.period.in_(ps)) for pid, ps in late.items()))
+    stmt = select(Redemption.provider_id).where(belongs, *due).distinct()
     if provider_id:
         stmt = stmt.where(Redemption.provider_id == provider_id)
     batches = []
@@ -88,9 +105,8 @@ def build(session: Session, policy: Policy, quarter: str, provider_id: str | Non
         if batch.status != SettlementStatus.PENDING:
             continue
         added = list(session.scalars(select(Redemption).where(
-            Redemption.provider_id == pid, Redemption.period.in_(parse_quarter(quarter)),
-            Redemption.status == RedemptionStatus.CAPTURED, Redemption.reconciled_at.is_not(None),
-            Redemption.settlement_id.is_(None)).order_by(Redemption.id).with_for_update()))
+            Redemption.provider_id == pid, Redemption.period.in_(periods + late.get(pid, [])), *due)
+            .order_by(Redemption.id).with_for_update()))
         for r in added:
             r.settlement_id = batch.id
         _total(session, batch)
@@ -204,11 +220,14 @@ def write_payment_file(session: Session, batch: SettlementBatch, fmt: str, out: 
     return totals
 
 
-def settled_since(session: Session, uscc: str, start: datetime, end: datetime) -> list[Redemption]:
-    """An enterprise's redemptions settled in [start, end): what a statement shows as granted."""
-    return list(session.scalars(select(Redemption).where(
-        Redemption.enterprise_uscc == uscc, Redemption.status == RedemptionStatus.SETTLED,
-        Redemption.settled_at >= start, Redemption.settled_at < end).order_by(Redemption.id)))
+def settled_since(session: Session, start: datetime, end: datetime, uscc: str | None = None) -> list[Redemption]:
+    """Redemptions settled (their batch approved) in [start, end), of one enterprise or of all
+    (one query): what the statements of the month show as subsidy settled with providers."""
+    stmt = select(Redemption).where(Redemption.status == RedemptionStatus.SETTLED,
+                                    Redemption.settled_at >= start, Redemption.settled_at < end)
+    if uscc is not None:
+        stmt = stmt.where(Redemption.enterprise_uscc == uscc)
+    return list(session.scalars(stmt.order_by(Redemption.enterprise_uscc, Redemption.id)))
 
 
 def previous_quarter(fire_time: datetime, timezone: str = "Asia/Shanghai") -> str:

@@ -2,8 +2,11 @@
 
 Per enterprise and period with metered usage or approved claims: a Customer (metadata
 `uscc`), one invoice item per provider for the metered spend (the month's active usage),
-one negative item for the approved subsidy ("算力补贴 50%", the rate from the policy), then
-an invoice holding those items, finalized. Its total is spend − subsidy.
+one negative item for the approved subsidy ("算力补贴 50%", the rate from the policy), one
+negative item per redemption settled with a provider in the month (核销补贴: the subsidy the
+enterprise was spared at the provider's checkout, shown once its quarterly batch is approved —
+billing/settlements.py `settled_since`, by the approval's time in the policy's timezone), then
+an invoice holding those items, finalized. Its total is spend − subsidy − redeemed.
 
 A statement waits while any claim of the enterprise for the period is still undecided
 (submitted, verified or flagged): the subsidy it would show is not known yet, and a finalized
@@ -37,10 +40,12 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from billing.claims import OPEN
 from billing.models import Claim
 from billing.policy import Policy
+from billing.redemption_models import Redemption
 from billing.settlement import PaymentError, Payments
+from billing.settlements import settled_since
 from kernel import audit
 from kernel.db import Base, BigId, Database, Timestamps, UTCDateTime, utcnow
-from kernel.periods import parse_period
+from kernel.periods import local_bounds, parse_period
 from kernel.vocabulary import PROVIDER_KIND_SHORT, ClaimStatus, UsageStatus
 from metering.models import Enterprise, Provider, UsageRecord
 
@@ -61,7 +66,7 @@ class Statement(Timestamps, Base):
     period: Mapped[str] = mapped_column(String(7), index=True)
     status: Mapped[str] = mapped_column(String(16), default=PENDING)  # pending | draft | finalized
     spend: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, metered
-    subsidy: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, approved payable
+    subsidy: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, approved payable + settled redemptions
     total: Mapped[int | None] = mapped_column(BigInteger)  # fen, the finalized invoice's total
     currency: Mapped[str] = mapped_column(String(3), default="CNY")
     payment_customer_id: Mapped[str | None] = mapped_column(String(255))
@@ -116,6 +121,7 @@ class StatementPlan:
     subsidy: Fen
     lines: tuple[Line, ...]
     undecided_claims: tuple[str, ...] = ()  # clm_… still submitted, verified or flagged
+    redeemed: Fen = 0  # subsidy of the redemptions settled with providers in the month
 
     @property
     def pending(self) -> bool:
@@ -132,7 +138,7 @@ class StatementPlan:
 
     @property
     def total(self) -> Fen:
-        return self.spend - self.subsidy
+        return self.spend - self.subsidy - self.redeemed
 
 
 @dataclass
@@ -206,7 +212,10 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
         .where(Claim.period == period, Claim.status.in_(OPEN)).order_by(Claim.id)
     ):
         undecided[uscc].append(f"clm_{claim_id}")
-    usccs = sorted(set(spend) | set(subsidy) | set(undecided))
+    settled: dict[str, list[Redemption]] = defaultdict(list)
+    for r in settled_since(session, *local_bounds(period, policy.timezone)):
+        settled[r.enterprise_uscc].append(r)
+    usccs = sorted(set(spend) | set(subsidy) | set(undecided) | set(settled))
     if not usccs:
         return []
     names = dict(session.execute(select(Enterprise.uscc, Enterprise.name)
@@ -225,8 +234,13 @@ def plan_statements(session: Session, policy: Policy, period: str) -> list[State
             # §四(一): 按照实际使用金额的50%给予算力补贴 — the approved subsidy, as a credit.
             lines.append(Line(f"{statement_key(period, uscc)}:subsidy", -subsidy[uscc],
                               f"算力补贴 {percent}（{period}，{policy.document_no}）"))
+        for r in settled[uscc]:
+            p = providers.get(r.provider_id)
+            lines.append(Line(f"{statement_key(period, uscc)}:rdm_{r.id}", -r.subsidy,
+                              f"核销补贴 {p.name if p else r.provider_id}（{r.period}，rdm_{r.id}，{r.reference}）"))
         plans.append(StatementPlan(period, uscc, names.get(uscc, uscc), dict(spend[uscc]),
-                                   subsidy.get(uscc, 0), tuple(lines), tuple(undecided[uscc])))
+                                   subsidy.get(uscc, 0), tuple(lines), tuple(undecided[uscc]),
+                                   sum(r.subsidy for r in settled[uscc])))
     return plans
 
 
@@ -303,7 +317,8 @@ def _issue_one(db: Database, payments: Payments, plan: StatementPlan, summary: R
             invoice = payments.finalize_invoice(invoice["id"])
         if invoice.get("total") != plan.total:  # e.g. a stray pending item swallowed by the invoice
             raise StatementError(f"invoice {invoice['id']} totals {invoice.get('total')} fen, "
-                                 f"expected {plan.total} fen (spend {plan.spend} − subsidy {plan.subsidy})")
+                                 f"expected {plan.total} fen (spend {plan.spend} − subsidy {plan.subsidy}"
+                                 f" − redeemed {plan.redeemed})")
     except (PaymentError, StatementError) as exc:
         _update(db, row_id, last_error=str(exc))
         summary.failed += 1
@@ -315,10 +330,10 @@ def _issue_one(db: Database, payments: Payments, plan: StatementPlan, summary: R
         row.issued_at, row.last_error = utcnow(), None
         audit.append(session, "statement.issued", "statement", f"stm_{row_id}", after={
             "enterprise_uscc": plan.enterprise_uscc, "period": plan.period, "spend": plan.spend,
-            "subsidy": plan.subsidy, "total": row.total, "payment_invoice_id": invoice["id"]})
+            "subsidy": plan.subsidy, "redeemed": plan.redeemed, "total": row.total, "payment_invoice_id": invoice["id"]})
     summary.issued += 1
     summary.spend += plan.spend
-    summary.subsidy += plan.subsidy
+    summary.subsidy += plan.subsidy + plan.redeemed
     if state != "new":
         summary.resumed += 1
         return "resumed"
@@ -340,7 +355,7 @@ def _begin(db: Database, plan: StatementPlan) -> tuple[int, str]:
                     session.add(row)
                 if state != FINALIZED:
                     row.attempts += 1
-                    row.spend, row.subsidy = plan.spend, plan.subsidy
+                    row.spend, row.subsidy = plan.spend, plan.subsidy + plan.redeemed
                 session.flush()
                 return row.id, state
         except IntegrityError:  # another run created it a moment ago: read it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -36,7 +37,8 @@ from api.auth import db_session
 from api.errors import ApiError, refusal
 from billing import budget as budget_svc
 from billing import claims as claims_svc
-from billing import ledger, lifecycle
+from billing import ledger, lifecycle, settlements
+from billing import redemptions as redemptions_svc
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -46,6 +48,7 @@ from billing.models import (
     Reconciliation,
 )
 from billing.reconciliation import adjustments_of, reconcile
+from billing.redemption_models import Redemption, SettlementBatch
 from console import charts
 from console.i18n import _, _l, current_lang, html_lang, local_date, local_datetime, remember_lang
 from console.security import (
@@ -68,8 +71,10 @@ from console.words import (
     JOB_STATUS,
     PROVIDER_KIND,
     RECORD_CODES,
+    REDEMPTION_STATUS,
     RISK_SIGNALS,
     ROLES,
+    SETTLEMENT_STATUS,
     SKIP_REASONS,
     SOURCES,
     explain,
@@ -90,7 +95,7 @@ from kernel.periods import (
     year_periods,
 )
 from kernel.uscc import canonical_uscc
-from kernel.vocabulary import RECONCILED, ClaimStatus, Event, UsageStatus
+from kernel.vocabulary import RECONCILED, ClaimStatus, Event, SettlementMode, UsageStatus
 from metering.batches import recent_batches
 from metering.models import Enterprise, ModelFiling, Provider, UsageRecord
 
@@ -171,7 +176,8 @@ def _context() -> dict[str, Any]:
         "words": {"status": CLAIM_STATUS, "codes": CODES, "cap_basis": CAP_BASIS,
                   "kind": PROVIDER_KIND, "job": JOB_STATUS, "source": SOURCES,
                   "record_codes": RECORD_CODES, "roles": ROLES, "skip": SKIP_REASONS,
-                  "signals": RISK_SIGNALS},
+                  "signals": RISK_SIGNALS,
+                  "redemption": REDEMPTION_STATUS, "settlement": SETTLEMENT_STATUS},
         "explain": explain,
         "sep": _("；"),
         "nav": _nav(user),
@@ -192,6 +198,7 @@ def _nav(user) -> list[tuple[str, str, str]]:
     return [("reconciliation", url_for("console.reconciliations"), _("月度对账")),
             ("quotas", url_for("console.quotas"), _("额度使用")),
             ("budget", url_for("console.budget"), _("项目预算")),
+            ("settlements", url_for("console.settlements_page"), _("核销结算")),
             ("registry", url_for("console.registry"), _("企业与服务商")),
             ("risk_registry", url_for("console.risk_registry"), _("合同与目录价")),
             ("jobs", url_for("console.jobs"), _("作业记录"))]
@@ -373,11 +380,13 @@ def enterprise(uscc: str):
                    for p in sorted(spend, key=lambda p: names.get(p, p))]
     claims = list(s.scalars(select(Claim).where(Claim.enterprise_uscc == uscc)
                             .order_by(Claim.id.desc()).limit(100)))
-    claim_names = provider_names(s, {i.provider_id for c in claims for i in c.items})
+    holds = redemptions_svc.holding(s, uscc, year)
+    claim_names = provider_names(s, {i.provider_id for c in claims for i in c.items}
+                                 | {r.provider_id for r in holds})
     return render_template(
         "console/enterprise.html", ent=ent, year=year, quota=quota_view(balance), chart=chart,
         periods=periods, spend_table=spend_table, names=names, claims=claims,
-        claim_names=claim_names, explanations={c.id: claim_explanations(c) for c in claims},
+        claim_names=claim_names, explanations={c.id: claim_explanations(c) for c in claims}, holds=holds,
         filings=list(s.scalars(select(ModelFiling).where(ModelFiling.enterprise_uscc == uscc)
                                .order_by(ModelFiling.obtained_on))),
         active="enterprise")
@@ -406,6 +415,17 @@ SERVICE_ERRORS = {
     "claims_undecided": _l("该月还有尚未决定的申领，批准或驳回后才能关闭。"),
     "period_not_over": _l("只能关闭已经结束的月份。"),
     "conflict": _l("与已登记的内容不一致：同一编号或同一天已有不同的记录。"),
+    "redemptions_undecided": _l("该月还有有差异的核销尚未决定，批准或驳回后才能关闭。"),
+    "quota_exhausted": _l("该企业本年度的补贴额度已经用完。"),
+    "enterprise_not_eligible": _l("该企业不符合申领条件。"),
+    "outside_policy_window": _l("该月份不在政策有效期内。"),
+    "settlement_mode_disabled": _l("现行政策未开启这种结算方式。"),
+    "reference_conflict": _l("该业务参考号已用于另一笔核销。"),
+    "redemption_not_authorized": _l("只有已冻结的核销可以确认。"),
+    "redemption_expired": _l("冻结已经过期，不能再确认。"),
+    "invoice_already_redeemed": _l("该发票已经被另一笔核销使用。"),
+    "amount_above_list": _l("确认金额不能高于冻结时的标价金额。"),
+    "settlement_empty": _l("该结算批次中没有可以结算的核销。"),
 }
 
 
@@ -479,7 +499,8 @@ def new_claim(uscc: str):
             try:
                 with database().session() as ws, ws.begin():
                     claim = claims_svc.submit_claim(ws, uscc, period, items, others,
-                                                    current_app.extensions["voucher.claim_limits"])
+                                                    current_app.extensions["voucher.claim_limits"],
+                                                    policy=policy())
                     claim_id = claim.id
             except DomainError as exc:
                 errors.append(service_error(exc))
@@ -586,10 +607,20 @@ def _provider_page(p: Provider, summary=None, upload_errors=None, status: int = 
     if invoices:
         enterprises = dict(s.execute(select(Enterprise.uscc, Enterprise.name).where(
             Enterprise.uscc.in_({i.enterprise_uscc for i in invoices}))).all())
+    redemptions = list(s.scalars(select(Redemption).where(Redemption.provider_id == p.id)
+                                 .order_by(Redemption.id.desc()).limit(100)))
+    if redemptions:
+        enterprises |= dict(s.execute(select(Enterprise.uscc, Enterprise.name).where(
+            Enterprise.uscc.in_({r.enterprise_uscc for r in redemptions}))).all())
+    batches = list(s.scalars(select(SettlementBatch).where(SettlementBatch.provider_id == p.id)
+                             .order_by(SettlementBatch.quarter.desc()).limit(20)))
     return render_template("console/provider.html", p=p, batches=recent_batches(s, p.id, 20),
                            invoices=invoices, enterprises=enterprises, summary=summary,
                            upload_errors=upload_errors or [], formats=UPLOAD_FORMATS,
-                           active="provider"), status
+                           redemptions=redemptions, settlements=batches,
+                           redeeming=SettlementMode.REDEMPTION in policy().settlement_modes,
+                           period=previous_period(datetime.now(UTC), policy().timezone),
+                           now=datetime.now(UTC), active="provider"), status
 
 
 @bp.get("/providers/<provider_id>")
@@ -637,6 +668,121 @@ def upload(provider_id: str):
     summary = ingest_extracted(database(), provider_id, extracted, source="console",
                                label=file.filename[:200], require_contracts=policy().require_contracts)
     return _provider_page(p, summary=summary)
+
+
+# --- provider: redemptions (核销, docs/API.md#redemptions) ----------------------------------------
+
+def _form_yuan(name: str, label: str) -> int:
+    try:
+        return parse_yuan(request.form.get(name, ""))
+    except ValueError:
+        raise FormError(_("%(field)s应为以元为单位的金额，例如 1234.50。", field=label)) from None
+
+
+def _flash_outcome(work: Callable[[], str]) -> None:
+    """Run a form's `work` (it parses, then writes in a transaction of its own) and flash its
+    success message, or the refusal in the reader's language."""
+    try:
+        message = work()
+    except FormError as exc:
+        flash(str(exc), "error")
+    except DomainError as exc:
+        flash(service_error(exc), "error")
+    else:
+        flash(message, "success")
+
+
+@bp.post("/providers/<provider_id>/redemptions")
+@login_required("provider")
+def authorize_redemption(provider_id: str):
+    """The same service as POST /v1/redemptions: the subsidy held on the enterprise's quota."""
+    _provider_or_404(provider_id)
+
+    def work() -> str:
+        uscc = canonical_uscc(request.form.get("enterprise_uscc", ""))
+        reference = request.form.get("reference", "").strip()
+        period = request.form.get("period", "").strip()
+        if not reference or len(reference) > 100:
+            raise FormError(_("请填写业务参考号（最多 100 个字符）。"))
+        try:
+            parse_period(period)
+        except ValueError:
+            raise FormError(_("月份格式应为 YYYY-MM。")) from None
+        list_amount = _form_yuan("list_amount", _("标价金额"))
+        if list_amount <= 0:
+            raise FormError(_("标价金额应大于零。"))
+        end_reads()
+        with database().session() as ws, ws.begin():
+            r, _created = redemptions_svc.authorize(ws, policy(), provider_id, uscc, reference, list_amount,
+                                                    period)
+            rid = f"rdm_{r.id}"
+            return _("核销 %(id)s 已冻结补贴 %(amount)s。", id=rid, amount=money(r.subsidy))
+
+    _flash_outcome(work)
+    return redirect(url_for(".provider", provider_id=provider_id))
+
+
+@bp.post("/redemptions/<redemption_id>/capture")
+@login_required("provider")
+def capture_redemption(redemption_id: str):
+    """The same service as POST /v1/redemptions/{id}/capture: the full-amount invoice."""
+    user = current_user()
+    try:
+        rid = redemptions_svc.parse_redemption_id(redemption_id)
+    except ValueError:
+        abort(404)
+    found = db_session().get(Redemption, rid)
+    if found is None or found.provider_id != user.subject:
+        abort(404)
+
+    def work() -> str:
+        invoice_no = request.form.get("invoice_no", "").strip()
+        if not invoice_no or len(invoice_no) > 64:
+            raise FormError(_("请填写发票号（最多 64 个字符）。"))
+        amount = _form_yuan("amount", _("发票金额"))
+        end_reads()
+        with database().session() as ws, ws.begin():
+            r = redemptions_svc.lock_redemption(ws, policy(), rid)
+            assert r is not None
+            redemptions_svc.capture(ws, policy(), r, invoice_no, amount)
+            return _("核销 %(id)s 已确认：补贴 %(amount)s。", id=redemption_id, amount=money(r.subsidy))
+
+    _flash_outcome(work)
+    return redirect(url_for(".provider", provider_id=user.subject))
+
+
+# --- finance: settlements ---------------------------------------------------------------------
+
+@bp.get("/settlements")
+@login_required("finance")
+def settlements_page():
+    s = db_session()
+    batches = list(s.scalars(select(SettlementBatch).order_by(SettlementBatch.quarter.desc(),
+                                                              SettlementBatch.provider_id).limit(200)))
+    return render_template("console/settlements.html", batches=batches,
+                           names=provider_names(s, {b.provider_id for b in batches}), active="settlements")
+
+
+@bp.post("/settlements/<settlement_id>/approve")
+@login_required("finance")
+def approve_settlement(settlement_id: str):
+    """The same service as POST /v1/settlements/{id}/approve: every hold posted to granted."""
+    try:
+        sid = settlements.parse_settlement_id(settlement_id)
+    except ValueError:
+        abort(404)
+    if db_session().get(SettlementBatch, sid) is None:
+        abort(404)
+
+    def work() -> str:
+        end_reads()
+        with database().session() as ws, ws.begin():
+            batch = settlements.approve(ws, policy(), sid, current_user().key_id)
+            return _("结算批次 %(id)s 已批准：%(amount)s 转为已发放。", id=settlement_id,
+                     amount=money(batch.subsidy))
+
+    _flash_outcome(work)
+    return redirect(url_for(".settlements_page"))
 
 
 # --- finance: reconciliation ------------------------------------------------------------------

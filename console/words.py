@@ -18,8 +18,10 @@ from kernel.vocabulary import (
     JobStatus,
     ProviderKind,
     RecordCode,
+    RedemptionStatus,
     RiskSignal,
     Role,
+    SettlementStatus,
     SkipReason,
     Source,
 )
@@ -40,6 +42,8 @@ CODES = _translated(Discrepancy)
 RECORD_CODES = _translated(RecordCode)  # docs/API.md#record-codes
 RISK_SIGNALS = _translated(RiskSignal)  # docs/API.md#risk
 SKIP_REASONS = _translated(SkipReason)  # adapters.base.Skipped.reason
+REDEMPTION_STATUS = _translated(RedemptionStatus)
+SETTLEMENT_STATUS = _translated(SettlementStatus)
 
 
 def word(table: dict[str, Any], key: str | None) -> str:

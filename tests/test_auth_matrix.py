@@ -245,6 +245,15 @@ CONSOLE: dict[str, Page] = {
                                   "unit_price": "8.00", "effective_from": "2026-01-01"}),
     "POST /console/related-parties": Page("/console/related-parties", {"finance": 302},
                                           {"provider_id": "prov-b", "enterprise_uscc": U1, "relation": "x"}),
+    "POST /console/providers/<provider_id>/redemptions": Page(
+        "/console/providers/prov-a/redemptions", {"other_provider": 404, "provider": 302},
+        {"enterprise_uscc": U0, "reference": "console-1", "list_amount": "10", "period": PERIOD}),
+    "POST /console/redemptions/<redemption_id>/capture": Page(
+        "/console/redemptions/{redemption}/capture", {"other_provider": 404, "provider": 302},
+        {"invoice_no": "INV-C", "amount": "100"}),
+    "GET /console/settlements": Page("/console/settlements", {"finance": 200}),
+    "POST /console/settlements/<settlement_id>/approve": Page("/console/settlements/{settlement}/approve",
+                                                              {"finance": 302}),
     "GET /console/jobs": Page("/console/jobs", {"finance": 200}),
     "GET /console/quotas": Page("/console/quotas", {"finance": 200}),
     "GET /console/budget": Page("/console/budget", {"finance": 200}),

@@ -711,7 +711,7 @@ def test_english_pages_have_no_untranslated_text(app, db):
                     f"/console/claims/{world.claims['D']}", f"/console/quotas?year={YEAR}",
                     f"/console/budget?year={YEAR}",
                     "/console/registry", "/console/jobs", "/console/reconciliations?list=1",
-                    f"/console/reconciliations/{PERIOD}?code=usage_invoice_mismatch"],
+                    f"/console/reconciliations/{PERIOD}?code=usage_invoice_mismatch", "/console/settlements"],
     }
     seen = 0
     for role, urls in pages.items():
@@ -724,7 +724,7 @@ def test_english_pages_have_no_untranslated_text(app, db):
             seen += 1
         for url in ("/console/nowhere", ):
             assert not CJK.findall(visible_text(c.get(url).get_data(as_text=True)).replace("中文", ""))
-    assert seen == 13
+    assert seen == sum(map(len, pages.values())) == 14
 
 
 def test_the_catalogue_translates_every_string_and_is_compiled():
@@ -770,7 +770,7 @@ def test_no_page_or_stylesheet_names_another_host(console, world):
     console.sign_in(world.keys["finance"])
     for url in (f"/console/reconciliations/{PERIOD}", f"/console/claims/{world.claims['B']}",
                 f"/console/enterprises/{world.usccs['A']}?year={YEAR}", f"/console/quotas?year={YEAR}",
-                "/console/registry", "/console/jobs", f"/console/providers/{JX}"):
+                "/console/registry", "/console/jobs", f"/console/providers/{JX}", "/console/settlements"):
         r = console.get(url)
         assert r.status_code == 200
         csp = r.headers["Content-Security-Policy"]
@@ -784,6 +784,69 @@ def test_no_page_or_stylesheet_names_another_host(console, world):
         assert EXTERNAL.findall(text) == []
         assert "<script" not in text and " style=" not in text and "@import" not in text
     assert "url(" not in css.get_data(as_text=True)
+
+
+def redemption_row(html: str, rid: str) -> str:
+    m = re.search(rf'<tr id="{rid}">(.*?)</tr>', html, re.S)
+    assert m, rid
+    return m.group(1)
+
+
+def test_a_provider_authorises_and_captures_and_finance_settles_the_batch(console, world, db, app):
+    """The provider's page holds and captures through billing/redemptions.py; the enterprise sees
+    the hold on its quota; finance approves the quarter's batch and the hold becomes granted."""
+    from billing import settlements
+    from billing.redemption_models import Redemption
+
+    a = world.usccs["A"]
+    before = balance(db, a)
+    console.sign_in(world.keys["provider"])
+    assert "冻结补贴" in console.text(f"/console/providers/{JX}")
+    r = console.post(f"/console/providers/{JX}/redemptions", {
+        "enterprise_uscc": a, "reference": "order-77", "period": "2026-11", "list_amount": "1,000.00"},
+        follow_redirects=True)
+    html = r.get_data(as_text=True)
+    with db.session() as s:
+        rdm = s.scalars(select(Redemption).where(Redemption.reference == "order-77")).one()
+        rid, held = f"rdm_{rdm.id}", rdm.held
+    assert held == 50_000  # half of ¥1,000.00
+    assert f"核销 {rid} 已冻结补贴 ¥500.00" in html
+    assert 'data-status="authorized"' in redemption_row(html, rid)
+    assert balance(db, a) == (before[0] + 50_000, before[1])  # (reserved, granted)
+    # a list amount that is not yuan is refused with words, nothing held
+    html = console.post(f"/console/providers/{JX}/redemptions", {
+        "enterprise_uscc": a, "reference": "order-78", "period": "2026-11", "list_amount": "ten"},
+        follow_redirects=True).get_data(as_text=True)
+    assert "标价金额应为以元为单位的金额" in html and "order-78" not in html
+
+    ent = Console(app.test_client())
+    ent.sign_in(world.keys["enterprise"])
+    holds = ent.text(f"/console/enterprises/{a}?year={YEAR}")
+    assert rid in holds and "¥500.00" in holds
+
+    html = console.post(f"/console/redemptions/{rid}/capture", {"invoice_no": "JX-R-77", "amount": "800"},
+                        follow_redirects=True).get_data(as_text=True)
+    assert f"核销 {rid} 已确认：补贴 ¥400.00" in html
+    assert 'data-status="captured"' in redemption_row(html, rid)
+    assert balance(db, a) == (before[0] + 40_000, before[1])  # the rest released
+    # another provider's redemption is not found; finance may not capture
+    assert console.post("/console/redemptions/rdm_999999/capture", {"invoice_no": "X", "amount": "1"}
+                        ).status_code == 404
+
+    with db.session() as s, s.begin():  # reconciled clean, then the quarter's batch
+        s.get(Redemption, rdm.id).reconciled_at = s.get(Redemption, rdm.id).captured_at
+        batch = settlements.build(s, app.extensions["voucher.policy"], "2026Q4")[0]
+        sid = f"stl_{batch.id}"
+    assert f"{sid}</td>" in console.text(f"/console/providers/{JX}")
+    fin = Console(app.test_client())
+    fin.sign_in(world.keys["finance"])
+    page = fin.text("/console/settlements")  # the session's CSRF token too
+    assert 'data-status="pending"' in page and 'data-fen="40000"' in page
+    html = fin.post(f"/console/settlements/{sid}/approve", follow_redirects=True).get_data(as_text=True)
+    assert f"结算批次 {sid} 已批准：¥400.00 转为已发放" in html and 'data-status="approved"' in html
+    assert balance(db, a) == (before[0], before[1] + 40_000)
+    assert fin.post("/console/settlements/stl_999999/approve").status_code == 404
+    assert console.post(f"/console/settlements/{sid}/approve").status_code == 403
 
 
 # --- pieces -------------------------------------------------------------------------------------

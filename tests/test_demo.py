@@ -121,7 +121,7 @@ def test_demo_programme_is_realistic(demo_run):
     with demo_run["db"].session() as s:
         providers = list(s.scalars(select(Provider)))
         assert {p.kind for p in providers} == {"intelligent_computing", "supercomputing"}
-        assert len(providers) == 3
+        assert len(providers) == 4  # three reimbursing, one in redemption mode (voucher/cli_demo_redemption.py)
         enterprises = list(s.scalars(select(Enterprise)))
         assert len(enterprises) == 30 and len({e.county for e in enterprises}) == 7
         assert sum(not e.eligible for e in enterprises) == 1
@@ -218,3 +218,31 @@ def test_demo_prints_the_budget_figures_of_the_api(demo_run):
                               str(fig.waitlisted_claims))
     assert f"annual: unlimited (policy {policy.id} has no [budget])" in out
     assert re.search(r"with \[budget\] annual = 5000000000 \(¥50,000,000.00\): \d+ % used", out)
+
+
+def test_demo_runs_a_provider_in_redemption_mode_and_prints_its_figures(demo_run):
+    """One provider settles by redemption beside the others: its holds end captured, voided,
+    expired and settled in one approved batch; the printed figures are the database's."""
+    from billing.redemption_models import Redemption, SettlementBatch
+    from kernel.money import yuan
+    from voucher.cli_demo_redemption import HOLDS, PROVIDER_ID
+
+    out, db = demo_run["output"], demo_run["db"]
+    with db.session() as s:
+        rows = list(s.scalars(select(Redemption).where(Redemption.provider_id == PROVIDER_ID)))
+        batches = list(s.scalars(select(SettlementBatch).where(SettlementBatch.provider_id == PROVIDER_ID)))
+    fates = {fate for *_, fate in HOLDS.values()}
+    assert len(rows) == len(HOLDS) and {r.status for r in rows} == fates
+    settled = [r for r in rows if r.status == "settled"]
+    held = sum(r.held for r in rows)
+    assert held == sum(r.subsidy for r in rows if r.status == "captured")  # voided and expired released
+    assert re.search(rf"Redemptions at {PROVIDER_ID} \(settlement by redemption\): {len(rows)} holds "
+                     rf"\(1 captured, 1 expired, {len(settled)} settled, 1 voided\); still held ¥{re.escape(yuan(held))}, "
+                     rf"settled ¥{re.escape(yuan(sum(r.subsidy for r in settled)))}", out), out[-3000:]
+    (batch,) = batches
+    assert batch.status == "approved" and batch.redemptions == len(settled)
+    assert batch.subsidy == sum(r.subsidy for r in settled) and batch.amount == sum(r.amount for r in settled)
+    assert f"settlement stl_{batch.id} {batch.quarter}: approved, {len(settled)} redemptions, " \
+           f"invoiced ¥{yuan(batch.amount)}, subsidy ¥{yuan(batch.subsidy)}" in out
+    for kind in ("redemption.authorized", "redemption.captured", "redemption.voided", "redemption.expired"):
+        assert re.search(rf"^  {re.escape(kind)} +\d+$", out, re.M), kind

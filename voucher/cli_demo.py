@@ -1,6 +1,7 @@
 """`voucher demo`: a realistic programme on the configured database, for `make run`.
 
-Three providers (two 智算 centres and a 超算 centre), thirty enterprises across Jiaxing's
+Three providers (two 智算 centres and a 超算 centre) and a fourth settling by redemption at the
+provider (voucher/cli_demo_redemption.py), thirty enterprises across Jiaxing's
 counties (valid USCCs, four model filings, one ineligible), three months of usage (tens of
 thousands of GPU and CPU jobs with real-looking models and prices), the providers'
 invoices, the enterprises' claims — with a few of every discrepancy code (docs/API.md#discrepancy-codes) planted — then the
@@ -41,7 +42,7 @@ from kernel.periods import (
     shift_period,
 )
 from kernel.vocabulary import ClaimStatus, Discrepancy, label
-from voucher import cli_demo_risk
+from voucher import cli_demo_redemption, cli_demo_risk
 from voucher.cli_settings import settings as cli_settings
 
 Fen = int
@@ -431,6 +432,7 @@ def seed(db, policy, plan: Plan, now: datetime) -> dict[str, Any]:
     _void_duplicate(db, plan)
     for period in (*plan.periods, OUTSIDE_WINDOW_PERIOD):  # clawback, fresh summaries, the April claim
         _reconcile(db, policy, period)
+    cli_demo_redemption.seed(db, policy, plan, now)  # a provider in redemption mode beside the others
     return {"records": usage["accepted"] + usage["duplicates"], "invoices": len(invoices), "claims": claims}
 
 
@@ -616,7 +618,7 @@ def _deliver(db, settings, url: str, secret: str | None) -> None:
               help="register a finance webhook endpoint at URL (a host of VOUCHER_WEBHOOK_ALLOWED_HOSTS) "
                    "and deliver the events the demo raises to it")
 def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> None:
-    """Seed a realistic programme (3 providers, 30 enterprises, 3 months); print keys and a curl.
+    """Seed a realistic programme (3 + 1 redeeming providers, 30 enterprises, 3 months); print keys and a curl.
 
     Safe to run again: a seeded database is left as it is.
     """
@@ -644,7 +646,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
             click.echo("demo data already present: left as it is")
         else:
             plan = build_plan(demo_periods(policy, now))
-            click.echo(f"seeding a demo programme: {len(PROVIDERS)} providers, {len(ENTERPRISES)} enterprises"
+            click.echo(f"seeding a demo programme: {len(PROVIDERS)} providers and 1 redeeming, {len(ENTERPRISES)} enterprises"
                        f" ({len(FILINGS)} model filings, 1 not eligible), {plan.periods[0]} … {plan.periods[-1]}")
             started = datetime.now(UTC)
             counts = seed(db, policy, plan, now)
@@ -657,6 +659,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
         quota_table(db, policy, plan.usccs, period_year(plan.periods[-1]))
         print_budget(db, policy, period_year(plan.periods[-1]), parse_day(day_of(now)))
         cli_demo_risk.print_figures(db, plan)
+        cli_demo_redemption.print_figures(db)
         paths = write_reports(db, plan.periods, reports_dir or REPO_ROOT / "var" / "reports")
         click.echo("\nMonthly reports (XLSX):")
         for path in paths:

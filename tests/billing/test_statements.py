@@ -160,6 +160,40 @@ def test_one_item_per_provider_and_one_credit_for_the_subsidy(month, db, stripe)
     assert customer["name"] == "企业0" and customer["metadata"] == {"uscc": u[0]}
 
 
+def test_a_redemption_settled_in_the_month_is_a_credit_on_its_statement(month, db, stripe, as_key):
+    """The subsidy an enterprise was spared at a provider's checkout shows on the statement of
+    the month its quarterly batch was approved (billing/settlements.py settled_since)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from billing.redemption_models import Redemption
+
+    u, finance = month["usccs"], month["finance"]
+    b = as_key("provider", "prov-b")
+    invoice(b, "B-R1", u[1], 200_000)  # the metered 200,000 fen, redeemed at checkout
+    rdm = b.post("/v1/redemptions", json={"enterprise_uscc": u[1], "reference": "order-r1",
+                                          "list_amount": 200_000, "period": PERIOD}).json
+    assert b.post(f"/v1/redemptions/{rdm['id']}/capture",
+                  json={"invoice_no": "B-R1", "amount": 200_000}).json["subsidy"] == 100_000
+    finance.post("/v1/reconciliations", json={"period": PERIOD})
+    (batch,) = finance.post("/v1/settlements", json={"quarter": "2026Q4"}).json["data"]
+    assert finance.post(f"/v1/settlements/{batch['id']}/approve").json["status"] == "approved"
+    with db.session() as s, s.begin():  # as if finance approved it on 20 October
+        s.get(Redemption, int(rdm["id"][4:])).settled_at = datetime(2026, 10, 20, 9, tzinfo=ZoneInfo("Asia/Shanghai"))
+
+    with db.session() as s:
+        assert not any(p.redeemed for p in plan_statements(s, month["policy"], "2026-11"))
+    summary = issue_statements(db, month["policy"], PERIOD, stripe)
+    assert summary["failed"] == 0
+    lines = {line["metadata"]["statement_key"]: line for line in items_and_lines(stripe, u[1])}
+    credit = lines[f"stmt:{PERIOD}:{u[1]}:{rdm['id']}"]
+    assert credit["amount"] == -100_000 and credit["description"].startswith("核销补贴 PROV-B")
+    (inv,) = stripe.list_invoices(customer_of(stripe, u[1]))
+    assert inv["total"] == 200_000 - 100_000
+    s = rows(db)[u[1]]
+    assert (s.status, s.spend, s.subsidy, s.total) == (FINALIZED, 200_000, 100_000, 100_000)
+
+
 def test_second_run_creates_nothing(month, db, stripe):
     first = issue_statements(db, month["policy"], PERIOD, stripe)
     issued = sorted(month["expected"])

@@ -358,3 +358,55 @@ def test_pages_work_from_the_keyboard(visit, stack):
     v.page.wait_for_url("**/console/claims/clm_*")
     for label in ("批准理由", "驳回理由（必填）"):
         assert v.page.get_by_label(label).is_visible()
+
+
+def post(server, key: str, path: str, body: dict) -> dict:
+    r = requests.post(server.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def test_a_provider_authorises_and_captures_and_finance_approves_the_batch(visit, stack):
+    server, world = stack
+    a = world.usccs["A"]
+    before = api(server, world.keys["finance"], f"/v1/enterprises/{a}/quota?year={YEAR}")
+
+    v = visit()
+    v.sign_in(world.keys["provider"])
+    v.goto(f"/console/providers/{JX}")
+    v.page.get_by_label("统一社会信用代码").fill(a)
+    v.page.get_by_label("业务参考号").fill("browser-order-1")
+    v.page.get_by_label("月份", exact=True).fill("2026-11")
+    v.page.get_by_label("标价金额（元）").fill("2,000.00")
+    v.page.get_by_role("button", name="冻结补贴").click()
+    v.page.wait_for_load_state()
+    assert "已冻结补贴 ¥1,000.00" in v.page.locator(".flashes").inner_text()
+    held = api(server, world.keys["finance"], f"/v1/enterprises/{a}/quota?year={YEAR}")
+    assert held["reserved"] == before["reserved"] + 100_000
+
+    v.page.get_by_label("发票号", exact=True).fill("JX-BROWSER-1")
+    v.page.get_by_label("发票金额（元）").fill("1500")
+    v.page.get_by_role("button", name="确认核销").click()
+    v.page.wait_for_load_state()
+    assert "已确认：补贴 ¥750.00" in v.page.locator(".flashes").inner_text()
+    v.shot("provider-redemptions-zh")
+    rdm = api(server, world.keys["provider"], "/v1/redemptions")["data"][0]
+    assert rdm["status"] == "captured" and rdm["subsidy"] == 75_000
+
+    # the month reconciled (no invoice on file: flagged), finance accepts it, the quarter's batch
+    finance = world.keys["finance"]
+    post(server, finance, "/v1/reconciliations", {"period": "2026-11"})
+    if api(server, finance, f"/v1/redemptions/{rdm['id']}")["status"] == "flagged":
+        post(server, finance, f"/v1/redemptions/{rdm['id']}/approve", {"reason": "invoice checked by hand"})
+    batch = post(server, finance, "/v1/settlements", {"quarter": "2026Q4"})["data"][0]
+
+    f = visit()
+    f.sign_in(finance)
+    f.goto("/console/settlements")
+    f.page.locator(f"#{batch['id']}").get_by_role("button", name="批准").click()
+    f.page.wait_for_load_state()
+    assert "已批准" in f.page.locator(".flashes").inner_text()
+    assert f.page.locator(f"#{batch['id']} [data-status]").get_attribute("data-status") == "approved"
+    f.shot("finance-settlements-zh")
+    after = api(server, finance, f"/v1/enterprises/{a}/quota?year={YEAR}")
+    assert after["granted"] == before["granted"] + 75_000 and after["reserved"] == before["reserved"]

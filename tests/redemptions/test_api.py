@@ -225,4 +225,84 @@ def test_captured_redemptions_get_a_risk_score_and_risk_review_above_the_thresho
     assert r["risk"]["score"] == 90  # no_contract 30 + related_party 60 > 50
     assert r["status"] == "flagged" and [d["code"] for d in r["discrepancies"]] == ["risk_review"]
     assert r["discrepancies"][0]["score"] == 90 and r["subsidy"] == 40_000
+
+
+# --- closing, modes, events, late captures ------------------------------------------------------
+
+def capture_clean(prov, finance, u0, ref, amount, no, period=P):
+    usage(prov, u0, amount, period=period, rid=f"u-{ref}")
+    invoice(prov, no, u0, amount, period=period)
+    rid = authorise(prov, u0, ref, amount, period).json["id"]
+    r = prov.post(f"/v1/redemptions/{rid}/capture", json={"invoice_no": no, "amount": amount})
+    assert r.status_code == 200, r.json
+    return rid
+
+
+def test_a_flagged_redemption_holds_its_period_open_and_capture_refuses_a_closed_one(world, db):
+    prov, ent, finance, u0, _ = world
+    bad = authorise(prov, u0, "o-bad", 9_000).json["id"]
+    prov.post(f"/v1/redemptions/{bad}/capture", json={"invoice_no": "NOPE", "amount": 9_000})
+    late = authorise(prov, u0, "o-late", 9_000).json["id"]
+    finance.post("/v1/reconciliations", json={"period": P})
+    assert prov.get(f"/v1/redemptions/{bad}").json["status"] == "flagged"
+    r = finance.post(f"/v1/reconciliations/{P}/close", json={})
+    assert (r.status_code, r.json["error"]["code"]) == (409, "redemptions_undecided")
+    finance.post(f"/v1/redemptions/{bad}/reject", json={"reason": "no invoice"})
+    assert finance.post(f"/v1/reconciliations/{P}/close", json={}).status_code == 200
+    r = prov.post(f"/v1/redemptions/{late}/capture", json={"invoice_no": "F-L", "amount": 9_000})
+    assert (r.status_code, r.json["error"]["code"]) == (409, "period_closed")
+    assert prov.get(f"/v1/redemptions/{late}").json["status"] == "authorized"
+    verify(db)
+
+
+@pytest.mark.parametrize("mode", ["reimbursement", "redemption"])
+def test_a_mode_the_policy_turns_off_is_refused(world, app, mode):
+    import dataclasses
+
+    prov, ent, _, u0, _ = world
+    policy = app.extensions["voucher.policy"]
+    other = "redemption" if mode == "reimbursement" else "reimbursement"
+    app.extensions["voucher.policy"] = dataclasses.replace(policy, settlement_modes=(other,))
+    try:
+        invoice(prov, "F-1", u0, 10_000, period=P)
+        if mode == "reimbursement":
+            r = ent.post("/v1/claims", json={"period": P, "items": [
+                {"provider_id": "prov-a", "invoice_no": "F-1", "amount_paid": 10_000}]})
+            assert authorise(prov, u0, "still-on", 10_000).status_code == 201
+        else:
+            r = authorise(prov, u0, "o1", 10_000)
+            assert claim(ent, [("prov-a", "F-1", 10_000)], period=P)  # reimbursement still on
+        assert (r.status_code, r.json["error"]["code"]) == (422, "settlement_mode_disabled")
+    finally:
+        app.extensions["voucher.policy"] = policy
+
+
+def test_redemption_events_carry_the_redemption_as_the_api_shows_it(world):
+    prov, ent, finance, u0, _ = world
+    rid = capture_clean(prov, finance, u0, "o1", 20_000, "F-1")
+    events = [e for e in prov.get("/v1/events?limit=1000").json["data"] if e["type"].startswith("redemption.")]
+    assert [e["type"] for e in events] == ["redemption.authorized", "redemption.captured"]
+    shown = prov.get(f"/v1/redemptions/{rid}").json
+    obj = events[-1]["data"]["object"]
+    assert obj == shown  # the renderer: today's object, every field the API shows
+    assert ent.get(f"/v1/events/{events[-1]['id']}").json["data"]["object"]["id"] == rid
+
+
+def test_a_redemption_cleared_after_its_quarters_batch_was_approved_joins_the_next_batch(world, db):
+    prov, ent, finance, u0, _ = world
+    first = capture_clean(prov, finance, u0, "o1", 20_000, "F-1")
+    late = authorise(prov, u0, "o2", 6_000).json["id"]
+    finance.post("/v1/reconciliations", json={"period": P})
+    (q1,) = finance.post("/v1/settlements", json={"quarter": "2026Q1"}).json["data"]
+    assert finance.post(f"/v1/settlements/{q1['id']}/approve").json["redemptions"] == 1
+    invoice(prov, "F-2", u0, 6_000, period=P)
+    usage(prov, u0, 6_000, period=P, rid="u-late")
+    assert prov.post(f"/v1/redemptions/{late}/capture", json={"invoice_no": "F-2", "amount": 6_000}).status_code == 200
+    finance.post("/v1/reconciliations", json={"period": P})
+    assert finance.post("/v1/settlements", json={"quarter": "2026Q1"}).json["data"] == []  # final
+    (q2,) = finance.post("/v1/settlements", json={"quarter": "2026Q2"}).json["data"]
+    assert q2["quarter"] == "2026Q2" and q2["redemptions"] == 1 and q2["subsidy"] == 3_000
+    assert finance.post(f"/v1/settlements/{q2['id']}/approve").json["status"] == "approved"
+    assert {prov.get(f"/v1/redemptions/{r}").json["status"] for r in (first, late)} == {"settled"}
+    assert quota(ent, u0)["granted"] == 13_000 and quota(ent, u0)["reserved"] == 0
     verify(db)

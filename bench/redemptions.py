@@ -1,0 +1,273 @@
+"""Redemption authorisations (核销): requests/s and p50/p99 latency at 32 connections, beside a
+bare Flask endpoint, on PostgreSQL (issue 16).
+
+The service runs under gunicorn (config/gunicorn.conf.py, the production settings) on a fresh
+PostgreSQL database holding N eligible enterprises and P providers, each provider with its
+API key. The load tool keeps 32 connections busy with `POST /v1/redemptions`, each request a
+new authorisation (a reference never used before, so every answer is a 201 that holds the
+subsidy on the enterprise's quota: the period's shared lock, the balance row's lock and
+conditional UPDATE, the redemption row, the ledger posting, the audit entry and its events),
+rotating (provider key, enterprise) pairs. The reference is the bare Flask app
+(`bench/bare_app.py`: the same path and body shape, no hooks, no database) under the same
+gunicorn command, settings and workers, loaded the same way in the same run.
+ratio = service requests/s ÷ reference requests/s.
+
+Before the load: an authorisation answers 201 holding half the list amount, the same request
+again 200 with the same id, a wrong key 401. After it: `voucher ledger verify` holds (every
+hold's posting beside its balance row, billing/ledger.py `verify`).
+
+Load tool: `wrk` (Debian package `wrk`, scripts/ensure-wrk.sh) with a Lua script making each
+reference unique per thread and invocation; the python tool of bench/quota.py sends GETs only,
+so this benchmark needs wrk.
+
+    python -m bench.redemptions                   # the standard scenario (updates the docs)
+    python -m bench redemptions
+    python -m bench.redemptions --enterprises 200 --duration 5 --runs 1
+    python -m bench.redemptions --tiny            # seconds; what tests/test_bench_redemptions.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.common import (
+    BenchDatabase,
+    BenchFailure,
+    Server,
+    fmt_int,
+    provenance_line,
+    run_meta,
+    seed_registry,
+    unmet_targets,
+    update_docs,
+    write_result,
+)
+from bench.quota import WRK_DONE, ensure_wrk, figures_table, run_wrk, summarise, targets_of
+
+
+@dataclass(frozen=True)
+class Params:
+    backend: str = "postgresql"
+    enterprises: int = 2000
+    providers: int = 4
+    connections: int = 32
+    threads: int = 2  # wrk threads
+    duration: float = 10.0  # seconds of load per measurement
+    warmup: float = 5.0  # seconds of load per server before the first measurement
+    workers: int = field(default_factory=lambda: (os.cpu_count() or 1) + 1)
+    runs: int = 3
+    period: str = "2026-03"
+    list_amount: int = 200  # fen: a 100-fen hold, so no quota runs out under load
+    tool: str = "wrk"
+    log_level: str = "warning"
+    seed: int = 20261116
+    server_threads: int = field(default_factory=lambda: int(os.environ.get("VOUCHER_THREADS", 4)))
+    min_ratio: float | None = None
+    max_p99_ms: float | None = None
+
+
+SCENARIOS: dict[str, Params] = {
+    # Issue 16: authorisations at 32 connections vs a bare Flask JSON endpoint.
+    "redemptions-pg": Params(min_ratio=0.4, max_p99_ms=50.0),
+}
+
+TINY = dict(enterprises=20, providers=2, connections=4, threads=1, duration=1.0, warmup=0.3, workers=2,
+            runs=1, min_ratio=None, max_p99_ms=None)
+
+
+@dataclass
+class RedemptionSeed:
+    pairs: list[tuple[str, str]]  # (plain provider key, uscc)
+    usccs: list[str]
+
+
+def seed_redemptions(url: str, params: Params) -> RedemptionSeed:
+    """Providers with a key each and eligible enterprises (bench.common.seed_registry)."""
+    base = seed_registry(url, providers=params.providers, enterprises=params.enterprises)
+    pairs = [(base.keys[base.providers[n % len(base.providers)]], u) for n, u in enumerate(base.usccs)]
+    random.Random(params.seed).shuffle(pairs)
+    return RedemptionSeed(pairs, base.usccs)
+
+
+def _post(url: str, key: str, body: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{url}/v1/redemptions", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {key}"})
+
+
+def check_answers(url: str, rs: RedemptionSeed, params: Params) -> dict[str, bool]:
+    """A new authorisation holds half the list amount (201); the same again answers it (200);
+    a wrong key is 401."""
+    key, uscc = rs.pairs[0]
+    body = {"enterprise_uscc": uscc, "reference": "bench-check-1", "list_amount": 1_001, "period": params.period}
+    first, again = _post(url, key, body), _post(url, key, body)
+    wrong = _post(url, key[:-1] + ("x" if key[-1] != "x" else "y"), {**body, "reference": "bench-check-2"})
+    return {"hold_is_half": first.status_code == 201 and first.json()["subsidy"] == 501,
+            "replay_same_id": again.status_code == 200 and again.json()["id"] == first.json()["id"],
+            "bad_key_401": wrong.status_code == 401}
+
+
+def check_ledger(url: str, answered: int) -> dict[str, bool]:
+    """After the load: the ledger verifies (postings = balance rows, holds included) and every
+    authorisation answered holds its own redemption (none was a replay)."""
+    from sqlalchemy import func, select
+
+    from billing import ledger
+    from billing.redemption_models import Redemption
+    from kernel.db import Database
+
+    db = Database(url)
+    try:
+        with db.session() as session:
+            report = ledger.verify(session)
+            held = session.scalar(select(func.count()).select_from(Redemption)
+                                  .where(Redemption.reference.like("b%"))) or 0
+    finally:
+        db.dispose()
+    return {"ledger_verified": bool(report.ok), "one_hold_per_answer": held >= answered}
+
+
+WRK_SCRIPT = """
+local targets = {%(targets)s}
+local n = #targets
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = tid * 7919
+  prefix = "b" .. os.time() .. "-" .. tid .. "-"
+end
+
+function request()
+  counter = counter + 1
+  local t = targets[(counter %% n) + 1]
+  local body = '{"enterprise_uscc":"' .. t[2] .. '","reference":"' .. prefix .. counter ..
+    '","list_amount":%(amount)d,"period":"%(period)s"}'
+  return wrk.format("POST", "/v1/redemptions",
+                    {["Authorization"] = "Bearer " .. t[1], ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def wrk_script(path: Path, pairs: list[tuple[str, str]], params: Params) -> Path:
+    targets = ",".join(f'{{"{k}","{u}"}}' for k, u in pairs)
+    path.write_text(WRK_SCRIPT % {"targets": targets, "amount": params.list_amount, "period": params.period}
+                    + WRK_DONE)
+    return path
+
+
+def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: Path | None = None,
+                 docs_path: Path | None = None, admin: str | None = None,
+                 log: Any = print) -> dict[str, Any]:
+    meta = run_meta(name)
+    runs: list[dict[str, Any]] = []
+    wrk = ensure_wrk(log)
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (scripts/ensure-wrk.sh)")
+    meta["tool"] = "wrk"
+    with BenchDatabase.create(params.backend, admin) as bdb, \
+            tempfile.TemporaryDirectory(prefix="voucher-bench-redemptions-") as tmp:
+        meta["database"] = bdb.server_version()
+        t0 = time.perf_counter()
+        rs = seed_redemptions(bdb.url, params)
+        log(f"[{name}] seeded {params.enterprises:,} enterprises and {params.providers} providers in "
+            f"{time.perf_counter() - t0:.1f} s; {meta['database']}")
+        script = wrk_script(Path(tmp) / "redemptions.lua", rs.pairs, params)
+        env = {"VOUCHER_LOG_LEVEL": params.log_level, "VOUCHER_THREADS": str(params.server_threads)}
+        service = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "service.log", env=env)
+        bare = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "bare.log",
+                      app="bench.bare_app:app", env=env)
+        with service, bare:
+            checks = check_answers(service.url, rs, params)
+            if not all(checks.values()):
+                raise BenchFailure(f"[{name}] {checks}")
+            answered = 0  # the service's 201s, warm-up included
+            for srv in (bare, service):
+                warm = run_wrk(wrk, srv.url, script, params, params.warmup)
+                answered += warm["requests"] if srv is service else 0
+            for n in range(params.runs):
+                load_before = round(os.getloadavg()[0], 2)
+                reference = run_wrk(wrk, bare.url, script, params, params.duration)
+                authorise = run_wrk(wrk, service.url, script, params, params.duration)
+                for what, r in (("reference", reference), ("authorisations", authorise)):
+                    if r["non_2xx"] or r["socket_errors"] or not r["requests"]:
+                        raise BenchFailure(f"[{name}] run {n + 1}: {what} {r}")
+                ratio = round(authorise["requests_per_s"] / reference["requests_per_s"], 3)
+                answered += authorise["requests"]
+                runs.append({"authorisations": authorise, "reference": reference, "ratio": ratio,
+                             "load_avg_1min_before": load_before})
+                log(f"[{name}] run {n + 1}/{params.runs}: authorisations "
+                    f"{fmt_int(authorise['requests_per_s'])} req/s (p50 {authorise['latency_ms']['p50']} ms, "
+                    f"p99 {authorise['latency_ms']['p99']} ms); bare Flask {fmt_int(reference['requests_per_s'])}"
+                    f" req/s; ratio {ratio}")
+        checks.update(check_ledger(bdb.url, answered))
+        if not all(checks.values()):
+            raise BenchFailure(f"[{name}] after the load: {checks}")
+    summary = summarise(runs, "authorisations")
+    targets = targets_of(params, summary)
+    result = {**meta, "params": asdict(params), "checks": checks, "runs": runs, "median": summary,
+              "targets": targets}
+    path = write_result(name, result, results_dir)
+    result["result_path"] = str(path)
+    log(f"[{name}] median of {params.runs}: {fmt_int(summary['requests_per_s'])} req/s, p99 "
+        f"{summary['p99_ms']} ms; ratio {summary['ratio']} -> {path}")
+    if docs:
+        update_docs(name, render(result), docs_path)
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    p = result["params"]
+    table = figures_table("authorisations (service)", result)
+    loads = ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["runs"])
+    return (f"{table}\n\n{p['connections']} connections, {p['duration']:g} s per measurement, {p['runs']} runs, "
+            f"{p['workers']} gunicorn workers × {p['server_threads']} threads, load tool `{result['tool']}` "
+            f"({p['threads']} threads), {p['enterprises']:,} enterprises and {p['providers']} providers in "
+            f"rotation, every request a new hold of {p['list_amount'] // 2} fen, "
+            f"VOUCHER_LOG_LEVEL={p['log_level']}.\n{provenance_line(result)} "
+            f"1-minute load average before each run: {loads}.")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.redemptions", description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", choices=list(SCENARIOS), default="redemptions-pg")
+    for name in ("enterprises", "connections", "threads", "workers", "runs"):
+        ap.add_argument(f"--{name}", type=int)
+    ap.add_argument("--duration", type=float, help="seconds of load per measurement")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--results-dir", type=Path)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = SCENARIOS[args.scenario]
+    overrides = {k: getattr(args, k) for k in ("enterprises", "connections", "threads", "duration",
+                                               "workers", "runs") if getattr(args, k)}
+    if args.tiny:
+        params = replace(params, **TINY)
+    params = replace(params, **overrides)
+    custom = args.tiny or bool(set(overrides) - {"runs"})
+    name = args.scenario + ("-tiny" if args.tiny else "-custom" if custom else "")
+    result = run_scenario(name, params, docs=not (custom or args.no_docs), results_dir=args.results_dir)
+    for line in unmet_targets(name, result):
+        print(f"target not met: {line}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

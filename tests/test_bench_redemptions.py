@@ -1,0 +1,45 @@
+"""The redemption-authorisation benchmark at toy size: wrk, real gunicorn, real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from bench.redemptions import SCENARIOS, TINY, run_scenario
+from tests.conftest import DEFAULT_PG, PG_URL
+
+ADMIN = PG_URL or DEFAULT_PG
+
+
+def quiet(*_args) -> None:
+    pass
+
+
+def test_redemption_benchmark_measures_both_servers_and_the_ledger_holds(tmp_path):
+    # wrk is a real component like Slurm: scripts/ensure-wrk.sh installs it before `make test`.
+    assert shutil.which("wrk"), "run scripts/ensure-wrk.sh (make test does)"
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n<!-- bench:redemptions-tiny:start -->\nstale\n"
+                    "<!-- bench:redemptions-tiny:end -->\n")
+    params = replace(SCENARIOS["redemptions-pg"], **TINY)
+
+    result = run_scenario("redemptions-tiny", params, docs=True, results_dir=tmp_path, docs_path=docs,
+                          admin=ADMIN, log=quiet)
+
+    assert result["checks"] == {"hold_is_half": True, "replay_same_id": True, "bad_key_401": True,
+                                "ledger_verified": True, "one_hold_per_answer": True}
+    (run,) = result["runs"]
+    for side in ("authorisations", "reference"):
+        r = run[side]
+        assert r["requests"] > 0 and r["non_2xx"] == 0 and r["socket_errors"] == 0
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert run["ratio"] == round(run["authorisations"]["requests_per_s"] / run["reference"]["requests_per_s"], 3)
+    assert result["targets"] == {}  # no targets at toy size
+    assert SCENARIOS["redemptions-pg"].min_ratio == 0.4 and SCENARIOS["redemptions-pg"].max_p99_ms == 50.0
+    saved = json.loads(Path(result["result_path"]).read_text())
+    assert saved["median"]["ratio"] == run["ratio"]
+    text = docs.read_text()
+    assert "stale" not in text and "authorisations (service)" in text and "load tool `wrk`" in text
