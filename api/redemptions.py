@@ -5,14 +5,23 @@ billing/redemptions.py or billing/settlements.py, render."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 from flask import Blueprint, current_app, send_file
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.auth import current_principal, db_session, requires
+from api.auth import current_principal, db_session, requires, scoped_filter
 from api.errors import ApiError, not_found
-from api.http import cursor, json_body, page_args, parse_model, query_arg
+from api.http import (
+    cursor,
+    json_body,
+    page_args,
+    parse_model,
+    period_query,
+    query_arg,
+    status_query,
+)
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import redemptions as out
 from api.schemas.redemptions import CaptureIn, RedemptionDecisionIn, RedemptionIn, SettlementIn
@@ -20,7 +29,7 @@ from billing import redemptions as svc
 from billing import settlements
 from billing.redemption_models import Redemption, SettlementBatch
 from billing.reports import FORMATS
-from kernel.periods import parse_period
+from kernel.db import keyset_page, where_given
 from kernel.uscc import canonical_uscc
 from kernel.vocabulary import REDEMPTION_STATUSES
 
@@ -59,6 +68,16 @@ def authorize_redemption():
     return out.Redemption.dump(r), 201 if created else 200
 
 
+def _act(redemption_id: str, action: Callable[..., object], *args: object):
+    """`action(session, policy, redemption, *args)` on the redemption, locked, in one
+    transaction; answers the redemption as it then stands."""
+    session = db_session()
+    with session.begin():
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        action(session, policy(), r, *args)
+    return out.Redemption.dump(r)
+
+
 def _redemption_or_404(session, redemption_id: str, *, lock: bool = False) -> Redemption:
     try:
         rid = svc.parse_redemption_id(redemption_id)
@@ -93,34 +112,16 @@ def list_redemptions():
     limit, after = page_args()
     stmt = select(Redemption)
     provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    if principal.role == "enterprise":
-        if enterprise and enterprise != principal.subject:
-            raise not_found("enterprise", enterprise, "enterprise")
-        enterprise = principal.subject
-    if provider:
-        stmt = stmt.where(Redemption.provider_id == provider)
-    if enterprise:
-        stmt = stmt.where(Redemption.enterprise_uscc == enterprise)
-    period = query_arg("period", lambda v: (parse_period(v), v)[1])
-    if period:
-        stmt = stmt.where(Redemption.period == period)
-    status = query_arg("status")
-    if status:
-        if status not in REDEMPTION_STATUSES:
-            raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
-        stmt = stmt.where(Redemption.status == status)
-    settlement = query_arg("settlement", settlements.parse_settlement_id)
-    if settlement:
-        stmt = stmt.where(Redemption.settlement_id == settlement)
+    provider = scoped_filter(principal, "provider", provider)
+    enterprise = scoped_filter(principal, "enterprise", enterprise)
+    stmt = where_given(stmt, (Redemption.provider_id, provider),
+                       (Redemption.enterprise_uscc, enterprise), (Redemption.period, period_query()),
+                       (Redemption.status, status_query(REDEMPTION_STATUSES)),
+                       (Redemption.settlement_id,
+                        query_arg("settlement", settlements.parse_settlement_id)))
     after_id = cursor(svc.parse_redemption_id, after)
-    if after_id:
-        stmt = stmt.where(Redemption.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(Redemption.id).limit(limit + 1)))
-    return out.Redemption.page(rows[:limit], len(rows) > limit, "/v1/redemptions")
+    rows, more = keyset_page(db_session(), stmt, Redemption.id, limit, after_id)
+    return out.Redemption.page(rows, more, "/v1/redemptions")
 
 
 @doc("Capture a redemption with its full-amount invoice", request=CaptureIn, response=out.Redemption,
@@ -133,11 +134,7 @@ def list_redemptions():
 @requires("provider")
 def capture_redemption(redemption_id: str):
     body = parse_model(CaptureIn, json_body())
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.capture(session, policy(), r, body.invoice_no, body.amount)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.capture, body.invoice_no, body.amount)
 
 
 @doc("Void an authorised redemption: its hold is released", response=out.Redemption, tags=["redemptions"],
@@ -146,11 +143,7 @@ def capture_redemption(redemption_id: str):
 @requires("provider", "finance")
 def void_redemption(redemption_id: str):
     json_body(required=False)
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.void(session, policy(), r)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.void)
 
 
 @doc("Accept a flagged redemption for settlement (a reason required)", request=RedemptionDecisionIn,
@@ -159,11 +152,7 @@ def void_redemption(redemption_id: str):
 @requires("finance")
 def approve_redemption(redemption_id: str):
     body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.approve(session, policy(), r, body.reason)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.approve, body.reason)
 
 
 @doc("Reject a captured or flagged redemption: its hold is released", request=RedemptionDecisionIn,
@@ -174,11 +163,7 @@ def reject_redemption(redemption_id: str):
     body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
     if not (body.reason or "").strip():
         raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.reject(session, policy(), r, body.reason or "")
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.reject, body.reason or "")
 
 
 # --- settlements ----------------------------------------------------------------------------------
