@@ -26,6 +26,14 @@ from kernel.vocabulary import ClaimStatus
 CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)  # kernel/vocabulary.py
 
 
+def reserved_granted_checks(limit: str, name: str) -> tuple[CheckConstraint, ...]:
+    """The constraints of an account that reserves then grants against a `limit` column (a
+    quota's cap, the programme's annual budget): neither negative, together within it (`name`)."""
+    return (CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+            CheckConstraint("granted >= 0", name="granted_not_negative"),
+            CheckConstraint(f"reserved + granted <= {limit}", name=name))
+
+
 class ProviderInvoice(Base):
     """A provider's monthly invoice (发票) to one enterprise. Immutable once stored."""
 
@@ -121,11 +129,7 @@ class QuotaBalance(Base):
     policy_id: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
-        CheckConstraint("granted >= 0", name="granted_not_negative"),
-        CheckConstraint("reserved + granted <= cap", name="within_cap"),
-    )
+    __table_args__ = reserved_granted_checks("cap", "within_cap")
 
 
 class LedgerPosting(Base):
