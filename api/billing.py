@@ -16,8 +16,8 @@ from api.auth import (
     db_session,
     ensure_subject,
     requires,
-    scoped_filter,
     transaction,
+    where_parties,
 )
 from api.errors import ApiError, not_found
 from api.hotread import balance_of_row, quota_params, quota_with_key
@@ -26,10 +26,10 @@ from api.http import (
     json_body,
     page_args,
     parse_model,
+    period_and_status,
     period_arg,
     period_query,
     query_arg,
-    status_query,
     whole_number,
 )
 from api.openapi import PAGE, ListOf, doc, query
@@ -95,16 +95,8 @@ def create_invoice():
 @bp.get("/provider-invoices")
 @requires("provider", "enterprise", "finance")
 def list_invoices():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(ProviderInvoice)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    provider = scoped_filter(principal, "provider", provider)
-    enterprise = scoped_filter(principal, "enterprise", enterprise)
-    if provider:
-        stmt = stmt.where(ProviderInvoice.provider_id == provider)
-    if enterprise:
-        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise)
+    stmt = where_parties(ProviderInvoice, current_principal())
     stmt = where_given(stmt, (ProviderInvoice.period, period_query()))
     rows, more = keyset_page(db_session(), stmt, ProviderInvoice.id, limit, _after_id("inv_", after))
     return out.ProviderInvoice.page(rows, more, "/v1/provider-invoices")
@@ -158,14 +150,9 @@ def get_claim(claim_id: str):
 @bp.get("/claims")
 @requires("enterprise", "finance")
 def list_claims():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(Claim)
-    enterprise = scoped_filter(principal, "enterprise", query_arg("enterprise", canonical_uscc))
-    if enterprise:
-        stmt = stmt.where(Claim.enterprise_uscc == enterprise)
-    stmt = where_given(stmt, (Claim.period, period_query()),
-                       (Claim.status, status_query(CLAIM_STATUSES)))
+    stmt = where_parties(Claim, current_principal(), ("enterprise",))
+    stmt = where_given(stmt, *period_and_status(Claim, CLAIM_STATUSES))
     rows, more = keyset_page(db_session(), stmt, Claim.id, limit, _after_id("clm_", after))
     return out.Claim.page(rows, more, "/v1/claims")
 

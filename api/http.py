@@ -110,6 +110,11 @@ def status_query(statuses: Iterable[str]) -> str | None:
     return status
 
 
+def period_and_status(model: Any, statuses: Iterable[str]) -> tuple[tuple[Any, Any], ...]:
+    """A list's `period` and `status` query filters on `model`'s columns, for where_given."""
+    return (model.period, period_query()), (model.status, status_query(statuses))
+
+
 def page_args() -> tuple[int, str | None]:
     limit = query_arg("limit", whole_number, DEFAULT_LIMIT)
     if not 1 <= limit <= MAX_LIMIT:

@@ -8,20 +8,11 @@ import tempfile
 from collections.abc import Callable
 
 from flask import Blueprint, current_app, send_file
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.auth import current_principal, db_session, requires, scoped_filter
+from api.auth import current_principal, db_session, requires, transaction, where_parties
 from api.errors import ApiError, not_found
-from api.http import (
-    cursor,
-    json_body,
-    page_args,
-    parse_model,
-    period_query,
-    query_arg,
-    status_query,
-)
+from api.http import cursor, json_body, page_args, parse_model, period_and_status, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import redemptions as out
 from api.schemas.redemptions import CaptureIn, RedemptionDecisionIn, RedemptionIn, SettlementIn
@@ -30,7 +21,6 @@ from billing import settlements
 from billing.redemption_models import Redemption, SettlementBatch
 from billing.reports import FORMATS
 from kernel.db import keyset_page, where_given
-from kernel.uscc import canonical_uscc
 from kernel.vocabulary import REDEMPTION_STATUSES
 
 bp = Blueprint("redemptions", __name__, url_prefix="/v1")
@@ -71,11 +61,18 @@ def authorize_redemption():
 def _act(redemption_id: str, action: Callable[..., object], *args: object):
     """`action(session, policy, redemption, *args)` on the redemption, locked, in one
     transaction; answers the redemption as it then stands."""
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         r = _redemption_or_404(session, redemption_id, lock=True)
         action(session, policy(), r, *args)
     return out.Redemption.dump(r)
+
+
+def _reason(*, required: bool = False) -> str | None:
+    """A decision body's reason (RedemptionDecisionIn); a `required` one must not be blank (422)."""
+    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
+    if required and not (body.reason or "").strip():
+        raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
+    return body.reason
 
 
 def _redemption_or_404(session, redemption_id: str, *, lock: bool = False) -> Redemption:
@@ -108,15 +105,9 @@ def get_redemption(redemption_id: str):
 @bp.get("/redemptions")
 @requires("provider", "enterprise", "finance")
 def list_redemptions():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(Redemption)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    provider = scoped_filter(principal, "provider", provider)
-    enterprise = scoped_filter(principal, "enterprise", enterprise)
-    stmt = where_given(stmt, (Redemption.provider_id, provider),
-                       (Redemption.enterprise_uscc, enterprise), (Redemption.period, period_query()),
-                       (Redemption.status, status_query(REDEMPTION_STATUSES)),
+    stmt = where_parties(Redemption, current_principal())
+    stmt = where_given(stmt, *period_and_status(Redemption, REDEMPTION_STATUSES),
                        (Redemption.settlement_id,
                         query_arg("settlement", settlements.parse_settlement_id)))
     after_id = cursor(svc.parse_redemption_id, after)
@@ -151,8 +142,7 @@ def void_redemption(redemption_id: str):
 @bp.post("/redemptions/<redemption_id>/approve")
 @requires("finance")
 def approve_redemption(redemption_id: str):
-    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
-    return _act(redemption_id, svc.approve, body.reason)
+    return _act(redemption_id, svc.approve, _reason())
 
 
 @doc("Reject a captured or flagged redemption: its hold is released", request=RedemptionDecisionIn,
@@ -160,10 +150,7 @@ def approve_redemption(redemption_id: str):
 @bp.post("/redemptions/<redemption_id>/reject")
 @requires("finance")
 def reject_redemption(redemption_id: str):
-    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
-    if not (body.reason or "").strip():
-        raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
-    return _act(redemption_id, svc.reject, body.reason or "")
+    return _act(redemption_id, svc.reject, _reason(required=True) or "")
 
 
 # --- settlements ----------------------------------------------------------------------------------
@@ -176,8 +163,7 @@ def reject_redemption(redemption_id: str):
 @requires("finance")
 def build_settlements():
     body = parse_model(SettlementIn, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         batches = settlements.build(session, policy(), body.quarter, body.provider_id)
         answer = out.Settlement.page(batches, False, "/v1/settlements")
     return answer
@@ -201,24 +187,12 @@ def _settlement_or_404(session, settlement_id: str) -> SettlementBatch:
 @bp.get("/settlements")
 @requires("provider", "finance")
 def list_settlements():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(SettlementBatch)
-    provider = query_arg("provider")
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    if provider:
-        stmt = stmt.where(SettlementBatch.provider_id == provider)
-    quarter = query_arg("quarter")
-    if quarter:
-        stmt = stmt.where(SettlementBatch.quarter == quarter)
+    stmt = where_parties(SettlementBatch, current_principal(), ("provider",))
+    stmt = where_given(stmt, (SettlementBatch.quarter, query_arg("quarter")))
     after_id = cursor(settlements.parse_settlement_id, after)
-    if after_id:
-        stmt = stmt.where(SettlementBatch.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(SettlementBatch.id).limit(limit + 1)))
-    return out.Settlement.page(rows[:limit], len(rows) > limit, "/v1/settlements")
+    rows, more = keyset_page(db_session(), stmt, SettlementBatch.id, limit, after_id)
+    return out.Settlement.page(rows, more, "/v1/settlements")
 
 
 @doc("Read a settlement batch", response=out.Settlement, tags=["settlements"])
@@ -234,8 +208,7 @@ def get_settlement(settlement_id: str):
 @requires("finance")
 def approve_settlement(settlement_id: str):
     json_body(required=False)
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         batch = _settlement_or_404(session, settlement_id)
         settlements.approve(session, policy(), batch.id, current_principal().key_id)
     return out.Settlement.dump(batch)
