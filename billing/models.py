@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 from kernel.vocabulary import ClaimStatus
+from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
 
 CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)  # kernel/vocabulary.py
 
@@ -34,15 +35,12 @@ def reserved_granted_checks(limit: str, name: str) -> tuple[CheckConstraint, ...
             CheckConstraint(f"reserved + granted <= {limit}", name=name))
 
 
-class ProviderInvoice(Base):
+class ProviderInvoice(ProviderEnterpriseRow, Base):
     """A provider's monthly invoice (发票) to one enterprise. Immutable once stored."""
 
     __tablename__ = "provider_invoice"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    invoice_no: Mapped[str] = mapped_column(String(64))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
+    invoice_no: Mapped[str] = mapped_column(String(64), sort_order=KEY_BETWEEN_PARTIES)
     period: Mapped[str] = mapped_column(String(7))
     amount: Mapped[int] = mapped_column(BigInteger)
     tax_amount: Mapped[int | None] = mapped_column(BigInteger)
