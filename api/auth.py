@@ -8,15 +8,17 @@ from functools import wraps
 from typing import Any
 
 from flask import current_app, g, has_request_context, request
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 from sqlalchemy.engine import Row
 
 from api.errors import ApiError, not_found
 from api.hotread import hot_reads
-from api.http import json_body
+from api.http import json_body, query_arg
 from api.ratelimit import limiter_of
 from kernel.audit import Actor, new_request_id
+from kernel.db import where_given
 from kernel.keys import Principal, authenticate, check_key, parse_key
+from kernel.uscc import canonical_uscc
 
 
 def db_session():
@@ -156,6 +158,20 @@ def scoped_filter(principal: Principal, role: str, named: str | None) -> str | N
     if named and named != principal.subject:
         raise not_found(role, named, role)
     return principal.subject
+
+
+# A list's party filters: the query parameter (a role) → the column it filters and its parser.
+PARTY_FILTERS = {"provider": ("provider_id", None), "enterprise": ("enterprise_uscc", canonical_uscc)}
+
+
+def where_parties(model: Any, principal: Principal,
+                  roles: tuple[str, ...] = ("provider", "enterprise")) -> Select:
+    """The rows of `model` that a list's party query filters (`roles`: provider, enterprise)
+    name, each through scoped_filter: a provider or enterprise key sees its own only."""
+    named = [query_arg(role, PARTY_FILTERS[role][1]) for role in roles]
+    return where_given(select(model), *((getattr(model, PARTY_FILTERS[role][0]),
+                                         scoped_filter(principal, role, value))
+                                        for role, value in zip(roles, named, strict=True)))
 
 
 def acting_for(principal: Principal, role: str, named: str | None, field: str, refusal: str) -> str:

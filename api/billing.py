@@ -16,12 +16,22 @@ from api.auth import (
     db_session,
     ensure_subject,
     requires,
-    scoped_filter,
     transaction,
+    where_parties,
 )
 from api.errors import ApiError, not_found
 from api.hotread import balance_of_row, quota_params, quota_with_key
-from api.http import cursor, json_body, page_args, parse_model, period_arg, query_arg, whole_number
+from api.http import (
+    cursor,
+    json_body,
+    page_args,
+    parse_model,
+    period_and_status,
+    period_arg,
+    period_query,
+    query_arg,
+    whole_number,
+)
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import billing as out
 from api.schemas.billing import (
@@ -36,9 +46,9 @@ from billing.invoices import submit_invoice
 from billing.lifecycle import close_period, period_view
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
-from kernel.db import keyset_page, parse_row_id
+from kernel.db import keyset_page, parse_row_id, where_given
 from kernel.keys import key_select
-from kernel.periods import local_year, parse_period
+from kernel.periods import local_year
 from kernel.uscc import canonical_uscc
 from kernel.vocabulary import CLAIM_STATUSES, Event
 from metering.models import Enterprise
@@ -85,19 +95,9 @@ def create_invoice():
 @bp.get("/provider-invoices")
 @requires("provider", "enterprise", "finance")
 def list_invoices():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(ProviderInvoice)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    provider = scoped_filter(principal, "provider", provider)
-    enterprise = scoped_filter(principal, "enterprise", enterprise)
-    if provider:
-        stmt = stmt.where(ProviderInvoice.provider_id == provider)
-    if enterprise:
-        stmt = stmt.where(ProviderInvoice.enterprise_uscc == enterprise)
-    period = query_arg("period", lambda v: (parse_period(v), v)[1])
-    if period:
-        stmt = stmt.where(ProviderInvoice.period == period)
+    stmt = where_parties(ProviderInvoice, current_principal())
+    stmt = where_given(stmt, (ProviderInvoice.period, period_query()))
     rows, more = keyset_page(db_session(), stmt, ProviderInvoice.id, limit, _after_id("inv_", after))
     return out.ProviderInvoice.page(rows, more, "/v1/provider-invoices")
 
@@ -152,20 +152,9 @@ def get_claim(claim_id: str):
 @bp.get("/claims")
 @requires("enterprise", "finance")
 def list_claims():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(Claim)
-    enterprise = scoped_filter(principal, "enterprise", query_arg("enterprise", canonical_uscc))
-    if enterprise:
-        stmt = stmt.where(Claim.enterprise_uscc == enterprise)
-    period = query_arg("period", lambda v: (parse_period(v), v)[1])
-    if period:
-        stmt = stmt.where(Claim.period == period)
-    status = query_arg("status")
-    if status:
-        if status not in CLAIM_STATUSES:
-            raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
-        stmt = stmt.where(Claim.status == status)
+    stmt = where_parties(Claim, current_principal(), ("enterprise",))
+    stmt = where_given(stmt, *period_and_status(Claim, CLAIM_STATUSES))
     rows, more = keyset_page(db_session(), stmt, Claim.id, limit, _after_id("clm_", after))
     return out.Claim.page(rows, more, "/v1/claims")
 

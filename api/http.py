@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -95,6 +95,24 @@ def query_arg(name: str, parse: Callable[[str], Any] | None = None, default: Any
         return parse(value)
     except (ValueError, TypeError) as exc:
         raise ApiError(400, "invalid_query", f"Invalid {name}: {exc}", name) from None
+
+
+def period_query() -> str | None:
+    """The `period` query filter: a `YYYY-MM` (400 otherwise), or None when not given."""
+    return query_arg("period", lambda v: (parse_period(v), v)[1])
+
+
+def status_query(statuses: Iterable[str]) -> str | None:
+    """The `status` query filter: one of `statuses` (400 otherwise), or None when not given."""
+    status = query_arg("status")
+    if status and status not in statuses:
+        raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
+    return status
+
+
+def period_and_status(model: Any, statuses: Iterable[str]) -> tuple[tuple[Any, Any], ...]:
+    """A list's `period` and `status` query filters on `model`'s columns, for where_given."""
+    return (model.period, period_query()), (model.status, status_query(statuses))
 
 
 def page_args() -> tuple[int, str | None]:

@@ -5,14 +5,14 @@ billing/redemptions.py or billing/settlements.py, render."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 from flask import Blueprint, current_app, send_file
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.auth import current_principal, db_session, requires
+from api.auth import current_principal, db_session, requires, transaction, where_parties
 from api.errors import ApiError, not_found
-from api.http import cursor, json_body, page_args, parse_model, query_arg
+from api.http import cursor, json_body, page_args, parse_model, period_and_status, query_arg
 from api.openapi import PAGE, ListOf, doc, query
 from api.schemas import redemptions as out
 from api.schemas.redemptions import CaptureIn, RedemptionDecisionIn, RedemptionIn, SettlementIn
@@ -20,8 +20,7 @@ from billing import redemptions as svc
 from billing import settlements
 from billing.redemption_models import Redemption, SettlementBatch
 from billing.reports import FORMATS
-from kernel.periods import parse_period
-from kernel.uscc import canonical_uscc
+from kernel.db import keyset_page, where_given
 from kernel.vocabulary import REDEMPTION_STATUSES
 
 bp = Blueprint("redemptions", __name__, url_prefix="/v1")
@@ -59,6 +58,23 @@ def authorize_redemption():
     return out.Redemption.dump(r), 201 if created else 200
 
 
+def _act(redemption_id: str, action: Callable[..., object], *args: object):
+    """`action(session, policy, redemption, *args)` on the redemption, locked, in one
+    transaction; answers the redemption as it then stands."""
+    with transaction() as session:
+        r = _redemption_or_404(session, redemption_id, lock=True)
+        action(session, policy(), r, *args)
+    return out.Redemption.dump(r)
+
+
+def _reason(*, required: bool = False) -> str | None:
+    """A decision body's reason (RedemptionDecisionIn); a `required` one must not be blank (422)."""
+    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
+    if required and not (body.reason or "").strip():
+        raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
+    return body.reason
+
+
 def _redemption_or_404(session, redemption_id: str, *, lock: bool = False) -> Redemption:
     try:
         rid = svc.parse_redemption_id(redemption_id)
@@ -89,38 +105,14 @@ def get_redemption(redemption_id: str):
 @bp.get("/redemptions")
 @requires("provider", "enterprise", "finance")
 def list_redemptions():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(Redemption)
-    provider, enterprise = query_arg("provider"), query_arg("enterprise", canonical_uscc)
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    if principal.role == "enterprise":
-        if enterprise and enterprise != principal.subject:
-            raise not_found("enterprise", enterprise, "enterprise")
-        enterprise = principal.subject
-    if provider:
-        stmt = stmt.where(Redemption.provider_id == provider)
-    if enterprise:
-        stmt = stmt.where(Redemption.enterprise_uscc == enterprise)
-    period = query_arg("period", lambda v: (parse_period(v), v)[1])
-    if period:
-        stmt = stmt.where(Redemption.period == period)
-    status = query_arg("status")
-    if status:
-        if status not in REDEMPTION_STATUSES:
-            raise ApiError(400, "invalid_query", f"Unknown status {status!r}", "status")
-        stmt = stmt.where(Redemption.status == status)
-    settlement = query_arg("settlement", settlements.parse_settlement_id)
-    if settlement:
-        stmt = stmt.where(Redemption.settlement_id == settlement)
+    stmt = where_parties(Redemption, current_principal())
+    stmt = where_given(stmt, *period_and_status(Redemption, REDEMPTION_STATUSES),
+                       (Redemption.settlement_id,
+                        query_arg("settlement", settlements.parse_settlement_id)))
     after_id = cursor(svc.parse_redemption_id, after)
-    if after_id:
-        stmt = stmt.where(Redemption.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(Redemption.id).limit(limit + 1)))
-    return out.Redemption.page(rows[:limit], len(rows) > limit, "/v1/redemptions")
+    rows, more = keyset_page(db_session(), stmt, Redemption.id, limit, after_id)
+    return out.Redemption.page(rows, more, "/v1/redemptions")
 
 
 @doc("Capture a redemption with its full-amount invoice", request=CaptureIn, response=out.Redemption,
@@ -133,11 +125,7 @@ def list_redemptions():
 @requires("provider")
 def capture_redemption(redemption_id: str):
     body = parse_model(CaptureIn, json_body())
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.capture(session, policy(), r, body.invoice_no, body.amount)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.capture, body.invoice_no, body.amount)
 
 
 @doc("Void an authorised redemption: its hold is released", response=out.Redemption, tags=["redemptions"],
@@ -146,11 +134,7 @@ def capture_redemption(redemption_id: str):
 @requires("provider", "finance")
 def void_redemption(redemption_id: str):
     json_body(required=False)
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.void(session, policy(), r)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.void)
 
 
 @doc("Accept a flagged redemption for settlement (a reason required)", request=RedemptionDecisionIn,
@@ -158,12 +142,7 @@ def void_redemption(redemption_id: str):
 @bp.post("/redemptions/<redemption_id>/approve")
 @requires("finance")
 def approve_redemption(redemption_id: str):
-    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.approve(session, policy(), r, body.reason)
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.approve, _reason())
 
 
 @doc("Reject a captured or flagged redemption: its hold is released", request=RedemptionDecisionIn,
@@ -171,14 +150,7 @@ def approve_redemption(redemption_id: str):
 @bp.post("/redemptions/<redemption_id>/reject")
 @requires("finance")
 def reject_redemption(redemption_id: str):
-    body = parse_model(RedemptionDecisionIn, json_body(required=False) or {})
-    if not (body.reason or "").strip():
-        raise ApiError(422, "reason_required", "A rejection needs a reason", "reason")
-    session = db_session()
-    with session.begin():
-        r = _redemption_or_404(session, redemption_id, lock=True)
-        svc.reject(session, policy(), r, body.reason or "")
-    return out.Redemption.dump(r)
+    return _act(redemption_id, svc.reject, _reason(required=True) or "")
 
 
 # --- settlements ----------------------------------------------------------------------------------
@@ -191,8 +163,7 @@ def reject_redemption(redemption_id: str):
 @requires("finance")
 def build_settlements():
     body = parse_model(SettlementIn, json_body())
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         batches = settlements.build(session, policy(), body.quarter, body.provider_id)
         answer = out.Settlement.page(batches, False, "/v1/settlements")
     return answer
@@ -216,24 +187,12 @@ def _settlement_or_404(session, settlement_id: str) -> SettlementBatch:
 @bp.get("/settlements")
 @requires("provider", "finance")
 def list_settlements():
-    principal = current_principal()
     limit, after = page_args()
-    stmt = select(SettlementBatch)
-    provider = query_arg("provider")
-    if principal.role == "provider":
-        if provider and provider != principal.subject:
-            raise not_found("provider", provider, "provider")
-        provider = principal.subject
-    if provider:
-        stmt = stmt.where(SettlementBatch.provider_id == provider)
-    quarter = query_arg("quarter")
-    if quarter:
-        stmt = stmt.where(SettlementBatch.quarter == quarter)
+    stmt = where_parties(SettlementBatch, current_principal(), ("provider",))
+    stmt = where_given(stmt, (SettlementBatch.quarter, query_arg("quarter")))
     after_id = cursor(settlements.parse_settlement_id, after)
-    if after_id:
-        stmt = stmt.where(SettlementBatch.id > after_id)
-    rows = list(db_session().scalars(stmt.order_by(SettlementBatch.id).limit(limit + 1)))
-    return out.Settlement.page(rows[:limit], len(rows) > limit, "/v1/settlements")
+    rows, more = keyset_page(db_session(), stmt, SettlementBatch.id, limit, after_id)
+    return out.Settlement.page(rows, more, "/v1/settlements")
 
 
 @doc("Read a settlement batch", response=out.Settlement, tags=["settlements"])
@@ -249,8 +208,7 @@ def get_settlement(settlement_id: str):
 @requires("finance")
 def approve_settlement(settlement_id: str):
     json_body(required=False)
-    session = db_session()
-    with session.begin():
+    with transaction() as session:
         batch = _settlement_or_404(session, settlement_id)
         settlements.approve(session, policy(), batch.id, current_principal().key_id)
     return out.Settlement.dump(batch)

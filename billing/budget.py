@@ -25,7 +25,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    CheckConstraint,
     Integer,
     String,
     bindparam,
@@ -37,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from billing.models import Claim, LedgerPosting, QuotaBalance
+from billing.models import Claim, LedgerPosting, QuotaBalance, reserved_granted_checks
 from billing.policy import Policy, thresholds_crossed
 from kernel import audit
 from kernel.db import Base, UTCDateTime, utcnow
@@ -58,11 +57,7 @@ class ProgrammeBudget(Base):
     granted: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
-        CheckConstraint("granted >= 0", name="granted_not_negative"),
-        CheckConstraint("reserved + granted <= annual", name="within_budget"),
-    )
+    __table_args__ = reserved_granted_checks("annual", "within_budget")
 
 
 class BudgetExceeded(Exception):

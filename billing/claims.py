@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.models import Claim, ClaimItem
+from billing.models import Claim, ClaimItem, ProviderInvoice
 from billing.policy import Policy, refuse_unless_mode
 from kernel import audit
-from kernel.billing_periods import SHARED, lock_period, refuse_if_closed
+from kernel.billing_periods import refuse_if_closed
 from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import current_period, parse_period, period_year
@@ -97,6 +97,17 @@ def get_claim(session: Session, claim_id: int, *, lock: bool = False) -> Claim |
     return session.scalars(stmt).first()
 
 
+def own_invoice_items(stmt: Select, period: str) -> Select:
+    """`stmt` over the items of the period's claims (not rejected) that name an invoice of the
+    period issued to the claim's own enterprise (docs/API.md#rec-steps)."""
+    return (stmt.join(Claim, Claim.id == ClaimItem.claim_id)
+            .join(ProviderInvoice, and_(ProviderInvoice.provider_id == ClaimItem.provider_id,
+                                        ProviderInvoice.invoice_no == ClaimItem.invoice_no,
+                                        ProviderInvoice.period == period,
+                                        ProviderInvoice.enterprise_uscc == Claim.enterprise_uscc))
+            .where(Claim.period == period, Claim.status != ClaimStatus.REJECTED))
+
+
 def lock_claim(session: Session, policy: Policy, claim_id: int) -> Claim | None:
     """The claim, locked for a decision in the one lock order (docs/ARCHITECTURE.md#lock-order):
     its period's row (shared: decisions wait for a run of the period, and a run for them), then
@@ -105,14 +116,7 @@ def lock_claim(session: Session, policy: Policy, claim_id: int) -> Claim | None:
     A claim's enterprise and period never change, so the unlocked first read that names the
     rows to lock cannot be stale in what matters.
     """
-    found = session.execute(select(Claim.enterprise_uscc, Claim.period).where(Claim.id == claim_id)).first()
-    if found is None:
-        return None
-    uscc, period = found
-    lock_period(session, period, SHARED)
-    ledger.lock_balances(session, policy, [(uscc, period_year(period))])
-    return session.scalars(select(Claim).where(Claim.id == claim_id).with_for_update()
-                           .execution_options(populate_existing=True)).first()
+    return ledger.lock_in_order(session, policy, Claim, claim_id)
 
 
 def _balance_for(session: Session, policy: Policy, claim: Claim) -> ledger.Balance:

@@ -28,6 +28,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,8 +37,12 @@ from sqlalchemy.orm import Session
 from billing import budget as budgets
 from billing.models import LedgerPosting, QuotaBalance
 from billing.policy import Policy, cap_for, remaining
+from kernel.billing_periods import SHARED, lock_period
 from kernel.db import utcnow
+from kernel.periods import period_year
 from metering.models import Enterprise, ModelFiling
+
+T = TypeVar("T", bound=Any)
 
 Fen = int
 
@@ -177,6 +182,23 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
 def _insert_ignore(session: Session):
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(
         QuotaBalance)
+
+
+def lock_in_order(session: Session, policy: Policy, model: type[T], row_id: int) -> T | None:
+    """The `model` row (a claim or a redemption: `enterprise_uscc` and `period` columns),
+    locked in the one lock order (docs/ARCHITECTURE.md#lock-order): its period's row (shared),
+    its balance row, then the row itself — re-read, so its status is the committed one; None
+    when there is no such row. Its enterprise and period never change, so the unlocked first
+    read that names the rows to lock cannot be stale in what matters."""
+    found = session.execute(select(model.enterprise_uscc, model.period)
+                            .where(model.id == row_id)).first()
+    if found is None:
+        return None
+    uscc, period = found
+    lock_period(session, period, SHARED)
+    lock_balances(session, policy, [(uscc, period_year(period))])
+    return session.scalars(select(model).where(model.id == row_id).with_for_update()
+                           .execution_options(populate_existing=True)).first()
 
 
 LOCK_CHUNK = 1000  # balance rows per statement: a 10,000-row IN list of pairs overflows PostgreSQL's parser stack

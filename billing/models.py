@@ -22,19 +22,25 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 from kernel.vocabulary import ClaimStatus
+from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
 
 CLAIM_STATUSES = tuple(s.value for s in ClaimStatus)  # kernel/vocabulary.py
 
 
-class ProviderInvoice(Base):
+def reserved_granted_checks(limit: str, name: str) -> tuple[CheckConstraint, ...]:
+    """The constraints of an account that reserves then grants against a `limit` column (a
+    quota's cap, the programme's annual budget): neither negative, together within it (`name`)."""
+    return (CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+            CheckConstraint("granted >= 0", name="granted_not_negative"),
+            CheckConstraint(f"reserved + granted <= {limit}", name=name))
+
+
+class ProviderInvoice(ProviderEnterpriseRow, Base):
     """A provider's monthly invoice (发票) to one enterprise. Immutable once stored."""
 
     __tablename__ = "provider_invoice"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    invoice_no: Mapped[str] = mapped_column(String(64))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
+    invoice_no: Mapped[str] = mapped_column(String(64), sort_order=KEY_BETWEEN_PARTIES)
     period: Mapped[str] = mapped_column(String(7))
     amount: Mapped[int] = mapped_column(BigInteger)
     tax_amount: Mapped[int | None] = mapped_column(BigInteger)
@@ -121,11 +127,7 @@ class QuotaBalance(Base):
     policy_id: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (
-        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
-        CheckConstraint("granted >= 0", name="granted_not_negative"),
-        CheckConstraint("reserved + granted <= cap", name="within_cap"),
-    )
+    __table_args__ = reserved_granted_checks("cap", "within_cap")
 
 
 class LedgerPosting(Base):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from billing import budget as budgets
 from billing import ledger, redemptions, risk_data
+from billing.claims import own_invoice_items
 from billing.models import (
     Claim,
     ClaimAdjustment,
@@ -274,14 +275,10 @@ def invoice_holders(session: Session, period: str) -> dict[tuple[str, str], int]
     enterprise's claim naming it gets invoice_not_found and never holds it (docs/API.md#rec-steps).
     """
     rows = session.execute(
-        select(ClaimItem.provider_id, ClaimItem.invoice_no,
-               func.min(case((Claim.status == ClaimStatus.APPROVED, Claim.id))), func.min(Claim.id))
-        .join(Claim, Claim.id == ClaimItem.claim_id)
-        .join(ProviderInvoice, and_(ProviderInvoice.provider_id == ClaimItem.provider_id,
-                                    ProviderInvoice.invoice_no == ClaimItem.invoice_no,
-                                    ProviderInvoice.period == period,
-                                    ProviderInvoice.enterprise_uscc == Claim.enterprise_uscc))
-        .where(Claim.period == period, Claim.status != ClaimStatus.REJECTED)
+        own_invoice_items(
+            select(ClaimItem.provider_id, ClaimItem.invoice_no,
+                   func.min(case((Claim.status == ClaimStatus.APPROVED, Claim.id))), func.min(Claim.id)),
+            period)
         .group_by(ClaimItem.provider_id, ClaimItem.invoice_no)
         .having(func.count(func.distinct(Claim.id)) > 1)
     )

@@ -19,19 +19,17 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 from kernel.vocabulary import RedemptionStatus, SettlementStatus
+from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
 
 
-class Redemption(Base):
+class Redemption(ProviderEnterpriseRow, Base):
     """A provider's redemption of an enterprise's subsidy: a hold on the quota (`held`, the
     pending leg of a two-phase transfer in the ledger) that is captured, voided or expires,
     then settled in a quarterly batch (posted to granted)."""
 
     __tablename__ = "redemption"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    reference: Mapped[str] = mapped_column(String(128))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
+    reference: Mapped[str] = mapped_column(String(128), sort_order=KEY_BETWEEN_PARTIES)
     period: Mapped[str] = mapped_column(String(7))
     year: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=RedemptionStatus.AUTHORIZED.value)

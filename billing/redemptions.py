@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from billing import budget as budgets
 from billing import ledger
+from billing.claims import own_invoice_items
 from billing.models import Claim, ClaimItem, ProviderInvoice
 from billing.policy import (
     INVOICE_AMOUNT_MISMATCH,
@@ -36,7 +37,7 @@ from billing.policy import (
 from billing.redemption_models import Redemption
 from billing.risk import needs_review, review_discrepancy
 from kernel import audit
-from kernel.billing_periods import SHARED, lock_period, refuse_if_closed
+from kernel.billing_periods import refuse_if_closed
 from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import parse_period, period_year
@@ -153,15 +154,7 @@ def get(session: Session, rid: int) -> Redemption | None:
 def lock_redemption(session: Session, policy: Policy, rid: int) -> Redemption | None:
     """The redemption, locked in the one lock order (docs/ARCHITECTURE.md#lock-order): its
     period's row (shared), its balance row, then the redemption itself, re-read."""
-    found = session.execute(select(Redemption.enterprise_uscc, Redemption.period)
-                            .where(Redemption.id == rid)).first()
-    if found is None:
-        return None
-    uscc, period = found
-    lock_period(session, period, SHARED)
-    ledger.lock_balances(session, policy, [(uscc, period_year(period))])
-    return session.scalars(select(Redemption).where(Redemption.id == rid).with_for_update()
-                           .execution_options(populate_existing=True)).first()
+    return ledger.lock_in_order(session, policy, Redemption, rid)
 
 
 def _balance(session: Session, policy: Policy, r: Redemption) -> ledger.Balance:
@@ -317,13 +310,8 @@ def _claimed_first(session: Session, period: str) -> dict[tuple[str, str], list[
     """(provider, invoice_no) → the period's claims (not rejected) of the invoice's own enterprise."""
     out: dict[tuple[str, str], list[tuple[int, datetime, str]]] = defaultdict(list)
     for p, n, cid, at, status in session.execute(
-        select(ClaimItem.provider_id, ClaimItem.invoice_no, Claim.id, Claim.submitted_at, Claim.status)
-        .join(Claim, Claim.id == ClaimItem.claim_id)
-        .join(ProviderInvoice, and_(ProviderInvoice.provider_id == ClaimItem.provider_id,
-                                    ProviderInvoice.invoice_no == ClaimItem.invoice_no,
-                                    ProviderInvoice.period == period,
-                                    ProviderInvoice.enterprise_uscc == Claim.enterprise_uscc))
-        .where(Claim.period == period, Claim.status != ClaimStatus.REJECTED)
+        own_invoice_items(select(ClaimItem.provider_id, ClaimItem.invoice_no, Claim.id,
+                                 Claim.submitted_at, Claim.status), period)
     ):
         out[(p, n)].append((cid, at, status))
     return out

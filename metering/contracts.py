@@ -29,17 +29,14 @@ from kernel import audit, periods
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 from kernel.errors import Conflict, Invalid, NotFound
 from kernel.uscc import canonical_uscc
-from metering.models import Enterprise, Provider
+from metering.models import Enterprise, Provider, ProviderEnterpriseRow
 
 
-class Contract(Base):
+class Contract(ProviderEnterpriseRow, Base):
     """A compute purchase contract, registered by the provider and confirmed by the enterprise."""
 
     __tablename__ = "contract"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
     contract_no: Mapped[str] = mapped_column(String(100))
     signed_on: Mapped[date] = mapped_column(Date)
     valid_from: Mapped[date] = mapped_column(Date)
@@ -77,14 +74,11 @@ class PriceEntry(Base):
     __table_args__ = (UniqueConstraint("provider_id", "resource", "unit", "effective_from"),)
 
 
-class RelatedParty(Base):
+class RelatedParty(ProviderEnterpriseRow, Base):
     """A related-party link between a provider and an enterprise, recorded by finance."""
 
     __tablename__ = "related_party"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
     relation: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -61,15 +61,25 @@ class ModelFiling(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class UsageRecord(Base):
+KEY_BETWEEN_PARTIES = -15  # sort_order of a table's own key between provider_id and enterprise_uscc
+
+
+class ProviderEnterpriseRow:
+    """Mixin: a row between a provider and an enterprise, its first columns `id`, `provider_id`
+    and `enterprise_uscc` in that order. A table whose own key stands between the two parties
+    (an invoice_no, a record_id) declares it with `sort_order=KEY_BETWEEN_PARTIES`."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, sort_order=-30)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"), sort_order=-20)
+    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"), sort_order=-10)
+
+
+class UsageRecord(ProviderEnterpriseRow, Base):
     """One metered usage record. Never updated except to void it (status, voided_*)."""
 
     __tablename__ = "usage_record"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("provider.id"))
-    record_id: Mapped[str] = mapped_column(String(200))
-    enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
+    record_id: Mapped[str] = mapped_column(String(200), sort_order=KEY_BETWEEN_PARTIES)
     resource: Mapped[str] = mapped_column(String(64))
     unit: Mapped[str] = mapped_column(String(16))
     quantity: Mapped[Decimal] = mapped_column(MicroDecimal)
