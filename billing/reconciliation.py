@@ -523,7 +523,7 @@ def summarise(session: Session, period: str, claims: Iterable[Claim]) -> dict[st
     s = _Summary()
     for c in claims:
         s.add(c)
-    return s.result()
+    return {**s.result(), "redemptions": redemptions.period_counts(session, period)}
 
 
 def adjustments_of(session: Session, period: str) -> list[ClaimAdjustment]:

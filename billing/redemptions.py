@@ -317,6 +317,17 @@ def _claimed_first(session: Session, period: str) -> dict[tuple[str, str], list[
     return out
 
 
+def period_counts(session: Session, period: str) -> dict[str, Fen]:
+    """A period's redeemed redemptions as a run's summary counts them (captured, flagged,
+    settled, their subsidy), read from what is stored: the summary of a period read later."""
+    summary = {"captured": 0, "flagged": 0, "settled": 0, "subsidy": 0}
+    for status, subsidy in session.execute(select(Redemption.status, Redemption.subsidy).where(
+            Redemption.period == period, Redemption.status.in_(REDEEMED))):
+        summary["subsidy"] += subsidy
+        summary[status if status in (RedemptionStatus.FLAGGED, RedemptionStatus.SETTLED) else "captured"] += 1
+    return summary
+
+
 def reconcile_period(session: Session, policy: Policy, period: str, *,
                      metered: dict[tuple[str, str], tuple[Fen, Fen]],
                      unlisted: Callable[[str], dict[str, Any] | None],
