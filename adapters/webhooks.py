@@ -42,7 +42,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
-def post(claimed: Claimed, timeout: float) -> tuple[int | None, str | None]:
+def post(claimed: Claimed, timeout: float) -> tuple[int | None, str | None]:  # float ok: seconds
     """POST one delivery; (status code, error) — the code is None when nothing answered."""
     request = urllib.request.Request(claimed.url, data=claimed.body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": "voucher-webhooks/1",
@@ -90,7 +90,8 @@ def deliver_until_idle(db: Database, retry: Retry, limit: int = 10) -> int:
             return total
 
 
-def run(db: Database, retry: Retry, stop: threading.Event, poll: float = 1.0, limit: int = 10) -> None:
+def run(db: Database, retry: Retry, stop: threading.Event, poll: float = 1.0,  # float ok: seconds
+        limit: int = 10) -> None:
     """Deliver until `stop` is set: a full batch is followed at once by the next, an empty or
     partial one by a pause of `poll` seconds."""
     worker = worker_name()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from fractions import Fraction
 from typing import Any
@@ -85,6 +86,11 @@ def like_pattern(pattern: str) -> str:
 
 # --- the signals -------------------------------------------------------------------------------
 
+def _fen_text(value) -> str:
+    """A median of fen (possibly a half) as text, exactly: 1234 or 1234.5."""
+    return f"{Decimal(value.numerator) / value.denominator if isinstance(value, Fraction) else Decimal(value):f}"
+
+
 def _signal(policy: RiskPolicy, code: str, message: str, message_zh: str, **figures: Any) -> dict[str, Any]:
     return {"code": code, "weight": policy.weights[code], "message": message, "message_zh": message_zh,
             **figures}
@@ -108,7 +114,7 @@ def price_signal(policy: RiskPolicy, lines: Sequence[dict[str, Any]]) -> dict[st
     if not lines:
         return None
     worst = max(lines, key=lambda x: Fraction(x["paid_unit_price"]) / max(x["unit_price"], 1))
-    tol = f"{float(policy.price_tolerance) * 100:g}%"
+    tol = f"{Decimal(policy.price_tolerance.numerator) / policy.price_tolerance.denominator * 100:f}".rstrip("0").rstrip(".") + "%"
     return _signal(policy, "price_above_catalogue",
                    f"{sum(x['records'] for x in lines)} usage records ({sum(x['amount'] for x in lines)} fen) "
                    f"are priced more than {tol} above the provider's catalogue price; e.g. {worst['resource']} "
@@ -190,8 +196,8 @@ def spike_signal(policy: RiskPolicy, spend: Fen, previous: Sequence[Fen]) -> dic
     m = median(previous)
     return _signal(policy, "usage_spike",
                    f"Metered spend {spend} fen is above {policy.spike_factor} × the median of the previous "
-                   f"three months ({float(m):.0f} fen) and the floor of {policy.spike_floor} fen",
-                   f"本月计量金额{spend}分，超过前三个月中位数（{float(m):.0f}分）的{policy.spike_factor}倍"
+                   f"three months ({_fen_text(m)} fen) and the floor of {policy.spike_floor} fen",
+                   f"本月计量金额{spend}分，超过前三个月中位数（{_fen_text(m)}分）的{policy.spike_factor}倍"
                    f"及下限{policy.spike_floor}分",
                    spend=spend, previous=list(previous), median=str(m), spike_factor=str(policy.spike_factor),
                    spike_floor=policy.spike_floor, limit=str(limit))
