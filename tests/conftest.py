@@ -217,3 +217,16 @@ def no_key_in_logs():
     yield watch
     root.removeHandler(watch)
     assert not watch.leaks, f"API keys were logged: {watch.leaks}"
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_url(request, tmp_path):
+    """An empty, never-migrated database on each backend (migration tests)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mig.db'}"
+        return
+    name, url = create_pg_database(PG_URL)
+    try:
+        yield url
+    finally:
+        drop_pg_database(PG_URL, name)

@@ -3,26 +3,14 @@ concept (`payment_*`), with the data kept, and back again on downgrade (SQLite a
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from tests.conftest import BACKENDS, PG_URL, create_pg_database, drop_pg_database
 from voucher.migrate import downgrade, upgrade
 
 OLD = ["stripe_customer_id", "stripe_invoice_id", "stripe_status"]
 NEW = ["payment_customer_id", "payment_invoice_id", "payment_status"]
 
 
-@pytest.fixture(params=BACKENDS)
-def fresh_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mig.db'}"
-        return
-    name, url = create_pg_database(PG_URL)
-    try:
-        yield url
-    finally:
-        drop_pg_database(PG_URL, name)
 
 
 def _columns(url: str) -> set[str]:

@@ -7,23 +7,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import BACKENDS, PG_URL, create_pg_database, drop_pg_database
 from tests.factories import make_uscc
 from voucher.migrate import upgrade
 
 A, B = make_uscc(501), make_uscc(502)
 
 
-@pytest.fixture(params=BACKENDS)
-def fresh_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mig.db'}"
-        return
-    name, url = create_pg_database(PG_URL)
-    try:
-        yield url
-    finally:
-        drop_pg_database(PG_URL, name)
 
 
 def _before_0012(url: str) -> None:
