@@ -248,12 +248,14 @@ def quota_with_key(key_select: Select) -> Select:
                          func.coalesce(q.c.granted, literal_column("0", BigInteger)).label("granted"),
                          func.coalesce(q.c.policy_id, bindparam("policy_id")).label("policy_id"),
                          e.c.uscc.label("enterprise"))
-            .select_from(keys.outerjoin(q, and_(q.c.enterprise_uscc == uscc, q.c.year == year))
+            .select_from(keys.outerjoin(q, and_(q.c.enterprise_uscc == uscc, q.c.year == year,
+                                                q.c.programme_id == bindparam("policy_id")))
                          .outerjoin(e, e.c.uscc == uscc)))
 
 
 def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
-    """The bind parameters of quota_with_key() for one enterprise-year under `policy`:
+    """The bind parameters of quota_with_key() for one enterprise-year under `policy` (its
+    programme's balance row: docs/POLICY.md#programmes):
     a filing raises the cap of `year` when obtained in one of the `new_filing_years` years
     ending with it (billing.policy.cap_for); a year with no day in the window has cap 0."""
     return {
@@ -267,4 +269,5 @@ def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
 
 def balance_of_row(row, uscc: str, year: int) -> Balance:
     """The quota in a quota_with_key() row (check `row.enterprise` first)."""
-    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
+    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id,
+                   programme_id=row.policy_id)

@@ -107,7 +107,7 @@ def lock_budgets(session: Session, policy: Policy, years) -> dict[int, Budget]:
             q = QuotaBalance.__table__
             reserved, granted = session.execute(select(func.coalesce(func.sum(q.c.reserved), 0),
                                                        func.coalesce(func.sum(q.c.granted), 0))
-                                                .where(q.c.year == year)).one()
+                                                .where(q.c.year == year, q.c.programme_id == policy.id)).one()
             session.execute(_insert(session).on_conflict_do_nothing(index_elements=["programme_id", "year"]),
                             [{"programme_id": policy.id, "year": year, "reserved": int(reserved),
                               "granted": int(granted),
@@ -252,15 +252,18 @@ def forecast_exhausted_on(annual: Fen, used: Fen, daily_use: dict[date, Fen], to
     return today + timedelta(days=-(-left * days // pace))  # ceiling: the day it is spent
 
 
-def daily_use(session: Session, year: int, since: datetime) -> dict[date, Fen]:
+def daily_use(session: Session, year: int, since: datetime, programme_id: str | None = None
+              ) -> dict[date, Fen]:
     """Net use per UTC day since `since`: what moved into reserved+granted from available
-    (claims' reservations and redemptions' holds, less releases and clawbacks)."""
+    (claims' reservations and redemptions' holds, less releases and clawbacks); one
+    programme's only when `programme_id` is given."""
     signed = {"reserve": 1, "release": -1, "clawback": -1, "hold": 1, "hold_void": -1}
     out: dict[date, Fen] = {}
     rows = session.execute(select(LedgerPosting.created_at, LedgerPosting.kind, LedgerPosting.amount)
                            .where(LedgerPosting.year == year, LedgerPosting.created_at >= since,
                                   LedgerPosting.account == "available",
-                                  LedgerPosting.kind.in_(list(signed))))
+                                  LedgerPosting.kind.in_(list(signed)),
+                                  *([LedgerPosting.programme_id == programme_id] if programme_id else [])))
     for at, kind, amount in rows:
         day = at.date()
         out[day] = out.get(day, 0) + signed[kind] * abs(int(amount))
@@ -282,8 +285,10 @@ class Figures:
         return None if self.annual is None else max(self.annual - self.reserved - self.granted, 0)
 
 
-def figures(session: Session, policy: Policy, year: int, today: date) -> Figures:
-    """The budget of `year` as GET /v1/budget shows it (no lock: a read)."""
+def figures(session: Session, policy: Policy, year: int, today: date, *, waitlist: bool = True) -> Figures:
+    """The budget of `year` as GET /v1/budget shows it (no lock: a read): `policy`'s programme's
+    (docs/POLICY.md#programmes). Claims wait for the default programme's budget only, so another
+    programme's figures pass `waitlist=False` (nothing waitlisted)."""
     row = session.get(ProgrammeBudget, (policy.id, year))
     if row is not None:
         reserved, granted = row.reserved, row.granted
@@ -291,33 +296,34 @@ def figures(session: Session, policy: Policy, year: int, today: date) -> Figures
         q = QuotaBalance.__table__
         reserved, granted = (int(v) for v in session.execute(
             select(func.coalesce(func.sum(q.c.reserved), 0), func.coalesce(func.sum(q.c.granted), 0))
-            .where(q.c.year == year)).one())
+            .where(q.c.year == year, q.c.programme_id == policy.id)).one())
     annual = policy.budget_annual
     if annual is not None and row is not None:
         annual = row.annual
-    fen, count = waitlisted(session, year)
+    fen, count = waitlisted(session, year) if waitlist else (0, 0)
     forecast = None
     if annual is not None:
         since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time(), UTC)
-        forecast = forecast_exhausted_on(annual, reserved + granted, daily_use(session, year, since), today)
+        forecast = forecast_exhausted_on(annual, reserved + granted, daily_use(session, year, since, policy.id), today)
     return Figures(year, annual, reserved, granted, fen, count, forecast)
 
 
 def verify_rows(session: Session) -> list[tuple[str, int | None, str]]:
-    """Each year's budget row (the latest-updated programme's) against the postings:
-    (what, year, detail) for every breach (billing.ledger.verify)."""
+    """Each programme's budget row of each year against that programme's postings
+    (docs/POLICY.md#programmes): (what, year, detail) for every breach (billing.ledger.verify)."""
     breaches = []
-    derived: dict[tuple[int, str], int] = {}
-    for year, account, amount in session.execute(
-            select(LedgerPosting.year, LedgerPosting.account, func.sum(LedgerPosting.amount))
+    derived: dict[tuple[str, int, str], int] = {}
+    for programme, year, account, amount in session.execute(
+            select(LedgerPosting.programme_id, LedgerPosting.year, LedgerPosting.account,
+                   func.sum(LedgerPosting.amount))
             .where(LedgerPosting.account.in_(["reserved", "granted"]))
-            .group_by(LedgerPosting.year, LedgerPosting.account)):
-        derived[(year, account)] = int(amount)
-    latest: dict[int, ProgrammeBudget] = {}
-    for row in session.scalars(select(ProgrammeBudget).order_by(ProgrammeBudget.updated_at)):
-        latest[row.year] = row
-    for year, row in sorted(latest.items()):
-        reserved, granted = derived.get((year, "reserved"), 0), derived.get((year, "granted"), 0)
+            .group_by(LedgerPosting.programme_id, LedgerPosting.year, LedgerPosting.account)):
+        derived[(programme, year, account)] = int(amount)
+    for row in session.scalars(select(ProgrammeBudget).order_by(ProgrammeBudget.year,
+                                                                 ProgrammeBudget.programme_id)):
+        year = row.year
+        reserved = derived.get((row.programme_id, year, "reserved"), 0)
+        granted = derived.get((row.programme_id, year, "granted"), 0)
         if (row.reserved, row.granted) != (reserved, granted):
             breaches.append(("budget_mismatch", year, f"{row.programme_id}: row reserved {row.reserved}, "
                              f"granted {row.granted} != postings {reserved}, {granted}"))

@@ -89,6 +89,7 @@ class Balance:
     granted: Fen
     policy_id: str
     budget: budgets.Budget | None = None  # the programme's locked budget row; None: unlimited
+    programme_id: str = ""  # whose quota (docs/POLICY.md#programmes); set by lock_balances and quota_of
 
     @property
     def remaining(self) -> Fen:
@@ -120,6 +121,7 @@ class Transfer:
     reason: str
     redemption_id: int | None = None
     programme_id: str | None = None  # the budget row it also moves (apply_transfers)
+    quota_programme: str | None = None  # whose balance row it moves; None: the policy's (policy_id)
 
 
 def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
@@ -131,7 +133,8 @@ def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
             raise ValueError(f"{t.kind}: transfer amount must be positive, got {t.amount}")
         move = MOVES[t.kind]
         common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
-                      kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id, reason=t.reason,
+                      kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id,
+                      programme_id=t.quota_programme or t.policy_id, reason=t.reason,
                       redemption_id=t.redemption_id, created_at=now)
         rows += [dict(account=move.debit, amount=-t.amount, **common),
                  dict(account=move.credit, amount=t.amount, **common)]
@@ -153,23 +156,23 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
     a row whose result would leave the bounds — reserved or granted below 0, reserved +
     granted above the cap — is refused as one-by-one reserve()/release() would refuse it.
     """
-    net: dict[tuple[str, int], list[int]] = {}
+    net: dict[tuple[str, int, str], list[int]] = {}
     programme: dict[tuple[str, int], list[int]] = {}
     for t in transfers:
         move = MOVES[t.kind]
-        for d in ([net.setdefault((t.enterprise_uscc, t.year), [0, 0])]
+        for d in ([net.setdefault((t.enterprise_uscc, t.year, t.quota_programme or t.policy_id), [0, 0])]
                   + ([programme.setdefault((t.programme_id, t.year), [0, 0])] if t.programme_id else [])):
             d[0] += move.reserved * t.amount
             d[1] += move.granted * t.amount
-    params = [{"b_uscc": u, "b_year": y, "d_reserved": dr, "d_granted": dg}
-              for (u, y), (dr, dg) in net.items() if dr or dg]
+    params = [{"b_uscc": u, "b_year": y, "b_programme": p, "d_reserved": dr, "d_granted": dg}
+              for (u, y, p), (dr, dg) in net.items() if dr or dg]
     if params:
         q = QuotaBalance.__table__
         dr, dg = bindparam("d_reserved"), bindparam("d_granted")
         result = session.execute(
             update(q)
             .where(q.c.enterprise_uscc == bindparam("b_uscc"), q.c.year == bindparam("b_year"),
-                   _within_bounds(q, dr, dg))
+                   q.c.programme_id == bindparam("b_programme"), _within_bounds(q, dr, dg))
             .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg),
             params,
         )
@@ -196,7 +199,7 @@ def lock_in_order(session: Session, policy: Policy, model: type[T], row_id: int)
         return None
     uscc, period = found
     lock_period(session, period, SHARED)
-    lock_balances(session, policy, [(uscc, period_year(period))])
+    lock_balances(session, policy, [(uscc, period_year(period))])  # the default programme's row
     return session.scalars(select(model).where(model.id == row_id).with_for_update()
                            .execution_options(populate_existing=True)).first()
 
@@ -210,7 +213,9 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
     Rows are locked in (uscc, year) order so concurrent reconciliations cannot deadlock; a
     long list is taken in chunks of LOCK_CHUNK keys, still in that order. Then, last, the
     programme's budget rows of those years (billing/budget.py; docs/ARCHITECTURE.md#lock-order),
-    which every returned Balance carries. Core statements
+    which every returned Balance carries. The rows are `policy`'s programme's (its id;
+    docs/POLICY.md#programmes); a caller moving several programmes locks them one programme
+    after another, in the order of `Programmes.all`. Core statements
     throughout: a month's 10,000 enterprises never become ORM objects.
     """
     keys = sorted(set(keys))
@@ -223,30 +228,33 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
         filings = filing_dates(session, {u for u, _ in chunk})
         wanted = {k: cap_for(policy, k[1], filings.get(k[0], [])) for k in chunk}
         session.execute(
-            _insert_ignore(session).on_conflict_do_nothing(index_elements=["enterprise_uscc", "year"]),
-            [{"enterprise_uscc": u, "year": y, "cap": 0, "cap_basis": wanted[(u, y)][1], "reserved": 0,
-              "granted": 0, "policy_id": policy.id} for u, y in chunk],
+            _insert_ignore(session).on_conflict_do_nothing(
+                index_elements=["enterprise_uscc", "year", "programme_id"]),
+            [{"enterprise_uscc": u, "year": y, "programme_id": policy.id, "cap": 0,
+              "cap_basis": wanted[(u, y)][1], "reserved": 0, "granted": 0, "policy_id": policy.id}
+             for u, y in chunk],
         )
         stmt = (select(q.c.enterprise_uscc, q.c.year, q.c.cap, q.c.cap_basis, q.c.reserved, q.c.granted,
                        q.c.policy_id)
-                .where(tuple_(q.c.enterprise_uscc, q.c.year).in_(chunk))
+                .where(tuple_(q.c.enterprise_uscc, q.c.year).in_(chunk), q.c.programme_id == policy.id)
                 .order_by(q.c.enterprise_uscc, q.c.year)
                 .with_for_update())
         opened: list[Transfer] = []
         raised: list[dict] = []
         for row in session.execute(stmt):
-            b = Balance(*row)
+            b = Balance(*row, programme_id=policy.id)
             cap, basis = wanted[(b.enterprise_uscc, b.year)]
             if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
                 opened.append(Transfer("open" if b.cap == 0 else "cap_change", b.enterprise_uscc, b.year,
                                        cap - b.cap, None, policy.id, f"cap {basis}: {cap} fen"))
-                raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "cap": cap,
+                raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "b_programme": policy.id, "cap": cap,
                                "cap_basis": basis, "policy_id": policy.id})
                 b.cap, b.cap_basis = cap, basis
             balances[(b.enterprise_uscc, b.year)] = b
         if raised:
             session.execute(update(q).where(q.c.enterprise_uscc == bindparam("b_uscc"),
-                                            q.c.year == bindparam("b_year")), raised)
+                                            q.c.year == bindparam("b_year"),
+                                            q.c.programme_id == bindparam("b_programme")), raised)
             post_many(session, opened)
     locked = budgets.lock_budgets(session, policy, {y for _, y in keys})
     for b in balances.values():
@@ -266,7 +274,8 @@ def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: 
     q = QuotaBalance.__table__
     result = session.execute(
         update(q)
-        .where(q.c.enterprise_uscc == b.enterprise_uscc, q.c.year == b.year, _within_bounds(q, dr, dg))
+        .where(q.c.enterprise_uscc == b.enterprise_uscc, q.c.year == b.year,
+               q.c.programme_id == (b.programme_id or policy_id), _within_bounds(q, dr, dg))
         .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg)
     )
     if result.rowcount != 1:
@@ -278,7 +287,7 @@ def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: 
     b.reserved += dr
     b.granted += dg
     post_many(session, [Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason,
-                                 redemption_id=redemption_id)])
+                                 redemption_id=redemption_id, quota_programme=b.programme_id or None)])
 
 
 def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, claim_id: int | None,
@@ -300,7 +309,8 @@ def stage(transfers: list[Transfer], kind: str, b: Balance, amount: Fen, *, clai
     b.reserved += dr
     b.granted += dg
     transfers.append(Transfer(kind, b.enterprise_uscc, b.year, amount, claim_id, policy_id, reason,
-                              programme_id=b.budget.programme_id if b.budget is not None else None))
+                              programme_id=b.budget.programme_id if b.budget is not None else None,
+                              quota_programme=b.programme_id or None))
 
 
 def reserve(session: Session, b: Balance, amount: Fen, **why) -> None:
@@ -331,14 +341,15 @@ def quota_of(policy: Policy, uscc: str, year: int, row, filings: Iterable) -> Ba
     policy_id; None: nothing used yet)."""
     cap, basis = cap_for(policy, year, filings)
     if row is not None:
-        return Balance(uscc, year, cap, basis, row.reserved, row.granted, row.policy_id)
-    return Balance(uscc, year, cap, basis, 0, 0, policy.id)
+        return Balance(uscc, year, cap, basis, row.reserved, row.granted, row.policy_id, programme_id=policy.id)
+    return Balance(uscc, year, cap, basis, 0, 0, policy.id, programme_id=policy.id)
 
 
 def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balance | None:
     """One enterprise's quota (quota_of). None when the enterprise is not registered."""
     row = session.scalars(select(QuotaBalance).where(
-        QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year)).first()
+        QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year,
+        QuotaBalance.programme_id == policy.id)).first()
     if row is None and session.get(Enterprise, uscc) is None:
         return None
     return quota_of(policy, uscc, year, row, filing_dates(session, [uscc]).get(uscc, []))
@@ -347,7 +358,8 @@ def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balanc
 def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
     """Every registered enterprise's quota for `year` (quota_of), by USCC: three queries."""
     usccs = list(session.scalars(select(Enterprise.uscc).order_by(Enterprise.uscc)))
-    rows = {r.enterprise_uscc: r for r in session.scalars(select(QuotaBalance).where(QuotaBalance.year == year))}
+    rows = {r.enterprise_uscc: r for r in session.scalars(select(QuotaBalance).where(
+        QuotaBalance.year == year, QuotaBalance.programme_id == policy.id))}
     filings = filing_dates(session, usccs)
     return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
@@ -388,18 +400,19 @@ def verify(session: Session) -> VerifyReport:
     if total != 0:
         report.breaches.append(Breach("postings_do_not_balance", detail=f"all postings sum to {total}"))
 
-    derived: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for uscc, year, account, amount in session.execute(
-        select(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.account,
-               func.sum(LedgerPosting.amount))
-        .group_by(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.account)
+    derived: dict[tuple[str, int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for uscc, year, programme, account, amount in session.execute(
+        select(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.programme_id,
+               LedgerPosting.account, func.sum(LedgerPosting.amount))
+        .group_by(LedgerPosting.enterprise_uscc, LedgerPosting.year, LedgerPosting.programme_id,
+                  LedgerPosting.account)
     ):
-        derived[(uscc, year)][account] = int(amount)
+        derived[(uscc, year, programme)][account] = int(amount)
 
-    rows = {(r.enterprise_uscc, r.year): r for r in session.scalars(select(QuotaBalance))}
+    rows = {(r.enterprise_uscc, r.year, r.programme_id): r for r in session.scalars(select(QuotaBalance))}
     report.balances = len(rows)
     for key in sorted(set(rows) | set(derived)):
-        uscc, year = key
+        uscc, year, _programme = key
         d = derived.get(key, {})
         row = rows.get(key)
         cap = -d.get("cap_source", 0)

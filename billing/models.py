@@ -73,6 +73,9 @@ class Claim(Base):
     discrepancies: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     risk: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {score, signals} (docs/API.md#risk)
     policy_id: Mapped[str | None] = mapped_column(String(64))
+    # The other programmes' figures when several run (docs/POLICY.md#programmes): a list of
+    # {programme_id, base, computed, alone, payable, cap_reached}; None with the default alone.
+    programmes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     decision_reason: Mapped[str | None] = mapped_column(Text)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -109,8 +112,13 @@ class ClaimItem(Base):
     __table_args__ = (Index("ix_claim_item_invoice", "provider_id", "invoice_no"),)
 
 
+def _programme_of_row(context) -> str:
+    """A row's programme, when not given: the programme of the policy that wrote it."""
+    return context.get_current_parameters()["policy_id"]
+
+
 class QuotaBalance(Base):
-    """Derived balance of one enterprise-year, kept in step with the postings.
+    """Derived balance of one programme-enterprise-year, kept in step with the postings.
 
     The CHECK constraints make the database itself refuse a write that would push
     reserved + granted past the cap, whatever the application computed.
@@ -120,6 +128,8 @@ class QuotaBalance(Base):
 
     enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"), primary_key=True)
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The programme (its policy file's id) whose quota this is (docs/POLICY.md#programmes).
+    programme_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=_programme_of_row)
     cap: Mapped[int] = mapped_column(BigInteger)
     cap_basis: Mapped[str] = mapped_column(String(32))
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -146,6 +156,7 @@ class LedgerPosting(Base):
     # The redemption whose hold this moves (hold / hold_void / hold_post; docs/ARCHITECTURE.md#rule-homes).
     redemption_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     policy_id: Mapped[str] = mapped_column(String(64))
+    programme_id: Mapped[str] = mapped_column(String(64), default=_programme_of_row)  # whose quota it moves
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

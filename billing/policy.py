@@ -62,7 +62,8 @@ def round_half_up_fen(x: Fraction | Decimal | int) -> Fen:
 
 # Supported knob values; a policy file naming anything else is refused at load time.
 ROUNDINGS: dict[str, Callable[[Fraction], Fen]] = {"round_half_up": round_half_up_fen}
-STACKINGS = ("highest_not_both",)  # 就高不重复
+# 就高不重复; 叠加 up to `stack_limit` of the spend; 排他 (docs/POLICY.md#programmes).
+STACKINGS = ("highest_not_both", "stack", "exclusive")
 SETTLEMENT_MODES = ("reimbursement", "redemption")  # kernel/vocabulary.py SettlementMode
 
 
@@ -98,6 +99,12 @@ class Policy:
     eligible_resources: tuple[str, ...] = ()
     require_contracts: bool = False
     risk: RiskPolicy = field(default_factory=RiskPolicy)
+    # Several programmes (docs/POLICY.md#programmes): who is eligible — enterprises registered in
+    # one of `counties` (empty: every county) and, when given, only the listed USCCs — and, for
+    # `stacking = "stack"`, the share of the spend all programmes together may pay.
+    counties: tuple[str, ...] = ()
+    enterprises: tuple[str, ...] = ()
+    stack_limit: Fraction | None = None
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by
@@ -147,6 +154,14 @@ class Policy:
             raise PolicyError(
                 "stacking", f"must be one of {list(STACKINGS)}, got {self.stacking!r}"
             )
+        if self.stacking == "stack" and self.stack_limit is None:
+            raise PolicyError("stacking", '"stack" needs stack_limit, the share of the spend all '
+                                          'programmes together may pay')
+        if self.stacking != "stack" and self.stack_limit is not None:
+            raise PolicyError("stack_limit", 'only with stacking = "stack"')
+        if self.stack_limit is not None and (not isinstance(self.stack_limit, Fraction)
+                                             or not 0 < self.stack_limit <= 1):
+            raise PolicyError("stack_limit", "must be an exact fraction > 0 and <= 1")
 
 
 @dataclass(frozen=True)
@@ -348,6 +363,76 @@ def recomputed_grant(policy: Policy, item_bases: Sequence[Fen], other_subsidies:
     _fen("granted", granted)
     available = max(remaining, 0) + granted
     return min(compute_claim(policy, item_bases, other_subsidies, available, held=granted).payable, granted)
+
+
+def programme_covers(policy: Policy, county: str | None, uscc: str) -> bool:
+    """Whether an enterprise registered in `county` may claim under the programme
+    (docs/POLICY.md#programmes): its county among `counties` (none listed: every county) and,
+    when the programme lists enterprises, its USCC among them."""
+    if policy.counties and county not in policy.counties:
+        return False
+    return not policy.enterprises or uscc in policy.enterprises
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What one programme would pay a claim on its own (cap, budget and declared other
+    subsidies included), and what its stacking rule needs to combine it with the others."""
+
+    programme_id: str
+    stacking: str
+    effective_from: date
+    alone: Fen
+    spend: Fen = 0  # the claim's base under this programme (`stack`: the limit's unit)
+    stack_limit: Fraction | None = None
+
+
+def _first(offers: Iterable[Offer]) -> Offer:
+    """The offer that pays under 就高: the highest amount, ties to the earliest effective_from
+    (then the programme id, so the choice never depends on the order given)."""
+    return min(offers, key=lambda o: (-o.alone, o.effective_from, o.programme_id))
+
+
+def stack_offers(offers: Sequence[Offer]) -> dict[str, Fen]:
+    """Combine the programmes' offers on one claim (docs/POLICY.md#programmes): what each
+    programme pays, by id. Pure; every amount is at most the programme's `alone`.
+
+    - `highest_not_both` (就高不重复): of these programmes only the highest pays its whole
+      amount (ties: the earliest `effective_from`); the others pay 0.
+    - `stack` (叠加): each adds on top of what is already paid — the 就高 winner first, then
+      the `stack` programmes by `effective_from` — as long as the running total stays within
+      floor(`stack_limit` × its spend); it pays what fits, possibly 0.
+    - `exclusive` (排他): pays alone or not at all. The enterprise gets the best admissible
+      outcome: the highest exclusive offer alone, or the others combined as above, whichever
+      total is higher (a tie goes to the side with the earlier `effective_from`).
+    """
+    for o in offers:
+        _fen(f"alone[{o.programme_id}]", o.alone)
+    paid = {o.programme_id: 0 for o in offers}
+    if not offers:
+        return paid
+    shared = [o for o in offers if o.stacking != "exclusive"]
+    combined: dict[str, Fen] = dict(paid)
+    highest = [o for o in shared if o.stacking == "highest_not_both"]
+    total = 0
+    if highest:
+        top = _first(highest)
+        combined[top.programme_id] = total = top.alone
+    for o in sorted((o for o in shared if o.stacking == "stack"),
+                    key=lambda o: (o.effective_from, o.programme_id)):
+        limit = (o.spend * o.stack_limit.numerator) // o.stack_limit.denominator  # ≤ limit × spend
+        combined[o.programme_id] = max(min(o.alone, limit - total), 0)
+        total += combined[o.programme_id]
+    exclusive = [o for o in offers if o.stacking == "exclusive"]
+    if not exclusive:
+        return combined
+    best = _first(exclusive)
+    payers = [o for o in shared if combined[o.programme_id] > 0]
+    earliest = min((o.effective_from for o in payers), default=None)
+    if best.alone > total or (best.alone == total and best.alone > 0
+                              and (earliest is None or best.effective_from <= earliest)):
+        return {**paid, best.programme_id: best.alone}
+    return combined
 
 
 def refuse_unless_mode(policy: Policy, mode: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from datetime import date, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -27,7 +28,8 @@ from billing.policy import (
 )
 from billing.risk import SIGNALS, RiskPolicy
 
-__all__ = ["PolicyError", "default_policy_path", "load_policy", "parse_policy"]
+__all__ = ["PolicyError", "Programmes", "default_policy_path", "load_policy", "load_programmes",
+           "parse_policy"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RATE = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+/[1-9][0-9]*)$")
@@ -67,6 +69,9 @@ _TOP = {
     "eligible_resources",
     "require_contracts",
     "risk",
+    "counties",
+    "enterprises",
+    "stack_limit",
 }
 _TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"tolerance", "close_after_days"},
            "redemption": {"hold_days"}, "budget": {"annual"},
@@ -75,7 +80,7 @@ _TABLES = {"caps": {"standard", "new_model_filing"}, "reconciliation": {"toleran
 # [budget]: unlimited; no [alerts] (or a key of it): the default thresholds, docs/POLICY.md#budget).
 _OPTIONAL = {"reconciliation.close_after_days", "settlement_modes", "redemption", "budget", "alerts",
              "alerts.quota_thresholds", "alerts.budget_thresholds", "eligible_resources",
-             "require_contracts", "risk"}
+             "require_contracts", "risk", "counties", "enterprises", "stack_limit"}
 _RISK = {"price_tolerance", "spike_factor", "spike_floor", "review_threshold", "weights"}
 _RESOURCE = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9._*?:/-]{0,63}$")
 
@@ -222,6 +227,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         if key in data.get("alerts", {}):
             fields[key] = _percentages(data["alerts"][key], f"alerts.{key}", fail)
     fields.update(_risk_fields(data, fail))
+    fields.update(_programme_fields(data, stacking, fail))
     try:
         return Policy(**fields)
     except PolicyError as exc:  # cross-field rules live in Policy; name the TOML key
@@ -229,6 +235,88 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         for field, key in _KEYS.items():
             message = message.replace(field, key)
         raise fail(_KEYS.get(exc.key or "", exc.key or ""), message) from exc
+
+
+def _programme_fields(data: dict[str, Any], stacking: str, fail) -> dict[str, Any]:
+    """`counties`, `enterprises` and `stack_limit` (docs/POLICY.md#programmes), each optional
+    except `stack_limit`, which `stacking = "stack"` requires and no other rule accepts."""
+    out: dict[str, Any] = {}
+    for key in ("counties", "enterprises"):
+        if key not in data:
+            continue
+        values = data[key]
+        if not isinstance(values, list) or not values or any(
+                not isinstance(v, str) or not v.strip() for v in values):
+            raise fail(key, "must be a non-empty list of non-empty strings (absent: no restriction)")
+        if len(set(values)) != len(values):
+            raise fail(key, "must not repeat a value")
+        out[key] = tuple(values)
+    if "enterprises" in out:
+        from kernel.uscc import (  # the one USCC form (docs/API.md#uscc)
+            canonical_uscc,
+            uscc_is_valid,
+        )
+
+        for i, v in enumerate(out["enterprises"]):
+            if not uscc_is_valid(canonical_uscc(v)):
+                raise fail(f"enterprises[{i}]", f"{v!r} is not a valid USCC (GB 32100-2015)")
+        out["enterprises"] = tuple(canonical_uscc(v) for v in out["enterprises"])
+    if stacking == "stack":
+        if "stack_limit" not in data:
+            raise fail("stack_limit", 'missing: stacking = "stack" needs the share of the spend all '
+                                      'programmes together may pay, such as "0.7"')
+        raw = data["stack_limit"]
+        if not isinstance(raw, str) or not _RATE.fullmatch(raw):
+            raise fail("stack_limit", 'must be an exact string such as "0.7" or "7/10", not a float')
+        limit = Fraction(raw)
+        if not 0 < limit <= 1:
+            raise fail("stack_limit", f"must be > 0 and <= 1, got {raw}")
+        out["stack_limit"] = limit
+    elif "stack_limit" in data:
+        raise fail("stack_limit", f'only with stacking = "stack" (this programme is {stacking!r})')
+    return out
+
+
+@dataclass(frozen=True)
+class Programmes:
+    """The programmes the service runs (docs/POLICY.md#programmes): the default one (the
+    policy every single-programme path uses) and the others, in the order they are combined."""
+
+    default: Policy
+    others: tuple[Policy, ...] = ()
+
+    @property
+    def all(self) -> tuple[Policy, ...]:
+        return (self.default, *self.others)
+
+    def get(self, programme_id: str) -> Policy | None:
+        return next((p for p in self.all if p.id == programme_id), None)
+
+
+def load_programmes(policies_dir: str | os.PathLike[str] | None = None,
+                    policy_path: str | os.PathLike[str] | None = None) -> Programmes:
+    """The default programme (`policy_path`, i.e. `VOUCHER_POLICY`; the Jiaxing file when None)
+    and every `*.toml` in `policies_dir` (`VOUCHER_POLICIES_DIR`; None: no other programme),
+    in file-name order. A file there with the default programme's id is the default itself and
+    must say the same; two other files with one id are refused. Raises PolicyError."""
+    default = load_policy(policy_path)
+    if policies_dir is None:
+        return Programmes(default)
+    folder = Path(policies_dir)
+    if not folder.is_dir():
+        raise PolicyError(None, "not a directory of policy files", str(folder))
+    others: dict[str, Policy] = {}
+    for path in sorted(folder.glob("*.toml")):
+        policy = load_policy(path)
+        if policy.id == default.id:
+            if policy != default:
+                raise PolicyError("id", f"{policy.id!r} is the default programme's id, with other values",
+                                  str(path))
+        elif policy.id in others:
+            raise PolicyError("id", f"{policy.id!r} is already the id of another file", str(path))
+        else:
+            others[policy.id] = policy
+    return Programmes(default, tuple(others.values()))
 
 
 def _percentages(value: Any, key: str, fail) -> tuple[int, ...]:

@@ -28,6 +28,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 class Settings:
     database_url: str = field(default_factory=_default_db_url)
     policy_path: Path | None = None  # None: the Jiaxing policy shipped in config/policies/
+    # Further programmes, one policy file each (docs/POLICY.md#programmes); None: the default alone.
+    policies_dir: Path | None = None
     providers_dir: Path = CONFIG_DIR / "providers"
     stripe_api_base: str = "http://127.0.0.1:8420"
     stripe_api_key: str = ""
@@ -87,6 +89,7 @@ class Settings:
         mapping = {
             "VOUCHER_DATABASE_URL": ("database_url", str),
             "VOUCHER_POLICY": ("policy_path", Path),
+            "VOUCHER_POLICIES_DIR": ("policies_dir", Path),
             "VOUCHER_PROVIDERS_DIR": ("providers_dir", Path),
             "VOUCHER_STRIPE_API_BASE": ("stripe_api_base", str),
             "VOUCHER_STRIPE_API_KEY": ("stripe_api_key", str),
