@@ -43,6 +43,7 @@ from api.schemas.billing import (
 )
 from billing import claims as claims_svc
 from billing.invoices import submit_invoice
+from billing.ledger import Combined, programme_quotas
 from billing.lifecycle import close_period, period_view
 from billing.models import Claim, ProviderInvoice, Reconciliation
 from billing.reconciliation import adjustments_of, reconcile, summarise
@@ -58,6 +59,23 @@ bp = Blueprint("billing", __name__, url_prefix="/v1")
 
 def policy():
     return current_app.extensions["voucher.policy"]
+
+
+def others():
+    """The programmes run beside the default one (docs/POLICY.md#programmes)."""
+    return current_app.extensions["voucher.programmes"].others
+
+
+def programme_arg():
+    """The programme `?program=` names (docs/API.md#quota-programmes): the default one when
+    left out; an id no configured programme has is a 404 naming `program`."""
+    wanted = query_arg("program")
+    if wanted is None:
+        return policy()
+    chosen = current_app.extensions["voucher.programmes"].get(wanted)
+    if chosen is None:
+        raise not_found("programme", wanted, "program")
+    return policy() if chosen.id == policy().id else chosen
 
 
 def _after_id(prefix: str, value: str | None) -> int | None:
@@ -168,7 +186,7 @@ def approve_claim(claim_id: str):
     body = parse_model(DecisionIn, json_body(required=False) or {})
     with transaction() as session:
         claim = _claim_or_404(session, claim_id, lock=True)
-        claims_svc.approve(session, policy(), claim, body.reason)
+        claims_svc.approve(session, policy(), claim, body.reason, others())
     return out.Claim.dump(claim)
 
 
@@ -180,7 +198,7 @@ def reject_claim(claim_id: str):
     body = parse_model(RejectIn, json_body())
     with transaction() as session:
         claim = _claim_or_404(session, claim_id, lock=True)
-        claims_svc.reject(session, policy(), claim, body.reason)
+        claims_svc.reject(session, policy(), claim, body.reason, others())
     return out.Claim.dump(claim)
 
 
@@ -189,7 +207,8 @@ def reject_claim(claim_id: str):
 @doc("An enterprise's subsidy quota for a year", response=out.Quota, tags=["quota"],
      description="cap, cap basis (standard or new model filing), granted, reserved and remaining.",
      query=[query("year", "Calendar year; the current year in the policy's timezone when omitted",
-                  "integer", example=2026)])
+                  "integer", example=2026),
+            query("program", "A programme id (docs/API.md#quota-programmes); the default programme when omitted")])
 @bp.get("/enterprises/<uscc>/quota")
 @requires("enterprise", "finance", deferred=True)
 def get_quota(uscc: str):
@@ -202,11 +221,12 @@ def get_quota(uscc: str):
             year = local_year(datetime.now(UTC), policy().timezone)
         if not 2000 <= year <= 2100:
             raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
+        programme = programme_arg()
     except ApiError:
         # 401, 403 and another enterprise's 404 come before a bad year, as on every route.
         ensure_subject(authorised_principal(), "enterprise", uscc, "enterprise")
         raise
-    principal, row = authenticate_and_read(_QUOTA_WITH_KEY, **quota_params(policy(), uscc, year))
+    principal, row = authenticate_and_read(_QUOTA_WITH_KEY, **quota_params(programme, uscc, year))
     ensure_subject(principal, "enterprise", uscc, "enterprise")
     if row.enterprise is None:
         raise not_found("enterprise", uscc)
@@ -214,6 +234,29 @@ def get_quota(uscc: str):
 
 
 _QUOTA_WITH_KEY = quota_with_key(key_select())
+
+
+@doc("An enterprise's quota under each programme, and their sums", response=out.ProgrammeQuotas, tags=["quota"],
+     description="Every programme whose counties and enterprise list cover the enterprise "
+                 "(docs/API.md#quota-programmes), the default one first; `combined` adds them up.",
+     query=[query("year", "Calendar year; the current year in the policy's timezone when omitted",
+                  "integer", example=2026)])
+@bp.get("/enterprises/<uscc>/quota/programmes")
+@requires("enterprise", "finance")
+def get_programme_quotas(uscc: str):
+    uscc = canonical_uscc(uscc)
+    ensure_subject(current_principal(), "enterprise", uscc, "enterprise")
+    year = query_arg("year", whole_number)
+    if year is None:
+        year = local_year(datetime.now(UTC), policy().timezone)
+    if not 2000 <= year <= 2100:
+        raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
+    balances = programme_quotas(db_session(), current_app.extensions["voucher.programmes"].all, uscc, year)
+    if balances is None:
+        raise not_found("enterprise", uscc)
+    return out.ProgrammeQuotas.dump({"enterprise_uscc": uscc, "year": year,
+                                     "data": [out.Quota.dump(b) for b in balances],
+                                     "combined": Combined.of(balances)})
 
 
 # --- reconciliations ----------------------------------------------------------------------
@@ -225,7 +268,7 @@ _QUOTA_WITH_KEY = quota_with_key(key_select())
 def run_reconciliation():
     body = parse_model(ReconciliationIn, json_body())
     with transaction() as session:
-        run, first = reconcile(session, policy(), body.period)
+        run, first = reconcile(session, policy(), body.period, others=others())
     current_app.extensions["voucher.events"].emit(Event.RECONCILED, run)
     return out.Reconciliation.dump(run), 201 if first else 200
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from api.auth import db_session, requires
+from api.billing import programme_arg
 from api.http import query_arg
 from api.openapi import doc, query
 from api.schemas.budget import Budget
@@ -26,10 +27,13 @@ def _year(value: str) -> int:
      description="Reserved and granted across every enterprise in the year against the policy's "
                  "`[budget] annual`, what waits for budget, and the day it runs out at the pace "
                  "of the last 90 days.",
-     query=[query("year", "Calendar year (default: this year, Asia/Shanghai)", type="integer")])
+     query=[query("year", "Calendar year (default: this year, Asia/Shanghai)", type="integer"),
+            query("program", "A programme id (docs/API.md#quota-programmes); the default programme when omitted")])
 @bp.get("/budget")
 @requires("finance")
 def read_budget():
     today = parse_day(day_of(utcnow()))  # Asia/Shanghai
     year = query_arg("year", _year, default=today.year)
-    return Budget.dump(figures(db_session(), current_app.extensions["voucher.policy"], year, today))
+    programme = programme_arg()
+    default = current_app.extensions["voucher.policy"]
+    return Budget.dump(figures(db_session(), programme, year, today, waitlist=programme is default))

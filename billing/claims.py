@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,8 +125,30 @@ def _balance_for(session: Session, policy: Policy, claim: Claim) -> ledger.Balan
     return ledger.lock_balances(session, policy, [key])[key]
 
 
-def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) -> Claim:
-    """Move the claim's reservation to granted; a flagged claim needs a (non-blank) reason."""
+def _other_programmes(session: Session, others: Sequence[Policy], claim: Claim, kind: str, reason: str) -> None:
+    """Grant (or release, `kind`) what the claim holds under the other programmes
+    (docs/POLICY.md#programmes), their balance rows locked after the default programme's, in
+    `others`' order (docs/ARCHITECTURE.md#lock-order). A programme no longer configured keeps
+    its reservation (and says so in the figure) until it is configured again."""
+    held = {p["programme_id"]: p for p in claim.programmes or [] if int(p["payable"]) > 0}
+    if not held:
+        return
+    for other in others:
+        figure = held.get(other.id)
+        if figure is None:
+            continue
+        ledger.transfer(session, kind, _balance_for(session, other, claim), int(figure["payable"]),
+                        claim_id=claim.id, policy_id=other.id, reason=reason)
+    if kind == "release":
+        claim.programmes = [{**p, "payable": 0} if p["programme_id"] in {o.id for o in others} else p
+                            for p in claim.programmes or []]
+
+
+def approve(session: Session, policy: Policy, claim: Claim, reason: str | None,
+            others: Sequence[Policy] = ()) -> Claim:
+    """Move the claim's reservation to granted; a flagged claim needs a (non-blank) reason.
+    `others`: the programmes run beside `policy` (docs/POLICY.md#programmes): what the claim
+    holds under each is granted too."""
     if claim.status == ClaimStatus.APPROVED:
         return claim  # idempotent
     if claim.status == ClaimStatus.WAITLISTED:
@@ -143,6 +166,7 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
     balance = _balance_for(session, policy, claim)
     ledger.grant(session, balance, claim.payable, claim_id=claim.id, policy_id=claim.policy_id or policy.id,
                  reason=reason or "approved")
+    _other_programmes(session, others, claim, "grant", reason or "approved")
     audit.append(session, "claim.approved", "claim", f"clm_{claim.id}",
                  before={"status": claim.status, "reserved": claim.payable},
                  after={"status": ClaimStatus.APPROVED.value, "granted": claim.payable, "reason": reason})
@@ -150,8 +174,9 @@ def approve(session: Session, policy: Policy, claim: Claim, reason: str | None) 
     return claim
 
 
-def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim:
-    """Release whatever the claim reserved; a rejected claim holds no quota and no invoice."""
+def reject(session: Session, policy: Policy, claim: Claim, reason: str, others: Sequence[Policy] = ()) -> Claim:
+    """Release whatever the claim reserved, under every programme (`others`: as approve's);
+    a rejected claim holds no quota and no invoice."""
     if claim.status == ClaimStatus.REJECTED:
         return claim
     if claim.status not in OPEN:
@@ -160,6 +185,7 @@ def reject(session: Session, policy: Policy, claim: Claim, reason: str) -> Claim
         balance = _balance_for(session, policy, claim)
         ledger.release(session, balance, claim.payable, claim_id=claim.id,
                        policy_id=claim.policy_id or policy.id, reason=f"rejected: {reason}")
+    _other_programmes(session, others, claim, "release", f"rejected: {reason}")
     audit.append(session, "claim.rejected", "claim", f"clm_{claim.id}",
                  before={"status": claim.status, "reserved": claim.payable},
                  after={"status": ClaimStatus.REJECTED.value, "released": claim.payable, "reason": reason})

@@ -9,6 +9,7 @@ the settings nor builds a payment client.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from billing.policy import Policy
@@ -28,17 +29,18 @@ class StatementsIncomplete(RuntimeError):
         self.result = result
 
 
-def reconcile_job(db: Database, period: str, policy: Policy) -> dict[str, Any]:
-    """Reconcile `period` under `policy` in one transaction; returns the reconciliation summary."""
+def reconcile_job(db: Database, period: str, policy: Policy, others: Sequence[Policy] = ()) -> dict[str, Any]:
+    """Reconcile `period` under `policy` (and the programmes run beside it, `others`:
+    docs/POLICY.md#programmes) in one transaction; returns the reconciliation summary."""
     from billing.reconciliation import reconcile
 
     with db.session() as session, session.begin():
-        run, first_time = reconcile(session, policy, period)
+        run, first_time = reconcile(session, policy, period, others=others)
         return {"period": period, "runs": run.runs, "first_time": first_time,
                 "policy_id": run.policy_id, **run.summary}
 
 
-def reconcile_open_job(db: Database, day: str, policy: Policy) -> dict[str, Any]:
+def reconcile_open_job(db: Database, day: str, policy: Policy, others: Sequence[Policy] = ()) -> dict[str, Any]:
     """The daily run (docs/API.md#period-close): re-run every open period, close the due ones.
 
     `day` is the fire's date (YYYY-MM-DD, Asia/Shanghai), the job run's key: one run per day
@@ -47,7 +49,7 @@ def reconcile_open_job(db: Database, day: str, policy: Policy) -> dict[str, Any]
     """
     from billing.lifecycle import run_open_periods
 
-    return run_open_periods(db, policy, day)
+    return run_open_periods(db, policy, day, others)
 
 
 def statements_job(db: Database, period: str, payments: Payments, policy: Policy) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from billing import budget as budgets
 from billing.models import LedgerPosting, QuotaBalance
-from billing.policy import Policy, cap_for, remaining
+from billing.policy import Policy, cap_for, programme_covers, remaining
 from kernel.billing_periods import SHARED, lock_period
 from kernel.db import utcnow
 from kernel.periods import period_year
@@ -364,6 +364,34 @@ def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
     return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
 
+def programme_quotas(session: Session, programmes: Iterable[Policy], uscc: str, year: int) -> list[Balance] | None:
+    """The enterprise's quota under each programme that covers it (its county and the
+    programme's enterprise list: docs/POLICY.md#programmes), in `programmes`' order, each
+    read as `read_quota` reads it. None when the enterprise is not registered."""
+    enterprise = session.get(Enterprise, uscc)
+    if enterprise is None:
+        return None
+    return [read_quota(session, p, uscc, year) for p in programmes
+            if programme_covers(p, enterprise.county, uscc)]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Combined:
+    """The sums of an enterprise's quotas over its programmes (docs/API.md#quota-programmes):
+    an upper bound of what it can still receive, since 就高不重复 pays one programme of several."""
+
+    cap: Fen
+    granted: Fen
+    reserved: Fen
+    remaining: Fen
+
+    @classmethod
+    def of(cls, balances: Iterable[Balance]) -> Combined:
+        balances = list(balances)
+        return cls(sum(b.cap for b in balances), sum(b.granted for b in balances),
+                   sum(b.reserved for b in balances), sum(b.remaining for b in balances))
+
+
 @dataclass
 class Breach:
     what: str
@@ -476,6 +504,8 @@ def verify_holds(session: Session) -> list[Breach]:
 __all__ = [
     "Balance",
     "CapExceeded",
+    "Combined",
+    "programme_quotas",
     "Transfer",
     "apply_transfers",
     "post_many",

@@ -9,6 +9,7 @@ voids, invoices and claims of it are refused with `period_closed` (kernel/billin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -115,7 +116,7 @@ class PeriodsIncomplete(RuntimeError):
         self.result = result
 
 
-def run_open_periods(db: Database, policy: Policy, day: str) -> dict[str, Any]:
+def run_open_periods(db: Database, policy: Policy, day: str, others: Sequence[Policy] = ()) -> dict[str, Any]:
     """The daily reconcile job for `day` (YYYY-MM-DD, Asia/Shanghai): re-run every open period,
     each in its own transaction, then close those past `close_after_days` with no claim undecided.
 
@@ -130,7 +131,7 @@ def run_open_periods(db: Database, policy: Policy, day: str) -> dict[str, Any]:
     for period in periods:
         try:
             with db.session() as session, session.begin():
-                run, _ = reconcile(session, policy, period)
+                run, _ = reconcile(session, policy, period, others=others)
                 summary["periods"].append({"period": period, "runs": run.runs,
                                            "claims": run.summary.get("claims")})
             if not close_due(policy, period, today):

@@ -11,7 +11,7 @@ back by the difference when voided usage no longer supports their grant (docs/AP
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,8 @@ from billing.models import (
 from billing.policy import (
     INVOICE_AMOUNT_MISMATCH,
     USAGE_INVOICE_MISMATCH,
+    ClaimAmounts,
+    Offer,
     Policy,
     approved_item_base,
     compute_claim,
@@ -40,7 +42,9 @@ from billing.policy import (
     item_base,
     listing_bounds,
     period_dates,
+    programme_covers,
     recomputed_grant,
+    stack_offers,
     window_bounds,
 )
 from billing.risk import needs_review, review_discrepancy
@@ -123,8 +127,11 @@ def _mismatch(policy: Policy, code: str, name: str, amount: Fen, invoiced: Fen, 
             "tolerance": policy.tolerance}
 
 
-def claim_level(policy: Policy, period: str, enterprise: Enterprise | None) -> list[dict[str, Any]]:
-    """Claim-level checks (docs/API.md#rec-steps, step 4); any of them sets every item's base to 0 (pure)."""
+def claim_level(policy: Policy, period: str, enterprise: Enterprise | None, covered: bool = True
+                ) -> list[dict[str, Any]]:
+    """Claim-level checks (docs/API.md#rec-steps, step 4); any of them sets every item's base to 0 (pure).
+    `covered`: the enterprise is in the programme's counties and enterprise list
+    (docs/POLICY.md#programmes; `programme_covers`)."""
     found: list[dict[str, Any]] = []
     if not in_window(policy, period):
         found.append({"code": Discrepancy.OUTSIDE_POLICY_WINDOW,
@@ -135,6 +142,10 @@ def claim_level(policy: Policy, period: str, enterprise: Enterprise | None) -> l
     if enterprise is None or not enterprise.eligible:
         found.append({"code": Discrepancy.ENTERPRISE_NOT_ELIGIBLE,
                       "message": "The enterprise is not eligible for the programme"})
+    elif not covered:
+        found.append({"code": Discrepancy.ENTERPRISE_NOT_ELIGIBLE,
+                      "message": f"The enterprise is outside programme {policy.id}'s counties or enterprise list",
+                      "programme_id": policy.id})
     return found
 
 
@@ -229,12 +240,14 @@ class _Claim:
     discrepancies: list[dict[str, Any]]
     policy_id: str | None
     submitted_at: datetime | None = None
+    programmes: list[dict[str, Any]] | None = None  # the other programmes' figures (docs/POLICY.md#programmes)
     items: list[_Item] = field(default_factory=list)
 
 
 _CLAIM_COLUMNS = (Claim.id, Claim.enterprise_uscc, Claim.period, Claim.status, Claim.other_subsidies,
                   Claim.base, Claim.computed, Claim.payable_before_cap, Claim.payable, Claim.clawed_back,
-                  Claim.cap_reached, Claim.discrepancies, Claim.policy_id, Claim.submitted_at)
+                  Claim.cap_reached, Claim.discrepancies, Claim.policy_id, Claim.submitted_at,
+                  Claim.programmes)
 
 
 def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_Claim]]:
@@ -299,8 +312,38 @@ def _facts_for(claim: _Claim, metered, holder, unlisted, redeemed=None) -> list[
     return facts
 
 
-def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BATCH
-              ) -> tuple[Reconciliation, bool]:
+@dataclass
+class _Programme:
+    """Another programme in a run (docs/POLICY.md#programmes): its own eligible metered sums,
+    listing checks and locked balances (of the enterprises it covers); `policy` is its file."""
+
+    policy: Policy
+    metered: dict[tuple[str, str], tuple[Fen, Fen]]
+    unlisted: Callable[[str], dict[str, Any] | None]
+    balances: dict[tuple[str, int], ledger.Balance]
+
+
+def _other_programmes(session: Session, others: Sequence[Policy], period: str, usccs: list[str],
+                      providers: dict[str, Provider]) -> list[_Programme]:
+    """The other programmes' facts for a run, their balance rows locked one programme after
+    another in `others`' order, after the default programme's (docs/ARCHITECTURE.md#lock-order)."""
+    year = period_year(period)
+    counties = dict(session.execute(select(Enterprise.uscc, Enterprise.county)
+                                    .where(Enterprise.uscc.in_(usccs))).tuples().all()) if usccs else {}
+    out = []
+    for other in others:
+        listing = {pid: provider_not_listed(other, period, providers, pid) for pid in providers}
+
+        def unlisted(pid: str, other=other, listing=listing) -> dict[str, Any] | None:
+            return listing[pid] if pid in listing else provider_not_listed(other, period, providers, pid)
+        covered = [(u, year) for u in usccs if u in counties and programme_covers(other, counties[u], u)]
+        out.append(_Programme(other, metered_sums(session, other, period, providers), unlisted,
+                              ledger.lock_balances(session, other, covered)))
+    return out
+
+
+def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BATCH,
+              others: Sequence[Policy] = ()) -> tuple[Reconciliation, bool]:
     """Run the reconciliation (docs/API.md#rec-steps) for one period inside the caller's transaction. Returns (run, first_time).
 
     Aggregate queries for what every claim needs (metered sums per provider and enterprise,
@@ -313,6 +356,12 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     — a second run of the period waits here for the first to commit, then re-runs (never a
     duplicate run row) — then the balance rows, then the claims. A closed period is refused
     (Conflict `period_closed`): its figures are final.
+
+    `others`: the programmes run beside `policy`, the default one (docs/POLICY.md#programmes).
+    Each open claim is then evaluated under every programme whose counties and enterprise list
+    cover its enterprise, and billing/policy.py's `stack_offers` decides what each pays; the
+    other programmes' figures are kept in the claim's `programmes`. Without them the run is
+    the single-programme one, unchanged.
     """
     if lock_period(session, period, EXCLUSIVE).state == PeriodState.CLOSED:
         raise Conflict("period_closed", f"Period {period} is closed: its figures are final", "period")
@@ -329,6 +378,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     redeemed = redemptions.redeemed_invoices(session, period)  # docs/API.md#rec-steps: invoice_already_redeemed
     risks = risk_data.load(session, policy, period, providers)  # a few grouped queries (docs/API.md#risk)
     balances = ledger.lock_balances(session, policy, [(u, year) for u in usccs])
+    extra = _other_programmes(session, others, period, usccs, providers) if others else None
     # The budget (docs/API.md#budget): first in, first out across the year's periods; the
     # thresholds crossed by this run are told by comparing with these figures at the end.
     budget = next(iter(balances.values())).budget if balances else None
@@ -338,10 +388,10 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     now = utcnow()
     totals = _Summary()
     for claims in _claim_batches(session, period, batch):
-        registered = {u: (ok, rep) for u, ok, rep in session.execute(
-            select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative).where(
+        registered = {u: (ok, rep, county) for u, ok, rep, county in session.execute(
+            select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative, Enterprise.county).where(
                 Enterprise.uscc.in_({c.enterprise_uscc for c in claims})))}
-        eligible = {u: ok for u, (ok, _rep) in registered.items()}
+        eligible = {u: ok for u, (ok, _rep, _county) in registered.items()}
         transfers: list[ledger.Transfer] = []
         claim_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
@@ -350,12 +400,18 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
             if claim.status in OPEN:
                 enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
                     if claim.enterprise_uscc in eligible else None
-                risk = risks.assess(claim.enterprise_uscc, [i.provider_id for i in claim.items],
-                                    registered.get(claim.enterprise_uscc, (None, None))[1])
+                _ok, rep, county = registered.get(claim.enterprise_uscc, (None, None, None))
+                risk = risks.assess(claim.enterprise_uscc, [i.provider_id for i in claim.items], rep)
                 was = claim.status
+                covered = programme_covers(policy, county, claim.enterprise_uscc)
+                stacked = None if extra is None else [
+                    (p, _offer(p.policy, claim, p.balances[(claim.enterprise_uscc, year)],
+                               _facts_for(claim, p.metered, holder, p.unlisted, redeemed),
+                               claim_level(p.policy, period, enterprise)))
+                    for p in extra if (claim.enterprise_uscc, year) in p.balances]
                 _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted, redeemed),
-                               claim_level(policy, period, enterprise),
-                               now, transfers, claim_rows, item_rows, risk)
+                               claim_level(policy, period, enterprise, covered),
+                               now, transfers, claim_rows, item_rows, risk, stacked)
                 if claim.status == ClaimStatus.WAITLISTED and was != ClaimStatus.WAITLISTED:
                     audit.append(session, AuditAction.CLAIM_WAITLISTED, "claim", f"clm_{claim.id}",
                                  before={"status": was}, after={"status": claim.status,
@@ -403,18 +459,38 @@ class _Eligibility:
     eligible: bool
 
 
-def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
-                   claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
-                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]],
-                   risk: dict[str, Any] | None = None) -> None:
-    """Evaluate one open claim; move `balance` at once and queue the writes for the batch.
+@dataclass
+class _Offered:
+    """One programme's evaluation of a claim on its own: the items' outcomes and bases, the
+    figures (cap and budget included), the claim-level, cap and budget discrepancies, and what
+    the claim already held under it."""
 
-    `risk` ({score, signals}, billing/risk_data.py) is stored with the claim and never changes
-    an amount; above the review threshold a clean claim is flagged `risk_review` (docs/API.md#risk)."""
+    amounts: ClaimAmounts
+    outcomes: list[ItemOutcome]
+    bases: list[Fen]
+    discrepancies: list[dict[str, Any]]
+    held: Fen
+
+
+def _held(claim: _Claim, programme_id: str | None = None) -> Fen:
+    """What an open claim holds from an earlier run: under the default programme (None), its
+    `payable`; under another, that programme's figure in `programmes`."""
+    if claim.status not in RECONCILED:
+        return 0
+    if programme_id is None:
+        return claim.payable
+    return next((int(p["payable"]) for p in claim.programmes or [] if p["programme_id"] == programme_id), 0)
+
+
+def _offer(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
+           claim_codes: list[dict[str, Any]], held: Fen | None = None) -> _Offered:
+    """What `policy`'s programme would pay the claim on its own (pure): item bases, then rate,
+    rounding, the cap (its quota `balance`), declared other subsidies and its budget.
+    `held`: None for another programme (read from the claim's `programmes`)."""
+    held = _held(claim, policy.id) if held is None else held
     outcomes = [evaluate_item(policy, f) for f in facts]
     bases = [0 if claim_codes else o.base for o in outcomes]
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
-    held = claim.payable if claim.status in RECONCILED else 0
     amounts = compute_claim(policy, bases, others, balance.remaining + held, held=held)
     discrepancies = list(claim_codes)
     if amounts.cap_reached:
@@ -431,13 +507,61 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
         amounts = replace(amounts, payable=held + funded)
         discrepancies.append(budgets.exhausted(balance.budget, wanted, amounts.payable,
                                                balance.budget.remaining))
-        delta = funded
+    return _Offered(amounts, outcomes, bases, discrepancies, held)
+
+
+def _move(policy: Policy, claim: _Claim, balance: ledger.Balance, payable: Fen, held: Fen,
+          transfers: list[ledger.Transfer]) -> None:
+    """Reserve or release the difference between what the claim now gets under `policy`'s
+    programme and what it held there."""
+    delta = payable - held
     why = dict(claim_id=claim.id, policy_id=policy.id)
     if delta > 0:
         ledger.stage(transfers, "reserve", balance, delta, reason=f"reconciliation {claim.period}", **why)
     elif delta < 0:
         ledger.stage(transfers, "release", balance, -delta,
                      reason=f"reconciliation {claim.period}: payable lowered", **why)
+
+
+def _stack(policy: Policy, claim: _Claim, own: _Offered, stacked: list[tuple[_Programme, _Offered]],
+           transfers: list[ledger.Transfer]) -> tuple[Fen, list[dict[str, Any]]]:
+    """Combine the default programme's offer with the others' (billing/policy.py `stack_offers`,
+    docs/POLICY.md#programmes); move the other programmes' balances. Returns what the default
+    programme pays and the other programmes' figures for the claim's `programmes`."""
+    def offer(p: Policy, o: _Offered) -> Offer:
+        return Offer(p.id, p.stacking, p.effective_from, o.amounts.payable, o.amounts.base, p.stack_limit)
+
+    paid = stack_offers([offer(policy, own), *(offer(p.policy, o) for p, o in stacked)])
+    figures = []
+    for p, o in stacked:
+        pays = paid[p.policy.id]
+        _move(p.policy, claim, p.balances[(claim.enterprise_uscc, period_year(claim.period))], pays, o.held,
+              transfers)
+        figures.append({"programme_id": p.policy.id, "base": o.amounts.base, "computed": o.amounts.computed,
+                        "alone": o.amounts.payable, "payable": pays, "cap_reached": o.amounts.cap_reached,
+                        "discrepancies": codes_of(o.discrepancies)})
+    return paid[policy.id], figures
+
+
+def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
+                   claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
+                   claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]],
+                   risk: dict[str, Any] | None = None,
+                   stacked: list[tuple[_Programme, _Offered]] | None = None) -> None:
+    """Evaluate one open claim; move `balance` at once and queue the writes for the batch.
+
+    `risk` ({score, signals}, billing/risk_data.py) is stored with the claim and never changes
+    an amount; above the review threshold a clean claim is flagged `risk_review` (docs/API.md#risk).
+    `stacked`: the other programmes that cover the enterprise, with their own offers, when
+    several programmes run (docs/POLICY.md#programmes); None: the default programme alone."""
+    own = _offer(policy, claim, balance, facts, claim_codes, _held(claim))
+    amounts, outcomes, bases, discrepancies = own.amounts, own.outcomes, own.bases, own.discrepancies
+    total = amounts.payable
+    if stacked is not None:
+        pays, claim.programmes = _stack(policy, claim, own, stacked, transfers)
+        amounts = replace(amounts, payable=pays)
+        total = pays + sum(p["payable"] for p in claim.programmes)
+    _move(policy, claim, balance, amounts.payable, own.held, transfers)
     for item, fact, outcome, base in zip(claim.items, facts, outcomes, bases, strict=True):
         item.invoice_amount, item.metered, item.base = fact.invoice_amount, fact.metered, base
         item.discrepancies = outcome.discrepancies
@@ -448,7 +572,7 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
         flagged = True
         discrepancies.append(review_discrepancy(policy.risk, risk))
     claim.status = ClaimStatus.FLAGGED if flagged else ClaimStatus.VERIFIED
-    if amounts.payable == 0 and any(d["code"] == Discrepancy.BUDGET_EXHAUSTED for d in discrepancies):
+    if total == 0 and any(d["code"] == Discrepancy.BUDGET_EXHAUSTED for d in discrepancies):
         claim.status = ClaimStatus.WAITLISTED  # nothing funded yet: waits its turn (docs/API.md#budget)
     claim.base, claim.computed = amounts.base, amounts.computed
     claim.payable_before_cap, claim.payable = amounts.payable_before_cap, amounts.payable
@@ -459,7 +583,7 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                        "computed": claim.computed, "payable_before_cap": claim.payable_before_cap,
                        "payable": claim.payable, "cap_reached": claim.cap_reached,
                        "discrepancies": discrepancies, "policy_id": policy.id, "reconciled_at": now,
-                       "risk": risk})
+                       "risk": risk, **({} if stacked is None else {"programmes": claim.programmes})})
 
 
 def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,

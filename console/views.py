@@ -124,6 +124,11 @@ def policy():
     return current_app.extensions["voucher.policy"]
 
 
+def programmes():
+    """The default programme and the others (docs/POLICY.md#programmes)."""
+    return current_app.extensions["voucher.programmes"]
+
+
 def database():
     return current_app.extensions["voucher.db"]
 
@@ -560,12 +565,12 @@ def _decide(claim_id: str, action: str):
             c = _claim_or_404(ws, claim_id, lock=True)
             if action == "approve":
                 amount = c.payable
-                claims_svc.approve(ws, policy(), c, reason or None)
+                claims_svc.approve(ws, policy(), c, reason or None, programmes().others)
             else:
                 if not reason:
                     raise FormError(_("驳回申领时，必须写明理由。"))
                 amount = c.payable
-                claims_svc.reject(ws, policy(), c, reason)
+                claims_svc.reject(ws, policy(), c, reason, programmes().others)
     except FormError as exc:
         flash(str(exc), "error")
     except DomainError as exc:
@@ -817,7 +822,7 @@ def run_reconciliation():
     end_reads()
     try:
         with database().session() as ws, ws.begin():
-            run, _first = reconcile(ws, policy(), period)
+            run, _first = reconcile(ws, policy(), period, others=programmes().others)
     except DomainError as exc:  # a closed period (docs/API.md#period-close)
         flash(service_error(exc), "error")
         return redirect(url_for(".reconciliation", period=period))

@@ -16,7 +16,7 @@ from api.metrics import init_metrics
 from api.openapi import init_openapi
 from api.requestlog import init_request_logging
 from billing.claims import ClaimLimits
-from billing.policy_file import load_policy
+from billing.policy_file import load_programmes
 from config.settings import Settings
 from kernel import audit
 from kernel.db import Database
@@ -73,7 +73,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     db = database or Database(settings.database_url)
     app.extensions["voucher.db"] = db
     app.extensions["voucher.events"] = Events()
-    app.extensions["voucher.policy"] = load_policy(settings.policy_path)
+    # The default programme and the others run beside it (docs/POLICY.md#programmes).
+    programmes = load_programmes(settings.policies_dir, settings.policy_path)
+    app.extensions["voucher.policy"] = programmes.default
+    app.extensions["voucher.programmes"] = programmes
     app.extensions["voucher.claim_limits"] = ClaimLimits(settings.max_undecided_claims,
                                                          settings.max_claim_items)
     app.extensions["voucher.webhooks"] = webhook_retry(settings)

@@ -12,12 +12,18 @@ import click
 from voucher.cli_settings import settings as cli_settings
 
 
-def _db_and_policy():
-    from billing.policy_file import load_policy
+def _db_and_programmes():
+    """The database and the programmes (VOUCHER_POLICY, VOUCHER_POLICIES_DIR; docs/POLICY.md#programmes)."""
+    from billing.policy_file import load_programmes
     from kernel.db import Database
 
     settings = cli_settings()
-    return Database(settings.database_url), load_policy(settings.policy_path)
+    return Database(settings.database_url), load_programmes(settings.policies_dir, settings.policy_path)
+
+
+def _db_and_policy():
+    db, programmes = _db_and_programmes()
+    return db, programmes.default
 
 
 def _checked_period(period: str) -> str:
@@ -50,9 +56,9 @@ def reconcile(period: str, as_json: bool) -> None:
     from kernel.money import yuan
 
     _checked_period(period)
-    db, policy = _db_and_policy()
+    db, programmes = _db_and_programmes()
     with _refusals(), db.session() as session, session.begin():  # a closed period is refused
-        result, _ = run(session, policy, period)
+        result, _ = run(session, programmes.default, period, others=programmes.others)
         summary = result.summary
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))

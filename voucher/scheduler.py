@@ -82,9 +82,11 @@ def reconcile_job(db: Database, day: str) -> dict[str, Any]:
     """The daily `reconcile` job: billing's reconcile_open_job (every open period re-run, due
     ones closed) under the policy file of the settings. `day`: the fire's date, its run key."""
     from billing.jobs import reconcile_open_job
-    from billing.policy_file import load_policy
+    from billing.policy_file import load_programmes
 
-    return reconcile_open_job(db, day, load_policy(job_settings().policy_path))
+    settings = job_settings()
+    programmes = load_programmes(settings.policies_dir, settings.policy_path)
+    return reconcile_open_job(db, day, programmes.default, programmes.others)
 
 
 def statements_job(db: Database, period: str) -> dict[str, Any]:

@@ -87,6 +87,21 @@ class OtherSubsidy(BaseModel):
     amount: int
 
 
+class ProgrammeFigure(BaseModel):
+    """A claim's figures under one of the other programmes run beside the default one
+    (docs/API.md#quota-programmes)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    programme_id: str
+    base: int
+    computed: int
+    alone: int = Field(description="What this programme would pay on its own (cap, budget and declared "
+                                   "other subsidies included)")
+    payable: int = Field(description="What it reserves or was granted after stacking (docs/POLICY.md#programmes)")
+    cap_reached: bool
+    discrepancies: list[str] = Field(description="Codes found under this programme")
+
+
 class Claim(Resource):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "object": "claim", "id": "clm_12", "enterprise_uscc": USCC, "period": "2026-10", "year": 2026,
@@ -116,6 +131,9 @@ class Claim(Resource):
     risk: Risk | None = Field(default=None, description="Risk score and signals of the last run "
                                                          "(docs/API.md#risk); null until reconciled")
     policy_id: str | None
+    programmes: list[ProgrammeFigure] | None = omitted_when_none(
+        description="The other programmes' figures when several run (docs/API.md#quota-programmes); "
+                    "`payable` above is the default programme's")
     decision_reason: str | None
     submitted_at: Timestamp | None
     reconciled_at: Timestamp | None
@@ -148,6 +166,32 @@ class Quota(Resource):
     reserved: int
     remaining: int = Field(description="cap − granted − reserved, never below 0")
     policy_id: str
+
+
+class CombinedQuota(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    cap: int
+    granted: int
+    reserved: int
+    remaining: int = Field(description="Σ remaining: at most this much more, since 就高不重复 pays one "
+                                       "programme of several")
+
+
+class ProgrammeQuotas(Resource):
+    """An enterprise's quota under each programme that covers it, and their sums."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "object": "programme_quotas", "enterprise_uscc": USCC, "year": 2026, "currency": "CNY",
+        "data": [{"object": "quota", "enterprise_uscc": USCC, "year": 2026, "currency": "CNY",
+                  "cap": 200000000, "cap_basis": "standard", "granted": 0, "reserved": 600000,
+                  "remaining": 199400000, "policy_id": "jiaxing-ai-plus-2025"}],
+        "combined": {"cap": 200000000, "granted": 0, "reserved": 600000, "remaining": 199400000}}]})
+    object: Literal["programme_quotas"] = "programme_quotas"
+    enterprise_uscc: str
+    year: int
+    currency: Literal["CNY"] = "CNY"
+    data: list[Quota]
+    combined: CombinedQuota
 
 
 class Adjustment(Resource):
