@@ -230,33 +230,13 @@ def get_quota(uscc: str):
     ensure_subject(principal, "enterprise", uscc, "enterprise")
     if row.enterprise is None:
         raise not_found("enterprise", uscc)
-    return out.Quota.dump(balance_of_row(row, uscc, year))
+    if not others():  # one programme: the one statement above is the whole answer
+        return out.Quota.dump(balance_of_row(row, uscc, year))
+    covering = programme_quotas(db_session(), current_app.extensions["voucher.programmes"].all, uscc, year) or []
+    return out.Quota.dump(balance_of_row(row, uscc, year), combined=Combined.of(covering))
 
 
 _QUOTA_WITH_KEY = quota_with_key(key_select())
-
-
-@doc("An enterprise's quota under each programme, and their sums", response=out.ProgrammeQuotas, tags=["quota"],
-     description="Every programme whose counties and enterprise list cover the enterprise "
-                 "(docs/API.md#quota-programmes), the default one first; `combined` adds them up.",
-     query=[query("year", "Calendar year; the current year in the policy's timezone when omitted",
-                  "integer", example=2026)])
-@bp.get("/enterprises/<uscc>/quota/programmes")
-@requires("enterprise", "finance")
-def get_programme_quotas(uscc: str):
-    uscc = canonical_uscc(uscc)
-    ensure_subject(current_principal(), "enterprise", uscc, "enterprise")
-    year = query_arg("year", whole_number)
-    if year is None:
-        year = local_year(datetime.now(UTC), policy().timezone)
-    if not 2000 <= year <= 2100:
-        raise ApiError(400, "invalid_query", "year must be a four-digit year", "year")
-    balances = programme_quotas(db_session(), current_app.extensions["voucher.programmes"].all, uscc, year)
-    if balances is None:
-        raise not_found("enterprise", uscc)
-    return out.ProgrammeQuotas.dump({"enterprise_uscc": uscc, "year": year,
-                                     "data": [out.Quota.dump(b) for b in balances],
-                                     "combined": Combined.of(balances)})
 
 
 # --- reconciliations ----------------------------------------------------------------------

@@ -249,7 +249,7 @@ def quota_with_key(key_select: Select) -> Select:
                          func.coalesce(q.c.policy_id, bindparam("policy_id")).label("policy_id"),
                          e.c.uscc.label("enterprise"))
             .select_from(keys.outerjoin(q, and_(q.c.enterprise_uscc == uscc, q.c.year == year,
-                                                q.c.programme_id == bindparam("policy_id")))
+                                                q.c.programme_id == bindparam("programme")))
                          .outerjoin(e, e.c.uscc == uscc)))
 
 
@@ -259,7 +259,7 @@ def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
     a filing raises the cap of `year` when obtained in one of the `new_filing_years` years
     ending with it (billing.policy.cap_for); a year with no day in the window has cap 0."""
     return {
-        "uscc": uscc, "year": year, "policy_id": policy.id,
+        "uscc": uscc, "year": year, "policy_id": policy.id, "programme": policy.programme,
         "cap_standard": policy.cap_standard, "cap_new_model_filing": policy.cap_new_model_filing,
         "first_year": policy.effective_from.year, "last_year": policy.effective_until.year,
         "filed_from": date(year - policy.new_filing_years + 1, 1, 1),
@@ -269,5 +269,4 @@ def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
 
 def balance_of_row(row, uscc: str, year: int) -> Balance:
     """The quota in a quota_with_key() row (check `row.enterprise` first)."""
-    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id,
-                   programme_id=row.policy_id)
+    return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)

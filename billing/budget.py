@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from billing.models import Claim, LedgerPosting, QuotaBalance, reserved_granted_checks
-from billing.policy import Policy, thresholds_crossed
+from billing.policy import DEFAULT_PROGRAMME, Policy, thresholds_crossed
 from kernel import audit
 from kernel.db import Base, UTCDateTime, utcnow
 from kernel.vocabulary import OPEN, AuditAction, Discrepancy
@@ -107,7 +107,7 @@ def lock_budgets(session: Session, policy: Policy, years) -> dict[int, Budget]:
             q = QuotaBalance.__table__
             reserved, granted = session.execute(select(func.coalesce(func.sum(q.c.reserved), 0),
                                                        func.coalesce(func.sum(q.c.granted), 0))
-                                                .where(q.c.year == year, q.c.programme_id == policy.id)).one()
+                                                .where(q.c.year == year, q.c.programme_id == policy.programme)).one()
             session.execute(_insert(session).on_conflict_do_nothing(index_elements=["programme_id", "year"]),
                             [{"programme_id": policy.id, "year": year, "reserved": int(reserved),
                               "granted": int(granted),
@@ -296,7 +296,7 @@ def figures(session: Session, policy: Policy, year: int, today: date, *, waitlis
         q = QuotaBalance.__table__
         reserved, granted = (int(v) for v in session.execute(
             select(func.coalesce(func.sum(q.c.reserved), 0), func.coalesce(func.sum(q.c.granted), 0))
-            .where(q.c.year == year, q.c.programme_id == policy.id)).one())
+            .where(q.c.year == year, q.c.programme_id == policy.programme)).one())
     annual = policy.budget_annual
     if annual is not None and row is not None:
         annual = row.annual
@@ -304,13 +304,16 @@ def figures(session: Session, policy: Policy, year: int, today: date, *, waitlis
     forecast = None
     if annual is not None:
         since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time(), UTC)
-        forecast = forecast_exhausted_on(annual, reserved + granted, daily_use(session, year, since, policy.id), today)
+        forecast = forecast_exhausted_on(annual, reserved + granted, daily_use(session, year, since, policy.programme), today)
     return Figures(year, annual, reserved, granted, fen, count, forecast)
 
 
 def verify_rows(session: Session) -> list[tuple[str, int | None, str]]:
-    """Each programme's budget row of each year against that programme's postings
-    (docs/POLICY.md#programmes): (what, year, detail) for every breach (billing.ledger.verify)."""
+    """Each budget row against its programme's postings (docs/POLICY.md#programmes): a row of a
+    programme run beside the default one (its id is its postings' key) against those; of the
+    default programme's rows (keyed by the policy id of the time) the latest-updated of each year
+    against the default programme's postings. (what, year, detail) for every breach
+    (billing.ledger.verify)."""
     breaches = []
     derived: dict[tuple[str, int, str], int] = {}
     for programme, year, account, amount in session.execute(
@@ -319,11 +322,14 @@ def verify_rows(session: Session) -> list[tuple[str, int | None, str]]:
             .where(LedgerPosting.account.in_(["reserved", "granted"]))
             .group_by(LedgerPosting.programme_id, LedgerPosting.year, LedgerPosting.account)):
         derived[(programme, year, account)] = int(amount)
-    for row in session.scalars(select(ProgrammeBudget).order_by(ProgrammeBudget.year,
-                                                                 ProgrammeBudget.programme_id)):
-        year = row.year
-        reserved = derived.get((row.programme_id, year, "reserved"), 0)
-        granted = derived.get((row.programme_id, year, "granted"), 0)
+    others = ({p for p, _y, _a in derived} | set(session.scalars(select(QuotaBalance.programme_id).distinct()))
+              ) - {DEFAULT_PROGRAMME}
+    latest: dict[tuple[str, int], ProgrammeBudget] = {}
+    for row in session.scalars(select(ProgrammeBudget).order_by(ProgrammeBudget.updated_at)):
+        latest[(row.programme_id if row.programme_id in others else DEFAULT_PROGRAMME, row.year)] = row
+    for (key, year), row in sorted(latest.items()):
+        reserved = derived.get((key, year, "reserved"), 0)
+        granted = derived.get((key, year, "granted"), 0)
         if (row.reserved, row.granted) != (reserved, granted):
             breaches.append(("budget_mismatch", year, f"{row.programme_id}: row reserved {row.reserved}, "
                              f"granted {row.granted} != postings {reserved}, {granted}"))

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from billing import budget as budgets
 from billing.models import LedgerPosting, QuotaBalance
-from billing.policy import Policy, cap_for, programme_covers, remaining
+from billing.policy import DEFAULT_PROGRAMME, Policy, cap_for, programme_covers, remaining
 from kernel.billing_periods import SHARED, lock_period
 from kernel.db import utcnow
 from kernel.periods import period_year
@@ -134,7 +134,7 @@ def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
         move = MOVES[t.kind]
         common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
                       kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id,
-                      programme_id=t.quota_programme or t.policy_id, reason=t.reason,
+                      programme_id=t.quota_programme or DEFAULT_PROGRAMME, reason=t.reason,
                       redemption_id=t.redemption_id, created_at=now)
         rows += [dict(account=move.debit, amount=-t.amount, **common),
                  dict(account=move.credit, amount=t.amount, **common)]
@@ -160,7 +160,7 @@ def apply_transfers(session: Session, transfers: list[Transfer]) -> None:
     programme: dict[tuple[str, int], list[int]] = {}
     for t in transfers:
         move = MOVES[t.kind]
-        for d in ([net.setdefault((t.enterprise_uscc, t.year, t.quota_programme or t.policy_id), [0, 0])]
+        for d in ([net.setdefault((t.enterprise_uscc, t.year, t.quota_programme or DEFAULT_PROGRAMME), [0, 0])]
                   + ([programme.setdefault((t.programme_id, t.year), [0, 0])] if t.programme_id else [])):
             d[0] += move.reserved * t.amount
             d[1] += move.granted * t.amount
@@ -230,24 +230,25 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
         session.execute(
             _insert_ignore(session).on_conflict_do_nothing(
                 index_elements=["enterprise_uscc", "year", "programme_id"]),
-            [{"enterprise_uscc": u, "year": y, "programme_id": policy.id, "cap": 0,
+            [{"enterprise_uscc": u, "year": y, "programme_id": policy.programme, "cap": 0,
               "cap_basis": wanted[(u, y)][1], "reserved": 0, "granted": 0, "policy_id": policy.id}
              for u, y in chunk],
         )
         stmt = (select(q.c.enterprise_uscc, q.c.year, q.c.cap, q.c.cap_basis, q.c.reserved, q.c.granted,
                        q.c.policy_id)
-                .where(tuple_(q.c.enterprise_uscc, q.c.year).in_(chunk), q.c.programme_id == policy.id)
+                .where(tuple_(q.c.enterprise_uscc, q.c.year).in_(chunk), q.c.programme_id == policy.programme)
                 .order_by(q.c.enterprise_uscc, q.c.year)
                 .with_for_update())
         opened: list[Transfer] = []
         raised: list[dict] = []
         for row in session.execute(stmt):
-            b = Balance(*row, programme_id=policy.id)
+            b = Balance(*row, programme_id=policy.programme)
             cap, basis = wanted[(b.enterprise_uscc, b.year)]
             if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
                 opened.append(Transfer("open" if b.cap == 0 else "cap_change", b.enterprise_uscc, b.year,
-                                       cap - b.cap, None, policy.id, f"cap {basis}: {cap} fen"))
-                raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "b_programme": policy.id, "cap": cap,
+                                       cap - b.cap, None, policy.id, f"cap {basis}: {cap} fen",
+                                       quota_programme=policy.programme))
+                raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "b_programme": policy.programme, "cap": cap,
                                "cap_basis": basis, "policy_id": policy.id})
                 b.cap, b.cap_basis = cap, basis
             balances[(b.enterprise_uscc, b.year)] = b
@@ -275,7 +276,7 @@ def transfer(session: Session, kind: str, b: Balance, amount: Fen, *, claim_id: 
     result = session.execute(
         update(q)
         .where(q.c.enterprise_uscc == b.enterprise_uscc, q.c.year == b.year,
-               q.c.programme_id == (b.programme_id or policy_id), _within_bounds(q, dr, dg))
+               q.c.programme_id == (b.programme_id or DEFAULT_PROGRAMME), _within_bounds(q, dr, dg))
         .values(reserved=q.c.reserved + dr, granted=q.c.granted + dg)
     )
     if result.rowcount != 1:
@@ -341,15 +342,16 @@ def quota_of(policy: Policy, uscc: str, year: int, row, filings: Iterable) -> Ba
     policy_id; None: nothing used yet)."""
     cap, basis = cap_for(policy, year, filings)
     if row is not None:
-        return Balance(uscc, year, cap, basis, row.reserved, row.granted, row.policy_id, programme_id=policy.id)
-    return Balance(uscc, year, cap, basis, 0, 0, policy.id, programme_id=policy.id)
+        return Balance(uscc, year, cap, basis, row.reserved, row.granted, row.policy_id,
+                       programme_id=policy.programme)
+    return Balance(uscc, year, cap, basis, 0, 0, policy.id, programme_id=policy.programme)
 
 
 def read_quota(session: Session, policy: Policy, uscc: str, year: int) -> Balance | None:
     """One enterprise's quota (quota_of). None when the enterprise is not registered."""
     row = session.scalars(select(QuotaBalance).where(
         QuotaBalance.enterprise_uscc == uscc, QuotaBalance.year == year,
-        QuotaBalance.programme_id == policy.id)).first()
+        QuotaBalance.programme_id == policy.programme)).first()
     if row is None and session.get(Enterprise, uscc) is None:
         return None
     return quota_of(policy, uscc, year, row, filing_dates(session, [uscc]).get(uscc, []))
@@ -359,20 +361,21 @@ def quotas(session: Session, policy: Policy, year: int) -> dict[str, Balance]:
     """Every registered enterprise's quota for `year` (quota_of), by USCC: three queries."""
     usccs = list(session.scalars(select(Enterprise.uscc).order_by(Enterprise.uscc)))
     rows = {r.enterprise_uscc: r for r in session.scalars(select(QuotaBalance).where(
-        QuotaBalance.year == year, QuotaBalance.programme_id == policy.id))}
+        QuotaBalance.year == year, QuotaBalance.programme_id == policy.programme))}
     filings = filing_dates(session, usccs)
     return {u: quota_of(policy, u, year, rows.get(u), filings.get(u, [])) for u in usccs}
 
 
-def programme_quotas(session: Session, programmes: Iterable[Policy], uscc: str, year: int) -> list[Balance] | None:
+def programme_quotas(session: Session, programmes: Iterable[Policy], uscc: str, year: int
+                     ) -> list[tuple[Policy, Balance]] | None:
     """The enterprise's quota under each programme that covers it (its county and the
     programme's enterprise list: docs/POLICY.md#programmes), in `programmes`' order, each
     read as `read_quota` reads it. None when the enterprise is not registered."""
     enterprise = session.get(Enterprise, uscc)
     if enterprise is None:
         return None
-    return [read_quota(session, p, uscc, year) for p in programmes
-            if programme_covers(p, enterprise.county, uscc)]  # type: ignore[misc]
+    return [(p, read_quota(session, p, uscc, year)) for p in programmes  # type: ignore[misc]
+            if programme_covers(p, enterprise.county, uscc)]
 
 
 @dataclass(frozen=True)
@@ -380,16 +383,19 @@ class Combined:
     """The sums of an enterprise's quotas over its programmes (docs/API.md#quota-programmes):
     an upper bound of what it can still receive, since 就高不重复 pays one programme of several."""
 
+    programmes: list[str]
     cap: Fen
     granted: Fen
     reserved: Fen
     remaining: Fen
 
     @classmethod
-    def of(cls, balances: Iterable[Balance]) -> Combined:
-        balances = list(balances)
-        return cls(sum(b.cap for b in balances), sum(b.granted for b in balances),
-                   sum(b.reserved for b in balances), sum(b.remaining for b in balances))
+    def of(cls, quotas: Iterable[tuple[Policy, Balance]]) -> Combined:
+        quotas = list(quotas)
+        balances = [b for _p, b in quotas]
+        return cls([p.id for p, _b in quotas], sum(b.cap for b in balances),
+                   sum(b.granted for b in balances), sum(b.reserved for b in balances),
+                   sum(b.remaining for b in balances))
 
 
 @dataclass

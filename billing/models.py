@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from billing.policy import DEFAULT_PROGRAMME
 from kernel.db import Base, BigId, UTCDateTime, utcnow
 from kernel.vocabulary import ClaimStatus
 from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
@@ -112,11 +113,6 @@ class ClaimItem(Base):
     __table_args__ = (Index("ix_claim_item_invoice", "provider_id", "invoice_no"),)
 
 
-def _programme_of_row(context) -> str:
-    """A row's programme, when not given: the programme of the policy that wrote it."""
-    return context.get_current_parameters()["policy_id"]
-
-
 class QuotaBalance(Base):
     """Derived balance of one programme-enterprise-year, kept in step with the postings.
 
@@ -128,8 +124,8 @@ class QuotaBalance(Base):
 
     enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"), primary_key=True)
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # The programme (its policy file's id) whose quota this is (docs/POLICY.md#programmes).
-    programme_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=_programme_of_row)
+    # Whose quota this is (docs/POLICY.md#programmes): DEFAULT_PROGRAMME, or another programme's id.
+    programme_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=DEFAULT_PROGRAMME)
     cap: Mapped[int] = mapped_column(BigInteger)
     cap_basis: Mapped[str] = mapped_column(String(32))
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -156,7 +152,7 @@ class LedgerPosting(Base):
     # The redemption whose hold this moves (hold / hold_void / hold_post; docs/ARCHITECTURE.md#rule-homes).
     redemption_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     policy_id: Mapped[str] = mapped_column(String(64))
-    programme_id: Mapped[str] = mapped_column(String(64), default=_programme_of_row)  # whose quota it moves
+    programme_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_PROGRAMME)  # whose quota it moves
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

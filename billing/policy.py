@@ -17,7 +17,7 @@ from fractions import Fraction
 
 from billing.risk import RiskPolicy
 from kernel import periods
-from kernel.vocabulary import CapBasis, Discrepancy
+from kernel.vocabulary import CapBasis, Discrepancy, Stacking
 
 Fen = int
 
@@ -27,6 +27,11 @@ CAP_OUTSIDE_POLICY_WINDOW = CapBasis.OUTSIDE_POLICY_WINDOW
 
 INVOICE_AMOUNT_MISMATCH = Discrepancy.INVOICE_AMOUNT_MISMATCH
 USAGE_INVOICE_MISMATCH = Discrepancy.USAGE_INVOICE_MISMATCH
+
+# The key the default programme's quota rows, postings and figures are kept under
+# (docs/POLICY.md#programmes): stable across versions of its policy file (a new `id`), as the
+# quota always was; every other programme's key is its id.
+DEFAULT_PROGRAMME = "default"
 
 # The provider kinds (docs/API.md#providers) of the city's catalogue (智算, 超算).
 RESOURCE_KINDS = ("intelligent_computing", "supercomputing")
@@ -63,7 +68,7 @@ def round_half_up_fen(x: Fraction | Decimal | int) -> Fen:
 # Supported knob values; a policy file naming anything else is refused at load time.
 ROUNDINGS: dict[str, Callable[[Fraction], Fen]] = {"round_half_up": round_half_up_fen}
 # 就高不重复; 叠加 up to `stack_limit` of the spend; 排他 (docs/POLICY.md#programmes).
-STACKINGS = ("highest_not_both", "stack", "exclusive")
+STACKINGS = tuple(s.value for s in Stacking)  # kernel/vocabulary.py Stacking
 SETTLEMENT_MODES = ("reimbursement", "redemption")  # kernel/vocabulary.py SettlementMode
 
 
@@ -105,6 +110,9 @@ class Policy:
     counties: tuple[str, ...] = ()
     enterprises: tuple[str, ...] = ()
     stack_limit: Fraction | None = None
+    # Whose quota rows and postings the policy reads and writes: DEFAULT_PROGRAMME, or its id
+    # when it runs beside the default one (set by billing/policy_file.py `Programmes`).
+    programme: str = DEFAULT_PROGRAMME
 
     def __post_init__(self) -> None:
         # Checked here as well as in the loader so a policy built in code (or by
@@ -401,7 +409,8 @@ def stack_offers(offers: Sequence[Offer]) -> dict[str, Fen]:
       amount (ties: the earliest `effective_from`); the others pay 0.
     - `stack` (叠加): each adds on top of what is already paid — the 就高 winner first, then
       the `stack` programmes by `effective_from` — as long as the running total stays within
-      floor(`stack_limit` × its spend); it pays what fits, possibly 0.
+      floor(`stack_limit` × its spend), and within the limit of every `stack` programme that
+      paid before it; it pays what fits, possibly 0.
     - `exclusive` (排他): pays alone or not at all. The enterprise gets the best admissible
       outcome: the highest exclusive offer alone, or the others combined as above, whichever
       total is higher (a tie goes to the side with the earlier `effective_from`).
@@ -418,11 +427,15 @@ def stack_offers(offers: Sequence[Offer]) -> dict[str, Fen]:
     if highest:
         top = _first(highest)
         combined[top.programme_id] = total = top.alone
+    ceiling: Fen | None = None  # the lowest limit of the stack programmes that paid so far
     for o in sorted((o for o in shared if o.stacking == "stack"),
                     key=lambda o: (o.effective_from, o.programme_id)):
         limit = (o.spend * o.stack_limit.numerator) // o.stack_limit.denominator  # ≤ limit × spend
-        combined[o.programme_id] = max(min(o.alone, limit - total), 0)
-        total += combined[o.programme_id]
+        room = limit if ceiling is None else min(limit, ceiling)
+        combined[o.programme_id] = max(min(o.alone, room - total), 0)
+        if combined[o.programme_id] > 0:
+            total += combined[o.programme_id]
+            ceiling = room
     exclusive = [o for o in offers if o.stacking == "exclusive"]
     if not exclusive:
         return combined

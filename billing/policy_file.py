@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 import config
 from billing.policy import (
+    DEFAULT_PROGRAMME,
     RESOURCE_KINDS,
     ROUNDINGS,
     SETTLEMENT_MODES,
@@ -280,10 +281,19 @@ def _programme_fields(data: dict[str, Any], stacking: str, fail) -> dict[str, An
 @dataclass(frozen=True)
 class Programmes:
     """The programmes the service runs (docs/POLICY.md#programmes): the default one (the
-    policy every single-programme path uses) and the others, in the order they are combined."""
+    policy every single-programme path uses) and the others, in the order they are combined.
+    The default one keeps its quota under DEFAULT_PROGRAMME, each other one under its id."""
 
     default: Policy
     others: tuple[Policy, ...] = ()
+
+    def __post_init__(self) -> None:
+        ids = [p.id for p in self.all]
+        if len(set(ids)) != len(ids) or DEFAULT_PROGRAMME in ids[1:]:
+            raise PolicyError("id", f"programme ids must differ, and {DEFAULT_PROGRAMME!r} is the default "
+                                    f"programme's key: {ids}")
+        object.__setattr__(self, "default", replace(self.default, programme=DEFAULT_PROGRAMME))
+        object.__setattr__(self, "others", tuple(replace(p, programme=p.id) for p in self.others))
 
     @property
     def all(self) -> tuple[Policy, ...]:

@@ -31,6 +31,7 @@ from billing.models import (
     Reconciliation,
 )
 from billing.policy import (
+    DEFAULT_PROGRAMME,
     INVOICE_AMOUNT_MISMATCH,
     USAGE_INVOICE_MISMATCH,
     ClaimAmounts,
@@ -332,6 +333,8 @@ def _other_programmes(session: Session, others: Sequence[Policy], period: str, u
                                     .where(Enterprise.uscc.in_(usccs))).tuples().all()) if usccs else {}
     out = []
     for other in others:
+        if other.programme == DEFAULT_PROGRAMME:
+            raise ValueError(f"programme {other.id} runs beside the default one: build it with Programmes")
         listing = {pid: provider_not_listed(other, period, providers, pid) for pid in providers}
 
         def unlisted(pid: str, other=other, listing=listing) -> dict[str, Any] | None:

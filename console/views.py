@@ -77,6 +77,7 @@ from console.words import (
     SETTLEMENT_STATUS,
     SKIP_REASONS,
     SOURCES,
+    STACKING,
     explain,
     money,
     word,
@@ -182,7 +183,8 @@ def _context() -> dict[str, Any]:
                   "kind": PROVIDER_KIND, "job": JOB_STATUS, "source": SOURCES,
                   "record_codes": RECORD_CODES, "roles": ROLES, "skip": SKIP_REASONS,
                   "signals": RISK_SIGNALS,
-                  "redemption": REDEMPTION_STATUS, "settlement": SETTLEMENT_STATUS},
+                  "redemption": REDEMPTION_STATUS, "settlement": SETTLEMENT_STATUS,
+                  "stacking": STACKING},
         "explain": explain,
         "sep": _("；"),
         "nav": _nav(user),
@@ -371,6 +373,11 @@ def enterprise(uscc: str):
     year = _year_arg()
     s = db_session()
     balance = ledger.read_quota(s, policy(), uscc, year)
+    # Several programmes (docs/POLICY.md#programmes): each one's quota and their sums.
+    programme_rows = None
+    if programmes().others:
+        covering = ledger.programme_quotas(s, programmes().all, uscc, year) or []
+        programme_rows = {"rows": covering, "combined": ledger.Combined.of(covering)}
     spend = monthly_spend(s, uscc, year)
     names = provider_names(s, spend)
     periods = year_periods(year)
@@ -390,6 +397,7 @@ def enterprise(uscc: str):
                                  | {r.provider_id for r in holds})
     return render_template(
         "console/enterprise.html", ent=ent, year=year, quota=quota_view(balance), chart=chart,
+        programme_quotas=programme_rows,
         periods=periods, spend_table=spend_table, names=names, claims=claims,
         claim_names=claim_names, explanations={c.id: claim_explanations(c) for c in claims}, holds=holds,
         filings=list(s.scalars(select(ModelFiling).where(ModelFiling.enterprise_uscc == uscc)

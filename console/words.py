@@ -24,6 +24,7 @@ from kernel.vocabulary import (
     SettlementStatus,
     SkipReason,
     Source,
+    Stacking,
 )
 
 
@@ -44,6 +45,7 @@ RISK_SIGNALS = _translated(RiskSignal)  # docs/API.md#risk
 SKIP_REASONS = _translated(SkipReason)  # adapters.base.Skipped.reason
 REDEMPTION_STATUS = _translated(RedemptionStatus)
 SETTLEMENT_STATUS = _translated(SettlementStatus)
+STACKING = _translated(Stacking)  # docs/POLICY.md#programmes
 
 
 def word(table: dict[str, Any], key: str | None) -> str:

@@ -62,6 +62,14 @@ class SettlementStatus(StrEnum):
     APPROVED = "approved"
 
 
+class Stacking(StrEnum):
+    """How a programme combines with the others on the same spend (docs/POLICY.md#programmes)."""
+
+    HIGHEST_NOT_BOTH = "highest_not_both"  # 就高不重复
+    STACK = "stack"  # 叠加, up to the programme's stack_limit of the spend
+    EXCLUSIVE = "exclusive"  # 排他
+
+
 class SettlementMode(StrEnum):
     """How the subsidy reaches the enterprise (docs/POLICY.md#settlement-modes)."""
 
@@ -315,6 +323,8 @@ LABELS: dict[type[StrEnum], dict[str, str]] = {
     SettlementStatus: {SettlementStatus.PENDING: N_("待批准"), SettlementStatus.APPROVED: N_("已批准")},
     SettlementMode: {SettlementMode.REIMBURSEMENT: N_("事后申领"), SettlementMode.REDEMPTION: N_("服务商核销"),
     },
+    Stacking: {Stacking.HIGHEST_NOT_BOTH: N_("就高不重复"), Stacking.STACK: N_("叠加"),
+               Stacking.EXCLUSIVE: N_("排他")},
     RiskSignal: {
         RiskSignal.PRICE_ABOVE_CATALOGUE: N_("单价高于目录价"),
         RiskSignal.NO_CONTRACT: N_("无已确认合同"),

@@ -151,6 +151,19 @@ class Claim(Resource):
         return sorted({d.code for d in found})
 
 
+class CombinedQuota(BaseModel):
+    """The sums of the enterprise's quotas over every programme that covers it
+    (docs/API.md#quota-programmes)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    programmes: list[str] = Field(description="The programmes added up, the default one first")
+    cap: int
+    granted: int
+    reserved: int
+    remaining: int = Field(description="Σ remaining: at most this much more, since 就高不重复 pays one "
+                                       "programme of several")
+
+
 class Quota(Resource):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "object": "quota", "enterprise_uscc": USCC, "year": 2026, "currency": "CNY",
@@ -166,32 +179,8 @@ class Quota(Resource):
     reserved: int
     remaining: int = Field(description="cap − granted − reserved, never below 0")
     policy_id: str
-
-
-class CombinedQuota(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    cap: int
-    granted: int
-    reserved: int
-    remaining: int = Field(description="Σ remaining: at most this much more, since 就高不重复 pays one "
-                                       "programme of several")
-
-
-class ProgrammeQuotas(Resource):
-    """An enterprise's quota under each programme that covers it, and their sums."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "object": "programme_quotas", "enterprise_uscc": USCC, "year": 2026, "currency": "CNY",
-        "data": [{"object": "quota", "enterprise_uscc": USCC, "year": 2026, "currency": "CNY",
-                  "cap": 200000000, "cap_basis": "standard", "granted": 0, "reserved": 600000,
-                  "remaining": 199400000, "policy_id": "jiaxing-ai-plus-2025"}],
-        "combined": {"cap": 200000000, "granted": 0, "reserved": 600000, "remaining": 199400000}}]})
-    object: Literal["programme_quotas"] = "programme_quotas"
-    enterprise_uscc: str
-    year: int
-    currency: Literal["CNY"] = "CNY"
-    data: list[Quota]
-    combined: CombinedQuota
+    combined: CombinedQuota | None = omitted_when_none(
+        description="Only when several programmes run (docs/API.md#quota-programmes)")
 
 
 class Adjustment(Resource):

@@ -3,7 +3,9 @@
 Several programmes may run at once (docs/POLICY.md#programmes): the quota balance's key becomes
 (enterprise, year, programme), every posting names the programme whose quota it moves, and a
 claim keeps the other programmes' figures beside its own. Rows written before belong to the
-default programme, `jiaxing-ai-plus-2025`. Merges the heads left by earlier branches.
+default programme (the Jiaxing one, `jiaxing-ai-plus-2025`, in the shipped configuration), whose
+rows are kept under the key `default` whatever its policy file's id, so that a new version of it
+keeps the year's quota (docs/POLICY.md#programmes). Merges the heads left by earlier branches.
 
 Revision ID: 0018
 Revises: 0003, 0005, 0009, 0013, 0015, 0017
@@ -18,7 +20,7 @@ down_revision = ("0003", "0005", "0009", "0013", "0015", "0017")
 branch_labels = None
 depends_on = None
 
-DEFAULT_PROGRAMME = "jiaxing-ai-plus-2025"  # the programme every existing row belongs to
+DEFAULT_PROGRAMME = "default"  # billing/policy.py DEFAULT_PROGRAMME, as of this revision
 
 
 def upgrade() -> None:

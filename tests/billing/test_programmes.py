@@ -61,6 +61,15 @@ def test_stack_pays_its_whole_amount_when_the_other_programme_is_capped():
     assert paid == {"jx": 1_000_000, "tx": 3_000_000}
 
 
+def test_a_later_stack_programme_keeps_within_the_earlier_ones_limit():
+    # Spend ¥100,000: Jiaxing ¥50,000; county A (2026-01-01) 10 % = ¥10,000 within 60 %; county B
+    # (2026-06-01) 30 % within 90 % — but A paid under a 60 % limit, so B adds nothing.
+    paid = stack_offers([offer("jx", "highest_not_both", 5_000_000, since=JX),
+                         offer("a", "stack", 1_000_000, spend=10_000_000, limit="0.6"),
+                         offer("b", "stack", 3_000_000, spend=10_000_000, limit="0.9", since=date(2026, 6, 1))])
+    assert paid == {"jx": 5_000_000, "a": 1_000_000, "b": 0}
+
+
 def test_stack_limit_is_never_exceeded_by_rounding():
     # Spend ¥0.03 (3 fen), limit 0.7 → 2.1 fen: the total stays within 2 fen.
     paid = stack_offers([offer("jx", "highest_not_both", 2, since=JX),
@@ -135,9 +144,8 @@ def test_combined_payment_never_exceeds_what_the_rules_allow(offers):
         assert len(payers) == 1  # an exclusive programme pays alone
     assert sum(1 for o in payers if o.stacking == "highest_not_both") <= 1  # 就高: never both
     for o in payers:
-        if o.stacking == "stack":  # whatever a stack programme adds keeps the total within its limit
-            assert total <= (o.spend * o.stack_limit.numerator) // o.stack_limit.denominator or any(
-                p.stacking == "stack" and p.effective_from > o.effective_from for p in payers)
+        if o.stacking == "stack":  # a stack programme pays only with the total within its limit
+            assert total <= (o.spend * o.stack_limit.numerator) // o.stack_limit.denominator
 
 
 @given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(-10**9, 10**9), st.integers(0, 10**8))
@@ -152,6 +160,7 @@ def test_a_single_programme_pays_what_the_existing_engine_computes(base, other, 
 def test_default_is_the_jiaxing_file_alone():
     programmes = load_programmes()
     assert programmes.default == load_policy() and programmes.others == ()
+    assert programmes.default.programme == "default"  # its quota's key, whatever its id
 
 
 def test_a_policies_dir_adds_its_programmes_beside_the_default(tmp_path):
@@ -159,6 +168,7 @@ def test_a_policies_dir_adds_its_programmes_beside_the_default(tmp_path):
     assert [p.id for p in programmes.all] == ["jiaxing-ai-plus-2025", "tongxiang-compute-2026"]
     tx = programmes.get("tongxiang-compute-2026")
     assert (tx.stacking, tx.stack_limit, tx.counties, tx.rate) == ("stack", Fraction(7, 10), ("桐乡市",), Fraction(3, 10))
+    assert tx.programme == "tongxiang-compute-2026"
     # The default file in the directory too is the default itself, not a second programme.
     (tmp_path / "jx.toml").write_bytes((Path(config.__file__).parent / "policies" / "jiaxing-2025.toml").read_bytes())
     assert load_programmes(tmp_path).others == ()
@@ -332,8 +342,7 @@ def test_an_enterprise_outside_the_county_gets_the_default_programme_only(w):
     run(w)
     c = get(w, cid)
     assert c["payable"] == 5_000_000 and c["programmes"] == []
-    body = w["finance"].get(f"/v1/enterprises/{w['usccs'][2]}/quota/programmes?year=2026").json
-    assert [q["policy_id"] for q in body["data"]] == ["jiaxing-ai-plus-2025"]
+    assert quota(w, 2)["combined"]["programmes"] == ["jiaxing-ai-plus-2025"]
 
 
 def test_declared_other_subsidies_still_count_in_each_programme(w):
@@ -365,9 +374,32 @@ def test_program_parameter_and_combined_quota(w):
     r = w["finance"].get("/v1/budget?program=nope")
     assert r.status_code == 404 and r.json["error"]["param"] == "program"
     assert quota(w, 0, "jiaxing-ai-plus-2025") == quota(w, 0)
-    body = w["e"][0].get(f"/v1/enterprises/{w['usccs'][0]}/quota/programmes?year=2026").json
-    assert [q["policy_id"] for q in body["data"]] == ["jiaxing-ai-plus-2025", "tongxiang-compute-2026"]
+    own = w["e"][0].get(f"/v1/enterprises/{w['usccs'][0]}/quota?year=2026&program=tongxiang-compute-2026").json
+    assert own == quota(w, 0, "tongxiang-compute-2026")
+    assert (own["policy_id"], own["cap"], own["reserved"]) == ("tongxiang-compute-2026", 50_000_000, 2_000_000)
     # Caps ¥2,000,000 + ¥500,000; reserved ¥50,000 + ¥20,000.
-    assert body["combined"] == {"cap": 250_000_000, "granted": 0, "reserved": 7_000_000,
-                                "remaining": 243_000_000}
-    assert w["e"][1].get(f"/v1/enterprises/{w['usccs'][0]}/quota/programmes").status_code == 404
+    assert own["combined"] == {"programmes": ["jiaxing-ai-plus-2025", "tongxiang-compute-2026"],
+                               "cap": 250_000_000, "granted": 0, "reserved": 7_000_000, "remaining": 243_000_000}
+    # Another enterprise's quota stays a 404 before the programme is looked at.
+    assert w["e"][1].get(f"/v1/enterprises/{w['usccs'][0]}/quota?program=nope").status_code == 404
+    w["programmes"]()
+    assert "combined" not in quota(w, 0)  # one programme: the answer as it always was
+
+
+def test_console_quota_page_shows_each_programme_and_the_combined_figure(w, db):
+    from tests.conftest import new_key
+    from tests.test_console import Console
+
+    spend(w, 0)
+    run(w)
+    page = Console(w["app"].test_client())
+    page.sign_in(new_key(db, "enterprise", w["usccs"][0]))
+    html = page.text(f"/console/enterprises/{w['usccs'][0]}?year=2026")
+    assert 'data-programme="jiaxing-ai-plus-2025"' in html and 'data-programme="tongxiang-compute-2026"' in html
+    assert "桐乡市算力券补充政策（示例）" in html and "叠加" in html
+    # ¥2,500,000 of caps less ¥70,000 reserved.
+    assert 'id="programme-combined" data-fen="243000000"' in html and "¥2,430,000.00" in html
+    english = page.text(f"/console/enterprises/{w['usccs'][0]}?year=2026&lang=en")
+    assert "Quota per programme" in english and "Tongxiang compute voucher top-up (example)" in english
+    w["programmes"]()
+    assert "programme-quotas" not in page.text(f"/console/enterprises/{w['usccs'][0]}?year=2026")
