@@ -380,15 +380,15 @@ def _claims(db, plan: Plan, invoices: dict[tuple[str, str, str], tuple[str, Fen]
     return submitted
 
 
-def _reconcile(db, policy, period: str):
+def _reconcile(db, policy, period: str, others=()):
     from billing.reconciliation import reconcile
 
     with db.session() as session, session.begin():
-        run, _ = reconcile(session, policy, period)
+        run, _ = reconcile(session, policy, period, others=others)
         return run.summary
 
 
-def _decide(db, policy, period: str, plan: Plan) -> None:
+def _decide(db, policy, period: str, plan: Plan, others=()) -> None:
     """Finance approves the verified claims of the month and rejects the resubmission."""
     from billing.claims import approve, reject
     from billing.models import Claim
@@ -398,10 +398,10 @@ def _decide(db, policy, period: str, plan: Plan) -> None:
             Claim.period == period, Claim.enterprise_uscc.in_(plan.usccs)).order_by(Claim.id)))
         for c in claims:
             if c.status == ClaimStatus.VERIFIED:
-                approve(session, policy, c, "核验无误 verified against invoices and metering")
+                approve(session, policy, c, "核验无误 verified against invoices and metering", others)
             elif (c.status == ClaimStatus.FLAGGED and c.enterprise_uscc == plan.usccs[CLAIMED_TWICE]
                   and any(d["code"] == "invoice_claimed_twice" for i in c.items for d in i.discrepancies)):
-                reject(session, policy, c, "重复提交 duplicate submission of an earlier claim")
+                reject(session, policy, c, "重复提交 duplicate submission of an earlier claim", others)
 
 
 def _void_duplicate(db, plan: Plan) -> None:
@@ -417,22 +417,24 @@ def _void_duplicate(db, plan: Plan) -> None:
                          before={"status": "active"}, after={"status": "void", "record_id": rid})
 
 
-def seed(db, policy, plan: Plan, now: datetime) -> dict[str, Any]:
-    """Write the whole programme (idempotent step by step); returns counts for the output."""
+def seed(db, policy, plan: Plan, now: datetime, others=()) -> dict[str, Any]:
+    """Write the whole programme (idempotent step by step); returns counts for the output.
+    `others`: the programmes run beside `policy` (VOUCHER_POLICIES_DIR, docs/POLICY.md#programmes),
+    stacked by every reconciliation and decided with every approval."""
     _registry(db, plan)
     usage = _usage(db, plan, now, policy.require_contracts)  # as the push API (docs/POLICY.md#risk)
     invoices = _invoices(db, plan)
     claims = _claims(db, plan, invoices)
     first, second, third = plan.periods
-    _reconcile(db, policy, first)
-    _decide(db, policy, first, plan)
-    _reconcile(db, policy, second)
-    _decide(db, policy, second, plan)
-    _reconcile(db, policy, third)  # the latest month stays under review
+    _reconcile(db, policy, first, others)
+    _decide(db, policy, first, plan, others)
+    _reconcile(db, policy, second, others)
+    _decide(db, policy, second, plan, others)
+    _reconcile(db, policy, third, others)  # the latest month stays under review
     _void_duplicate(db, plan)
     for period in (*plan.periods, OUTSIDE_WINDOW_PERIOD):  # clawback, fresh summaries, the April claim
-        _reconcile(db, policy, period)
-    cli_demo_redemption.seed(db, policy, plan, now)  # a provider in redemption mode beside the others
+        _reconcile(db, policy, period, others)
+    cli_demo_redemption.seed(db, policy, plan, now, others)  # a provider in redemption mode beside the others
     return {"records": usage["accepted"] + usage["duplicates"], "invoices": len(invoices), "claims": claims}
 
 
@@ -508,6 +510,24 @@ def quota_table(db, policy, usccs: list[str], year: int) -> None:
                        + _pad(yuan(b.reserved), 15, True) + _pad(yuan(b.remaining), 15, True))
 
 
+def programme_table(db, programmes, year: int, today: date) -> None:
+    """Each programme run beside the default one (docs/POLICY.md#programmes): whom it covers, what
+    its claims reserve and were granted after stacking, its budget (billing.budget.figures)."""
+    from billing.budget import figures
+    from kernel.money import yuan
+
+    if not programmes.others:
+        return
+    click.echo(f"\nProgrammes beside {programmes.default.id} ({year}; VOUCHER_POLICIES_DIR):")
+    with db.session() as session:
+        for p in programmes.others:
+            fig = figures(session, p, year, today, waitlist=False)
+            budget = "unlimited" if fig.annual is None else f"¥{yuan(fig.annual)}, remaining ¥{yuan(fig.remaining)}"
+            click.echo(f"  {p.id} ({p.stacking}{f' ≤ {p.stack_limit} of the spend' if p.stack_limit else ''}; "
+                       f"{', '.join(p.counties) or 'every county'}): reserved ¥{yuan(fig.reserved)}, "
+                       f"granted ¥{yuan(fig.granted)}; budget {budget}")
+
+
 # fen: ¥50,000,000 (docs/POLICY.md#budget's example), the [budget] the demo shows beside a policy without one
 ILLUSTRATIVE_ANNUAL = 5_000_000_000
 
@@ -523,7 +543,7 @@ def print_budget(db, policy, year: int, today: date) -> None:
     with db.session() as session:
         fig = figures(session, policy, year, today)
         since = datetime.combine(today - timedelta(days=FORECAST_DAYS - 1), datetime.min.time(), UTC)
-        daily = daily_use(session, year, since)
+        daily = daily_use(session, year, since, policy.programme)
     used = fig.reserved + fig.granted
     click.echo(f"\nBudget {year} (GET /v1/budget): reserved ¥{yuan(fig.reserved)}, granted ¥{yuan(fig.granted)}, "
                f"waitlisted ¥{yuan(fig.waitlisted)} ({fig.waitlisted_claims} claims)")
@@ -623,14 +643,15 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
     Safe to run again: a seeded database is left as it is.
     """
     from billing.models import Reconciliation
-    from billing.policy_file import load_policy
+    from billing.policy_file import load_programmes
     from kernel.db import Database
     from kernel.keys import issue_key
     from metering.models import Provider
 
     settings = cli_settings()
     db = Database(settings.database_url)
-    policy = load_policy(settings.policy_path)
+    programmes = load_programmes(settings.policies_dir, settings.policy_path)
+    policy = programmes.default
     now = datetime.now(UTC)
     try:
         first_event, secret = _events_before(db, settings, deliver_to)
@@ -649,7 +670,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
             click.echo(f"seeding a demo programme: {len(PROVIDERS)} providers and 1 redeeming, {len(ENTERPRISES)} enterprises"
                        f" ({len(FILINGS)} model filings, 1 not eligible), {plan.periods[0]} … {plan.periods[-1]}")
             started = datetime.now(UTC)
-            counts = seed(db, policy, plan, now)
+            counts = seed(db, policy, plan, now, programmes.others)
             took = (datetime.now(UTC) - started).total_seconds()
             click.echo(f"{counts['records']:,} usage records, {counts['invoices']} invoices, "
                        f"{counts['claims']} claims in {took:.1f} s")
@@ -658,6 +679,7 @@ def demo(base_url: str, reports_dir: Path | None, deliver_to: str | None) -> Non
         discrepancy_table(db, plan.usccs)
         quota_table(db, policy, plan.usccs, period_year(plan.periods[-1]))
         print_budget(db, policy, period_year(plan.periods[-1]), parse_day(day_of(now)))
+        programme_table(db, programmes, period_year(plan.periods[-1]), parse_day(day_of(now)))
         cli_demo_risk.print_figures(db, plan)
         cli_demo_redemption.print_figures(db)
         paths = write_reports(db, plan.periods, reports_dir or REPO_ROOT / "var" / "reports")

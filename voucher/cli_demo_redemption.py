@@ -46,9 +46,10 @@ def _meter_and_invoice(session, uscc: str, i: int, period: str, hours: int, now:
     return no
 
 
-def seed(db, policy, plan, now: datetime) -> None:
-    """Register the platform, hold, capture, void, expire; reconcile the first month; build and
-    approve its quarter's batch; then capture one more (it waits for the next batch)."""
+def seed(db, policy, plan, now: datetime, others=()) -> None:
+    """Register the platform, hold, capture, void, expire; reconcile the first month (with the
+    programmes run beside `policy`, `others`); build and approve its quarter's batch; then capture
+    one more (it waits for the next batch). Holds draw on the default programme's quota."""
     from billing import redemptions, settlements
     from billing.reconciliation import reconcile
     from billing.redemption_models import Redemption
@@ -88,7 +89,7 @@ def seed(db, policy, plan, now: datetime) -> None:
     for i in settled:
         capture(i)
     with db.session() as session, session.begin():
-        reconcile(session, policy, plan.periods[0])
+        reconcile(session, policy, plan.periods[0], others=others)
     quarter = settlements.quarter_of(plan.periods[0])
     with db.session() as session, session.begin():
         for rid in list(session.scalars(select(Redemption.id).where(
