@@ -431,10 +431,12 @@ def _status_text(status: str) -> str:
 def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
                run: Reconciliation | None = None, generated_at: datetime | None = None,
                budget: Any = None,
-               risks: Iterable[tuple[str, str, str, dict[str, Any]]] | None = None) -> ReportSummary:
+               risks: Iterable[tuple[str, str, str, dict[str, Any]]] | None = None,
+               programmes: list[tuple[str, str, str, str, dict[str, Any]]] | None = None) -> ReportSummary:
     """The report workbook: 汇总 Summary (with charts), 明细 Claim items, 调整 Adjustments,
-    预算 Budget when `budget` (billing/budget.py Figures of the period's year) is given, and
-    风险 Risk when `risks` — (claim ref, USCC, status, risk) by score, highest first — is given."""
+    预算 Budget when `budget` (billing/budget.py Figures of the period's year) is given,
+    风险 Risk when `risks` — (claim ref, USCC, status, risk) by score, highest first — is given, and
+    政策 Programmes when several programmes ran (`programme_rows`, docs/POLICY.md#programmes)."""
     generated_at = generated_at or datetime.now(UTC)
     wb = Workbook(write_only=True)
     summary_sheet = _Sheet(wb, "汇总 Summary", (30, 24, 14, 18, 18, 18, 18, 18))
@@ -479,6 +481,8 @@ def write_xlsx(period: str, rows: Iterable[ReportRow], out: IO[bytes] | str, *,
         _write_budget(_Sheet(wb, "预算 Budget", (34, 20)), budget)
     if risks is not None:
         _write_risk(_Sheet(wb, "风险 Risk", (12, 22, 8, 14, 24, 8, 60, 60)), risks)
+    if programmes:
+        _write_programmes(_Sheet(wb, "政策 Programmes", (12, 22, 30, 14, 26, 16, 16, 16, 24)), programmes)
     wb.save(out)
     return s
 
@@ -621,6 +625,47 @@ def risk_rows(session: Session, period: str) -> list[tuple[str, str, str, dict[s
     return out
 
 
+PROGRAMME_COLUMNS = (("申领", "Claim"), ("统一社会信用代码", "USCC"), ("企业", "Enterprise"), ("状态", "Status"),
+                     ("政策", "Programme"),
+                     ("补贴基数（元）", "Base (CNY)"), ("单独应补（元）", "Alone (CNY)"),
+                     ("叠加后应补（元）", "Payable after stacking (CNY)"), ("差异代码", "Codes"))
+
+
+def _write_programmes(sh: _Sheet, rows: list[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+    """One row per claim and programme (docs/POLICY.md#programmes): the default programme's
+    figures (the claim's own) and each other programme's, then a total per programme."""
+    sh.header((c[0] for c in PROGRAMME_COLUMNS), (c[1] for c in PROGRAMME_COLUMNS))
+    totals: dict[str, Fen] = {}
+    for ref, uscc, name, status, f in rows:
+        sh.append((ref, uscc, name, _status_text(status), f["programme_id"], sh.money(f["base"]), sh.money(f["alone"]),
+                   sh.money(f["payable"]), " ".join(f.get("discrepancies") or [])))
+        totals[f["programme_id"]] = totals.get(f["programme_id"], 0) + f["payable"]
+    for programme, total in totals.items():
+        sh.append([sh.cell("合计 Total", font=BOLD, fill=TOTAL_FILL), sh.cell(None, fill=TOTAL_FILL),
+                   sh.cell(None, fill=TOTAL_FILL), sh.cell(None, fill=TOTAL_FILL),
+                   sh.cell(programme, font=BOLD, fill=TOTAL_FILL),
+                   sh.cell(None, fill=TOTAL_FILL), sh.cell(None, fill=TOTAL_FILL),
+                   sh.money(total, font=BOLD, fill=TOTAL_FILL)])
+
+
+def programme_rows(session: Session, period: str, default_id: str) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """The period's claims evaluated under several programmes (those with `programmes`), one row
+    per claim and programme: the default programme (`default_id`, the claim's own figures) first,
+    then the others'. Empty when one programme ran. One query."""
+    out = []
+    for cid, uscc, name, status, base, computed, payable, cap_reached, codes, others in session.execute(
+            select(Claim.id, Claim.enterprise_uscc, Enterprise.name, Claim.status, Claim.base, Claim.computed,
+                   Claim.payable, Claim.cap_reached, Claim.discrepancies, Claim.programmes)
+            .join(Enterprise, Enterprise.uscc == Claim.enterprise_uscc)
+            .where(Claim.period == period, Claim.programmes.is_not(None)).order_by(Claim.id)):
+        if others is None:  # JSON null
+            continue
+        own = {"programme_id": default_id, "base": base, "computed": computed, "alone": None,
+               "payable": payable, "cap_reached": cap_reached, "discrepancies": codes_of(codes)}
+        out += [(f"clm_{cid}", uscc, name, status, f) for f in (own, *others)]
+    return out
+
+
 def filename(period: str, fmt: str) -> str:
     return f"voucher-report-{period}.{fmt}"
 
@@ -637,7 +682,8 @@ def write_report(session: Session, period: str, fmt: str, out: IO[bytes] | str, 
         if policy is not None:
             budget = figures(session, policy, period_year(period), today or datetime.now(UTC).date())
         return write_xlsx(period, rows, out, run=session.get(Reconciliation, period), budget=budget,
-                          risks=risk_rows(session, period))
+                          risks=risk_rows(session, period),
+                          programmes=programme_rows(session, period, policy.id) if policy is not None else None)
     if isinstance(out, str):
         with open(out, "wb") as fh:
             return write_csv(period, rows, fh)

@@ -403,3 +403,49 @@ def test_console_quota_page_shows_each_programme_and_the_combined_figure(w, db):
     assert "Quota per programme" in english and "Tongxiang compute voucher top-up (example)" in english
     w["programmes"]()
     assert "programme-quotas" not in page.text(f"/console/enterprises/{w['usccs'][0]}?year=2026")
+
+
+def test_xlsx_report_has_a_programmes_sheet_only_when_several_ran(w):
+    import io
+
+    from openpyxl import load_workbook
+
+    from billing.reports import write_report
+
+    spend(w, 0)
+    spend(w, 2)  # 南湖区: the default programme only
+    run(w)
+    db, policy = w["app"].extensions["voucher.db"], w["app"].extensions["voucher.policy"]
+
+    def workbook():
+        out = io.BytesIO()
+        with db.session() as s:
+            write_report(s, "2026-10", "xlsx", out, policy=policy)
+        return load_workbook(io.BytesIO(out.getvalue()))
+
+    sheet = workbook()["政策 Programmes"]
+    rows = [[c for c in r] for r in sheet.iter_rows(min_row=3, values_only=True)]
+    by = {(r[1], r[4]): r for r in rows if r[0] != "合计 Total"}
+    u0, u2 = w["usccs"][0], w["usccs"][2]
+    # ¥50,000 from Jiaxing and ¥20,000 from the county for the 桐乡市 claim; ¥50,000 for 南湖区.
+    assert by[(u0, "jiaxing-ai-plus-2025")][7] == 50_000 and by[(u0, "tongxiang-compute-2026")][7] == 20_000
+    assert by[(u0, "tongxiang-compute-2026")][6] == 30_000 and (u2, "tongxiang-compute-2026") not in by
+    assert by[(u0, "tongxiang-compute-2026")][3].endswith("verified")
+    totals = {r[4]: r[7] for r in rows if r[0] == "合计 Total"}
+    assert totals == {"jiaxing-ai-plus-2025": 100_000, "tongxiang-compute-2026": 20_000}
+
+
+def test_xlsx_report_is_unchanged_with_one_programme(w):
+    import io
+
+    from openpyxl import load_workbook
+
+    from billing.reports import write_report
+
+    w["programmes"]()
+    spend(w, 0)
+    run(w)
+    out = io.BytesIO()
+    with w["app"].extensions["voucher.db"].session() as s:
+        write_report(s, "2026-10", "xlsx", out, policy=w["app"].extensions["voucher.policy"])
+    assert "政策 Programmes" not in load_workbook(io.BytesIO(out.getvalue())).sheetnames
