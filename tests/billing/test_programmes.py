@@ -449,3 +449,26 @@ def test_xlsx_report_is_unchanged_with_one_programme(w):
     with w["app"].extensions["voucher.db"].session() as s:
         write_report(s, "2026-10", "xlsx", out, policy=w["app"].extensions["voucher.policy"])
     assert "政策 Programmes" not in load_workbook(io.BytesIO(out.getvalue())).sheetnames
+
+
+def test_the_engine_runs_the_policy_combination():
+    from billing import policy, reconciliation
+
+    assert reconciliation.stack_offers is policy.stack_offers
+    assert reconciliation.programme_covers is policy.programme_covers
+
+
+def test_hot_quota_read_equals_the_domain_quota_for_every_programme(w):
+    from api.schemas.billing import Quota
+    from billing import ledger
+
+    spend(w, 0)
+    run(w)
+    programmes = w["app"].extensions["voucher.programmes"]
+    hot = {(p.id, n): quota(w, n, p.id) for p in programmes.all for n in (0, 1, 2)}
+    with w["app"].extensions["voucher.db"].session() as s:
+        for p in programmes.all:
+            for n in (0, 1, 2):
+                answer = dict(hot[(p.id, n)])
+                answer.pop("combined")
+                assert answer == Quota.dump(ledger.read_quota(s, p, w["usccs"][n], 2026)), (p.id, n)
