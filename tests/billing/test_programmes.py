@@ -472,3 +472,11 @@ def test_hot_quota_read_equals_the_domain_quota_for_every_programme(w):
                 answer = dict(hot[(p.id, n)])
                 answer.pop("combined")
                 assert answer == Quota.dump(ledger.read_quota(s, p, w["usccs"][n], 2026)), (p.id, n)
+
+
+def test_another_programme_may_not_take_the_default_key_or_the_default_id():
+    default, county = load_policy(), load_policy(EXAMPLES / "tongxiang-2026.toml")
+    with pytest.raises(PolicyError, match="must differ"):
+        Programmes(default, (dataclasses.replace(county, id="default"),))
+    with pytest.raises(PolicyError, match="must differ"):
+        Programmes(default, (dataclasses.replace(county, id=default.id),))
