@@ -420,7 +420,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
                                  before={"status": was}, after={"status": claim.status,
                                                                 "enterprise_uscc": claim.enterprise_uscc})
             elif claim.status == ClaimStatus.APPROVED:
-                _recompute_approved(session, policy, claim, balance, metered, now)
+                _recompute_approved(session, policy, claim, balance, metered, now, extra)
             totals.add(claim)
         ledger.apply_transfers(session, transfers)
         if claim_rows:
@@ -589,19 +589,30 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                        "risk": risk, **({} if stacked is None else {"programmes": claim.programmes})})
 
 
-def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,
-                        metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime) -> None:
-    """Recompute an approved claim (docs/API.md#clawbacks) and claw back the difference when
-    the grant is now too high: items are not zeroed for discrepancies (a person approved them),
-    so a partial void takes back its share only; a grant is never raised, so late usage never
-    claws back; a re-run with nothing changed finds no difference and posts nothing."""
+def _approved_bases(claim: _Claim, metered: dict[tuple[str, str], tuple[Fen, Fen]]) -> list[Fen]:
+    """An approved claim's item bases now (`approved_item_base`), from one programme's metered sums."""
     bases = []
     for item in claim.items:
         invoiced = item.invoiced if item.invoiced_to == claim.enterprise_uscc else None
         _total, eligible = metered.get((item.provider_id, claim.enterprise_uscc), (0, 0))
         bases.append(approved_item_base(item.amount_paid, invoiced, eligible))
+    return bases
+
+
+def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance: ledger.Balance,
+                        metered: dict[tuple[str, str], tuple[Fen, Fen]], now: datetime,
+                        extra: list[_Programme] | None = None) -> None:
+    """Recompute an approved claim (docs/API.md#clawbacks) and claw back the difference when
+    the grant is now too high: items are not zeroed for discrepancies (a person approved them),
+    so a partial void takes back its share only; a grant is never raised, so late usage never
+    claws back; a re-run with nothing changed finds no difference and posts nothing. With other
+    programmes (`extra`), each programme's grant is recomputed and they are stacked again
+    (`_restack_approved`)."""
+    bases = _approved_bases(claim, metered)
     others = [int(s["amount"]) for s in claim.other_subsidies or []]
     target = recomputed_grant(policy, bases, others, balance.remaining, claim.payable)
+    if extra is not None:
+        target = _restack_approved(session, policy, claim, target, sum(bases), extra)
     cut = claim.payable - target
     if cut <= 0:
         return
@@ -628,6 +639,45 @@ def _recompute_approved(session: Session, policy: Policy, claim: _Claim, balance
     claim.payable = target
     claim.clawed_back += cut
     claim.discrepancies = discrepancies
+
+
+def _restack_approved(session: Session, policy: Policy, claim: _Claim, target: Fen, spend: Fen,
+                      extra: list[_Programme]) -> Fen:
+    """An approved claim under several programmes (docs/POLICY.md#programmes): each programme's
+    grant recomputed as the default programme's is (`recomputed_grant`: never above what it
+    granted), the programmes stacked again (`stack_offers`), and what another programme granted
+    beyond its new share clawed back on its quota (a `claim.clawed_back` audit entry; its figure
+    keeps `clawed_back`). Returns the default programme's new grant (`target` at most)."""
+    year = period_year(claim.period)
+    granted = {f["programme_id"]: int(f["payable"]) for f in claim.programmes or []}
+    declared = [int(s["amount"]) for s in claim.other_subsidies or []]
+    offers = [Offer(policy.id, policy.stacking, policy.effective_from, target, spend, policy.stack_limit)]
+    covering = [p for p in extra if p.policy.id in granted and (claim.enterprise_uscc, year) in p.balances]
+    for p in covering:
+        bases = _approved_bases(claim, p.metered)
+        keep = recomputed_grant(p.policy, bases, declared, p.balances[(claim.enterprise_uscc, year)].remaining,
+                                granted[p.policy.id])
+        offers.append(Offer(p.policy.id, p.policy.stacking, p.policy.effective_from, keep, sum(bases),
+                            p.policy.stack_limit))
+    paid = stack_offers(offers)
+    figures = []
+    for f in claim.programmes or []:
+        cut = int(f["payable"]) - paid.get(f["programme_id"], int(f["payable"]))
+        if cut > 0:
+            p = next(p for p in covering if p.policy.id == f["programme_id"])
+            reason = f"programme {p.policy.id}: grant {f['payable']} → {f['payable'] - cut} fen after usage voided"
+            ledger.clawback(session, p.balances[(claim.enterprise_uscc, year)], cut, claim_id=claim.id,
+                            policy_id=p.policy.id, reason=reason)
+            audit.append(session, AuditAction.CLAIM_CLAWED_BACK, "claim", f"clm_{claim.id}",
+                         before={"programme_id": p.policy.id, "granted": f["payable"]},
+                         after={"programme_id": p.policy.id, "granted": f["payable"] - cut, "reason": reason})
+            f = {**f, "payable": f["payable"] - cut, "clawed_back": int(f.get("clawed_back", 0)) + cut}
+        figures.append(f)
+    if figures != (claim.programmes or []):
+        c = Claim.__table__
+        session.execute(update(c).where(c.c.id == claim.id).values(programmes=figures))
+        claim.programmes = figures
+    return paid[policy.id]
 
 
 class _Summary(ClaimTotals):

@@ -98,6 +98,7 @@ class ProgrammeFigure(BaseModel):
     alone: int = Field(description="What this programme would pay on its own (cap, budget and declared "
                                    "other subsidies included)")
     payable: int = Field(description="What it reserves or was granted after stacking (docs/POLICY.md#programmes)")
+    clawed_back: int = Field(default=0, description="Taken back from its grant after usage was voided")
     cap_reached: bool
     discrepancies: list[str] = Field(description="Codes found under this programme")
 

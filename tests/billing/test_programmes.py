@@ -270,7 +270,7 @@ def test_stack_reconciled_reserved_approved_per_programme(w):
     assert (c["status"], c["payable"]) == ("verified", 5_000_000)
     assert figures(c)["tongxiang-compute-2026"] == {
         "programme_id": "tongxiang-compute-2026", "base": SPEND, "computed": 3_000_000, "alone": 3_000_000,
-        "payable": 2_000_000, "cap_reached": False, "discrepancies": []}
+        "payable": 2_000_000, "clawed_back": 0, "cap_reached": False, "discrepancies": []}
     assert quota(w, 0)["reserved"] == 5_000_000
     assert quota(w, 0, "tongxiang-compute-2026") | {"reserved": 2_000_000, "cap": 50_000_000} == quota(
         w, 0, "tongxiang-compute-2026")
@@ -480,3 +480,26 @@ def test_another_programme_may_not_take_the_default_key_or_the_default_id():
         Programmes(default, (dataclasses.replace(county, id="default"),))
     with pytest.raises(PolicyError, match="must differ"):
         Programmes(default, (dataclasses.replace(county, id=default.id),))
+
+
+def test_a_void_after_approval_claws_back_on_every_programme(w):
+    u = w["usccs"][0]
+    usage(w["a"], u, 8_000_000, rid="keep")
+    usage(w["a"], u, 2_000_000, rid="later-void")
+    invoice(w["a"], "A-0", u, SPEND)
+    cid = claim(w["e"][0], [("prov-a", "A-0", SPEND)])
+    run(w)
+    assert w["finance"].post(f"/v1/claims/{cid}/approve", json={}).status_code == 200
+    assert w["a"].delete("/v1/usage-records/later-void", json={"reason": "sent twice"}).status_code == 200
+    run(w)
+    c = get(w, cid)
+    # The base is now ¥80,000: Jiaxing keeps ¥40,000 (¥10,000 clawed back); the county's 30 %
+    # would be ¥24,000, more than its ¥20,000 grant, but 70 % of ¥80,000 = ¥56,000 leaves it
+    # ¥16,000: ¥4,000 clawed back on its quota.
+    assert (c["payable"], c["clawed_back"]) == (4_000_000, 1_000_000)
+    tx = figures(c)["tongxiang-compute-2026"]
+    assert (tx["payable"], tx["clawed_back"]) == (1_600_000, 400_000)
+    assert (quota(w, 0)["granted"], quota(w, 0, "tongxiang-compute-2026")["granted"]) == (4_000_000, 1_600_000)
+    run(w)  # nothing more
+    assert figures(get(w, cid))["tongxiang-compute-2026"]["payable"] == 1_600_000
+    ledger_ok(w)
