@@ -390,10 +390,12 @@ def test_console_quota_page_shows_each_programme_and_the_combined_figure(w, db):
     from tests.conftest import new_key
     from tests.test_console import Console
 
-    spend(w, 0)
+    cid = spend(w, 0)
     run(w)
     page = Console(w["app"].test_client())
     page.sign_in(new_key(db, "enterprise", w["usccs"][0]))
+    detail = page.text(f"/console/claims/{cid}")
+    assert '<tr data-programme="tongxiang-compute-2026">' in detail and 'data-fen="2000000"' in detail
     html = page.text(f"/console/enterprises/{w['usccs'][0]}?year=2026")
     assert 'data-programme="jiaxing-ai-plus-2025"' in html and 'data-programme="tongxiang-compute-2026"' in html
     assert "桐乡市算力券补充政策（示例）" in html and "叠加" in html
