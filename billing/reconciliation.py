@@ -322,15 +322,24 @@ class _Programme:
     metered: dict[tuple[str, str], tuple[Fen, Fen]]
     unlisted: Callable[[str], dict[str, Any] | None]
     balances: dict[tuple[str, int], ledger.Balance]
+    covers: set[str] = field(default_factory=set)  # the enterprises it covers now
 
 
 def _other_programmes(session: Session, others: Sequence[Policy], period: str, usccs: list[str],
                       providers: dict[str, Provider]) -> list[_Programme]:
     """The other programmes' facts for a run, their balance rows locked one programme after
-    another in `others`' order, after the default programme's (docs/ARCHITECTURE.md#lock-order)."""
+    another in `others`' order, after the default programme's (docs/ARCHITECTURE.md#lock-order):
+    of the enterprises each covers, and of those whose claims hold something under it from an
+    earlier run (a county changed since: the run releases it)."""
     year = period_year(period)
     counties = dict(session.execute(select(Enterprise.uscc, Enterprise.county)
                                     .where(Enterprise.uscc.in_(usccs))).tuples().all()) if usccs else {}
+    holding: dict[str, set[str]] = {}
+    for uscc, figures in session.execute(select(Claim.enterprise_uscc, Claim.programmes).where(
+            Claim.period == period, Claim.programmes.is_not(None))):
+        for f in figures or []:
+            if int(f["payable"]) > 0:
+                holding.setdefault(f["programme_id"], set()).add(uscc)
     out = []
     for other in others:
         if other.programme == DEFAULT_PROGRAMME:
@@ -339,9 +348,10 @@ def _other_programmes(session: Session, others: Sequence[Policy], period: str, u
 
         def unlisted(pid: str, other=other, listing=listing) -> dict[str, Any] | None:
             return listing[pid] if pid in listing else provider_not_listed(other, period, providers, pid)
-        covered = [(u, year) for u in usccs if u in counties and programme_covers(other, counties[u], u)]
+        covered = {u for u in usccs if u in counties and programme_covers(other, counties[u], u)}
+        keys = [(u, year) for u in covered | holding.get(other.id, set())]
         out.append(_Programme(other, metered_sums(session, other, period, providers), unlisted,
-                              ledger.lock_balances(session, other, covered)))
+                              ledger.lock_balances(session, other, keys), covered))
     return out
 
 
@@ -411,10 +421,10 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
                     (p, _offer(p.policy, claim, p.balances[(claim.enterprise_uscc, year)],
                                _facts_for(claim, p.metered, holder, p.unlisted, redeemed),
                                claim_level(p.policy, period, enterprise)))
-                    for p in extra if (claim.enterprise_uscc, year) in p.balances]
+                    for p in extra if claim.enterprise_uscc in p.covers]
                 _evaluate_open(policy, claim, balance, _facts_for(claim, metered, holder, unlisted, redeemed),
                                claim_level(policy, period, enterprise, covered),
-                               now, transfers, claim_rows, item_rows, risk, stacked)
+                               now, transfers, claim_rows, item_rows, risk, stacked, extra)
                 if claim.status == ClaimStatus.WAITLISTED and was != ClaimStatus.WAITLISTED:
                     audit.append(session, AuditAction.CLAIM_WAITLISTED, "claim", f"clm_{claim.id}",
                                  before={"status": was}, after={"status": claim.status,
@@ -527,7 +537,7 @@ def _move(policy: Policy, claim: _Claim, balance: ledger.Balance, payable: Fen, 
 
 
 def _stack(policy: Policy, claim: _Claim, own: _Offered, stacked: list[tuple[_Programme, _Offered]],
-           transfers: list[ledger.Transfer]) -> tuple[Fen, list[dict[str, Any]]]:
+           extra: list[_Programme], transfers: list[ledger.Transfer]) -> tuple[Fen, list[dict[str, Any]]]:
     """Combine the default programme's offer with the others' (billing/policy.py `stack_offers`,
     docs/POLICY.md#programmes); move the other programmes' balances. Returns what the default
     programme pays and the other programmes' figures for the claim's `programmes`."""
@@ -536,6 +546,11 @@ def _stack(policy: Policy, claim: _Claim, own: _Offered, stacked: list[tuple[_Pr
 
     paid = stack_offers([offer(policy, own), *(offer(p.policy, o) for p, o in stacked)])
     figures = []
+    key = (claim.enterprise_uscc, period_year(claim.period))
+    for p in extra:  # held under a programme that no longer covers the enterprise: released
+        held = _held(claim, p.policy.id)
+        if held and p not in [q for q, _o in stacked] and key in p.balances:
+            _move(p.policy, claim, p.balances[key], 0, held, transfers)
     for p, o in stacked:
         pays = paid[p.policy.id]
         _move(p.policy, claim, p.balances[(claim.enterprise_uscc, period_year(claim.period))], pays, o.held,
@@ -550,7 +565,8 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
                    claim_codes: list[dict[str, Any]], now: datetime, transfers: list[ledger.Transfer],
                    claim_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]],
                    risk: dict[str, Any] | None = None,
-                   stacked: list[tuple[_Programme, _Offered]] | None = None) -> None:
+                   stacked: list[tuple[_Programme, _Offered]] | None = None,
+                   extra: list[_Programme] | None = None) -> None:
     """Evaluate one open claim; move `balance` at once and queue the writes for the batch.
 
     `risk` ({score, signals}, billing/risk_data.py) is stored with the claim and never changes
@@ -561,7 +577,7 @@ def _evaluate_open(policy: Policy, claim: _Claim, balance: ledger.Balance, facts
     amounts, outcomes, bases, discrepancies = own.amounts, own.outcomes, own.bases, own.discrepancies
     total = amounts.payable
     if stacked is not None:
-        pays, claim.programmes = _stack(policy, claim, own, stacked, transfers)
+        pays, claim.programmes = _stack(policy, claim, own, stacked, extra or [], transfers)
         amounts = replace(amounts, payable=pays)
         total = pays + sum(p["payable"] for p in claim.programmes)
     _move(policy, claim, balance, amounts.payable, own.held, transfers)

@@ -505,3 +505,17 @@ def test_a_void_after_approval_claws_back_on_every_programme(w):
     run(w)  # nothing more
     assert figures(get(w, cid))["tongxiang-compute-2026"]["payable"] == 1_600_000
     ledger_ok(w)
+
+
+def test_a_county_change_releases_what_the_county_programme_held(w):
+    cid = spend(w, 0)
+    run(w)
+    assert quota(w, 0, "tongxiang-compute-2026")["reserved"] == 2_000_000
+    r = w["finance"].patch(f"/v1/enterprises/{w['usccs'][0]}", json={"county": "南湖区"})
+    assert r.status_code == 200, r.json
+    run(w)
+    # No longer in 桐乡市: the county programme's ¥20,000 is released; Jiaxing keeps ¥50,000.
+    assert quota(w, 0, "tongxiang-compute-2026")["reserved"] == 0
+    c = get(w, cid)
+    assert c["payable"] == 5_000_000 and c["programmes"] == []
+    ledger_ok(w)
