@@ -36,4 +36,13 @@ def read_budget():
     year = query_arg("year", _year, default=today.year)
     programme = programme_arg()
     default = current_app.extensions["voucher.policy"]
-    return Budget.dump(figures(db_session(), programme, year, today, waitlist=programme is default))
+    session = db_session()
+    answer = figures(session, programme, year, today, waitlist=programme is default)
+    programmes = current_app.extensions["voucher.programmes"]
+    if not programmes.others:
+        return Budget.dump(answer)
+    every = [(p.id, figures(session, p, year, today, waitlist=False)) for p in (default, *programmes.others)]
+    annuals = [f.annual for _id, f in every]
+    return Budget.dump(answer, combined={
+        "programmes": [i for i, _f in every], "annual": None if None in annuals else sum(annuals),
+        "reserved": sum(f.reserved for _i, f in every), "granted": sum(f.granted for _i, f in every)})

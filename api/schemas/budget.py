@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.base import Resource
+from api.schemas.base import Resource, omitted_when_none
+
+
+class CombinedBudget(BaseModel):
+    """Every programme's budget of the year added up (docs/API.md#quota-programmes)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    programmes: list[str] = Field(description="The programmes added up, the default one first")
+    annual: int | None = Field(description="fen; null when any of them is unlimited")
+    reserved: int
+    granted: int
 
 
 class Budget(Resource):
@@ -29,3 +39,5 @@ class Budget(Resource):
         description="the day the budget runs out at the pace of the last 90 days' use; null: "
                     "no budget or no use in those days")
     currency: Literal["CNY"] = "CNY"
+    combined: CombinedBudget | None = omitted_when_none(
+        description="Only when several programmes run (docs/API.md#quota-programmes)")

@@ -305,7 +305,11 @@ def test_budget_binding_in_the_county_programme_only(w):
     assert get(w, second)["payable"] == 5_000_000 and get(w, second)["status"] == "verified"
     budget = w["finance"].get("/v1/budget?year=2026&program=tongxiang-compute-2026").json
     assert (budget["annual"], budget["reserved"], budget["remaining"], budget["waitlisted"]) == (2_500_000, 2_500_000, 0, 0)
-    assert w["finance"].get("/v1/budget?year=2026").json["annual"] is None  # Jiaxing: no budget
+    jx = w["finance"].get("/v1/budget?year=2026").json
+    assert jx["annual"] is None  # Jiaxing: no budget
+    # Reserved: Jiaxing ¥50,000 × 2, the county ¥25,000; Jiaxing is unlimited, so the sum is too.
+    assert jx["combined"] == {"programmes": ["jiaxing-ai-plus-2025", "tongxiang-compute-2026"],
+                              "annual": None, "reserved": 12_500_000, "granted": 0}
     ledger_ok(w)
 
 
