@@ -24,7 +24,7 @@ DEFAULT_PROGRAMME = "default"  # billing/policy.py DEFAULT_PROGRAMME, as of this
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("quota_balance", recreate="always") as t:
+    with op.batch_alter_table("quota_balance") as t:
         t.add_column(sa.Column("programme_id", sa.String(length=64), nullable=False,
                                server_default=DEFAULT_PROGRAMME))
         t.drop_constraint("pk_quota_balance", type_="primary")
@@ -46,7 +46,7 @@ def downgrade() -> None:
     with op.batch_alter_table("ledger_posting") as t:
         t.drop_column("programme_id")
     op.execute(sa.text("DELETE FROM quota_balance WHERE programme_id <> :p").bindparams(p=DEFAULT_PROGRAMME))
-    with op.batch_alter_table("quota_balance", recreate="always") as t:
+    with op.batch_alter_table("quota_balance") as t:
         t.drop_constraint("pk_quota_balance", type_="primary")
         t.create_primary_key("pk_quota_balance", ["enterprise_uscc", "year"])
         t.drop_column("programme_id")
