@@ -155,6 +155,17 @@ def test_a_single_programme_pays_what_the_existing_engine_computes(base, other, 
     assert stack_offers([Offer(policy.id, policy.stacking, policy.effective_from, alone, base)]) == {policy.id: alone}
 
 
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.lists(st.tuples(rules, limits, days), max_size=4))
+def test_programmes_that_pay_nothing_leave_the_default_programme_as_it_was(alone, spend, others):
+    # The default programme (Jiaxing: 就高不重复) beside programmes that offer nothing — outside
+    # their window, county or budget — pays exactly what it pays alone.
+    policy = load_policy()
+    offers = [Offer(policy.id, policy.stacking, policy.effective_from, alone, spend)]
+    offers += [Offer(f"o{i}", rule, since, 0, spend, limit if rule == "stack" else None)
+               for i, (rule, limit, since) in enumerate(others)]
+    assert stack_offers(offers)[policy.id] == alone
+
+
 # --- policy files ------------------------------------------------------------------------------
 
 def test_default_is_the_jiaxing_file_alone():
