@@ -68,6 +68,11 @@ POLICY = ROOT / "config" / "policies" / "jiaxing-2025.toml"
 _TOTALS = re.compile(r"actual ¥([\d,.-]+) · simulated ¥([\d,.-]+)")
 
 
+def _share(total: int, month: int) -> int:
+    """Month `month`'s part of `total`: the twelve parts add up to it exactly."""
+    return total // 12 + (month <= total % 12)
+
+
 def seed_year(bdb: BenchDatabase, params: Params, log=print) -> dict[str, Any]:
     """The registry, twelve months of usage, invoices and claims, reconciled and partly approved."""
     from sqlalchemy import select
@@ -86,7 +91,7 @@ def seed_year(bdb: BenchDatabase, params: Params, log=print) -> dict[str, Any]:
     try:
         month_bench.registry_faults(conn, seed.providers, seed.usccs)
         for m in range(1, 13):
-            p = month_bench.Params(records=params.records // 12, claims=params.claims // 12,
+            p = month_bench.Params(records=_share(params.records, m), claims=_share(params.claims, m),
                                    enterprises=params.enterprises, providers=params.providers,
                                    period=f"{params.year}-{m:02d}", seed=params.seed + m)
             month = month_bench.copy_month(conn, p, seed.providers, seed.usccs,
