@@ -221,12 +221,12 @@ def simulate(session: Session, actual_policy: Policy, policy: Policy, year: int,
             e = sim.enterprise(uscc)
             row = registry.get(uscc)
             e.name, e.county = (row.name, row.county) if row else ("", None)
-            dates = filings[uscc] if uscc in filings else filing_dates(session, [uscc]).get(uscc, [])
+            dates = filings.get(uscc, [])
             e.actual_cap = cap_for(actual_policy, year, dates)[0]
             e.simulated_cap = cap_for(policy, year, dates)[0]
         return e
 
-    # One query for every filing of the year's enterprises (claims and redemptions alike).
+    # One query for the filings of every enterprise the year's claims and redemptions name.
     ids = select(Claim.enterprise_uscc).where(Claim.period.like(f"{year}-%")).union(
         select(Redemption.enterprise_uscc).where(Redemption.year == year))
     filings.update(filing_dates(session, session.scalars(ids)))

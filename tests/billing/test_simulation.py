@@ -272,3 +272,23 @@ def test_cli_names_the_bad_key_of_a_policy_file_without_a_traceback(db, database
     assert not (tmp_path / "x.xlsx").exists()
     missing = cli(database_url, "--policy", str(tmp_path / "none.toml"), "--output", str(tmp_path / "x.xlsx"))
     assert missing.exit_code == 2 and "--policy" in missing.stderr
+
+
+def test_the_replay_reads_per_month_never_per_claim(year):
+    from sqlalchemy import event
+
+    statements = []
+    engine = year["db"].engine
+
+    def count(*_args):
+        statements.append(1)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        replay(year)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    # Registry, filings (one query for every enterprise), then per month its redemptions and
+    # whether it has claims; a month with claims adds metered sums, invoice holders, redeemed
+    # invoices and one page of claims with their items (plus the empty page that ends them).
+    months_with_claims = 7
+    assert len(statements) <= 4 + 12 * 2 + months_with_claims * 6 + 3  # + BEGIN and the read-only switch
