@@ -33,10 +33,13 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 MAX_UPLOAD = 64 * 1024  # a policy file is a page of TOML
 
 
+def own_policy_path() -> Path:
+    """The service's policy file: its folder holds the files offered."""
+    return Path(current_app.config["VOUCHER_SETTINGS"].policy_path or default_policy_path())
+
+
 def policy_dir() -> Path:
-    """Where the service's policy file lives: its neighbours are the files offered."""
-    settings = current_app.config["VOUCHER_SETTINGS"]
-    return (settings.policy_path or default_policy_path()).parent
+    return own_policy_path().parent
 
 
 def policy_files() -> list[str]:
@@ -75,8 +78,8 @@ def _year() -> int:
 @login_required("finance")
 def simulation():
     files = policy_files()
-    form = {"year": this_year(), "policy": next((f for f in files if f != Path(
-        current_app.config["VOUCHER_SETTINGS"].policy_path or default_policy_path()).name), files[0] if files else "")}
+    own = own_policy_path().name  # offered first: another file, the one a person came to try
+    form = {"year": this_year(), "policy": next((f for f in files if f != own), own)}
     if request.method == "GET":
         return render_template("console/simulation.html", files=files, form=form, sim=None,
                                active="simulation")
