@@ -292,3 +292,17 @@ def test_the_replay_reads_per_month_never_per_claim(year):
     # invoices and one page of claims with their items (plus the empty page that ends them).
     months_with_claims = 7
     assert len(statements) <= 4 + 12 * 2 + months_with_claims * 6 + 3  # + BEGIN and the read-only switch
+
+
+def test_libreoffice_opens_the_workbook_and_the_enterprises_add_up(year, tmp_path):
+    from tests.billing.test_reports import libreoffice_sheet
+
+    sim = replay(year, replace(year["policy"], id="cap-3m", cap_standard=300_000_000))
+    buf = io.BytesIO()
+    write_xlsx(sim, buf)
+    rows = libreoffice_sheet(buf.getvalue(), SHEETS[1], tmp_path)
+    assert rows[1][0] == "USCC" and rows[-1][0] == "合计 Total"
+    body = rows[2:-1]
+    assert sum(fen(r[8]) for r in body) == fen(rows[-1][8]) == 6_659_500 * YUAN
+    assert sum(fen(r[9]) for r in body) == 600_000 * YUAN
+    assert "=1+2" in {r[1] for r in body}  # text, not a formula LibreOffice computed to 3
