@@ -306,3 +306,28 @@ def test_libreoffice_opens_the_workbook_and_the_enterprises_add_up(year, tmp_pat
     assert sum(fen(r[8]) for r in body) == fen(rows[-1][8]) == 6_659_500 * YUAN
     assert sum(fen(r[9]) for r in body) == 600_000 * YUAN
     assert "=1+2" in {r[1] for r in body}  # text, not a formula LibreOffice computed to 3
+
+
+def test_a_year_the_budget_cut_and_waitlisted_is_replayed_to_the_fen(client, db, finance, app):
+    """docs/POLICY.md#budget's example, run by the service with `annual` = ¥10,000: October's
+    claims asking ¥4,000, ¥5,000, ¥3,000 and ¥1,000 get ¥4,000, ¥5,000, ¥1,000 (cut) and ¥0
+    (waitlisted); in November A asks ¥500 more and waits behind C (first in, first out)."""
+    app.extensions["voucher.policy"] = replace(app.extensions["voucher.policy"], budget_annual=1_000_000)
+    _, u = setup_programme(finance, providers=("prov-a",), enterprises=4)
+    a = Api(client, new_key(db, "provider", "prov-a"))
+    ids = [spend(a, Api(client, new_key(db, "enterprise", x)), x, f"OCT-{i}", amount, "2026-10")
+           for i, (x, amount) in enumerate(zip(u, (800_000, 1_000_000, 600_000, 200_000), strict=True))]
+    run(finance, "2026-10")
+    nov = spend(a, Api(client, new_key(db, "enterprise", u[0])), u[0], "NOV-0", 100_000, "2026-11")
+    run(finance, "2026-11")
+    paid = [finance.get(f"/v1/claims/{c}").json for c in [*ids, nov]]
+    assert [(c["payable"], c["status"]) for c in paid] == [
+        (400_000, "verified"), (500_000, "verified"), (100_000, "verified"), (0, "waitlisted"), (0, "waitlisted")]
+
+    policy = app.extensions["voucher.policy"]
+    with db.session() as s, read_only(s):
+        sim = simulate(s, policy, policy, Y)
+    assert [(sim.enterprises[x].actual, sim.enterprises[x].simulated) for x in u] == [
+        (400_000, 400_000), (500_000, 500_000), (100_000, 100_000), (0, 0)]
+    assert sim.simulated == sim.budget_annual == 1_000_000 and sim.budget_left == 0
+    assert sim.unfunded == (300_000 - 100_000) + 100_000 + 50_000  # C's ¥2,000, D's ¥1,000, A's ¥500
