@@ -15,12 +15,14 @@ fen, and nothing in the database changed (row counts, the audit chain's head).
     python -m bench simulate                 # the standard scenario (updates the docs)
     python -m bench simulate-pg-1m --runs 1
     python -m bench simulate --tiny --no-docs
+    python -m bench.simulate --runs 1           # the same, as a module of its own
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -234,4 +236,5 @@ def main(argv: list[str] | None = None) -> int:
     return suite(["simulate", *(argv or [])])
 
 
-
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
