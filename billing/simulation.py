@@ -116,25 +116,17 @@ class Simulation:
             e = self.enterprises[uscc] = EnterpriseFigures(uscc)
         return e
 
-    @property
-    def actual(self) -> Fen:
-        return sum(e.actual for e in self.enterprises.values())
+    def _total(self, figure: str) -> int:
+        return sum(getattr(e, figure) for e in self.enterprises.values())
 
-    @property
-    def simulated(self) -> Fen:
-        return sum(e.simulated for e in self.enterprises.values())
+    actual = property(lambda self: self._total("actual"), doc="Fen granted or held, all enterprises")
+    simulated = property(lambda self: self._total("simulated"), doc="Fen under the simulated policy")
+    actual_cap_hits = property(lambda self: self._total("actual_cap_hits"))
+    simulated_cap_hits = property(lambda self: self._total("simulated_cap_hits"))
 
     @property
     def difference(self) -> Fen:
         return self.simulated - self.actual
-
-    @property
-    def actual_cap_hits(self) -> int:
-        return sum(e.actual_cap_hits for e in self.enterprises.values())
-
-    @property
-    def simulated_cap_hits(self) -> int:
-        return sum(e.simulated_cap_hits for e in self.enterprises.values())
 
     @property
     def budget_annual(self) -> Fen | None:
