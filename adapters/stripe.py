@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import quote, urlencode
@@ -166,6 +167,29 @@ def _error_from_response(resp: requests.Response) -> StripeError:
     return StripeError(resp.status_code, "api_error", None, text, None, request_id=request_id)
 
 
+@dataclass(frozen=True)
+class Retrying:
+    """How `StripeClient` retries a retryable failure (its arguments of the same names)."""
+
+    max_retries: int  # attempts after the first
+    backoff_base: float  # float ok: seconds, not money
+    backoff_max: float  # float ok: seconds, not money
+    retry_after_max: float  # float ok: seconds, not money; a longer Retry-After is not waited for
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:  # float ok: seconds
+        """The wait after failed attempt `attempt`: exponential, capped, with jitter in [50%, 100%]
+        so replicas do not retry in step; the server's `Retry-After` when it asks for longer."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        delay = ceiling * (0.5 + 0.5 * rng.random())
+        if retry_after is not None and retry_after <= self.retry_after_max:
+            delay = max(delay, retry_after)
+        return delay
+
+
 class StripeClient:
     """`billing.settlement.Payments` over HTTP: one `requests.Session`, form bodies, retries."""
 
@@ -185,16 +209,12 @@ class StripeClient:
     ) -> None:
         if not api_key:
             raise ValueError("a Stripe API key is required (VOUCHER_STRIPE_API_KEY)")
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+        retrying = Retrying(max_retries, backoff_base, backoff_max, retry_after_max)  # checks them
         base = base_url.rstrip("/")
         # Accept both "https://api.stripe.com" and ".../v1": paths below carry /v1.
         self.base_url = base.removesuffix("/v1")
         self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.retry_after_max = retry_after_max
+        self.retrying = retrying
         self.page_size = page_size
         self._sleep = sleep
         self._random = random.Random()
@@ -270,26 +290,19 @@ class StripeClient:
                 else:
                     retryable = resp.status_code in RETRYABLE_STATUSES
                 retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
-            if not retryable or attempt > self.max_retries:
+            if not retryable or attempt > self.retrying.max_retries:
                 raise failure
-            delay = self._backoff(attempt)
-            if retry_after is not None and retry_after <= self.retry_after_max:
-                delay = max(delay, retry_after)
+            delay = self.retrying.delay(attempt, retry_after, self._random)
             log.warning(
                 "stripe %s %s failed (%s); retry %d/%d in %.2fs",
                 method,
                 path,
                 failure,
                 attempt,
-                self.max_retries,
+                self.retrying.max_retries,
                 delay,
             )
             self._sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:  # float ok: seconds, not money
-        """Exponential, capped, with jitter in [50%, 100%] so replicas do not retry in step."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return ceiling * (0.5 + 0.5 * self._random.random())
 
     def _paginate(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[dict]:
         """Every object of a list endpoint, following `starting_after` while `has_more`."""

@@ -17,7 +17,7 @@ from api.http import json_body, query_arg
 from api.ratelimit import limiter_of
 from kernel.audit import Actor, new_request_id
 from kernel.db import where_given
-from kernel.keys import Principal, authenticate, check_key, parse_key
+from kernel.keys import Principal, check_key, key_select, parse_key
 from kernel.uscc import canonical_uscc
 
 
@@ -66,12 +66,13 @@ def _admit(principal: Principal | None) -> Principal:
 def current_principal() -> Principal:
     principal = g.get("principal")
     if principal is None:
-        token = _bearer_token()
-        session = db_session()
-        principal = authenticate(session, token)
-        session.rollback()  # end the read transaction before the handler's own unit of work
-        principal = _admit(principal)
+        # One round trip on the hot-read connection (api/hotread.py), outside the request's
+        # session: no BEGIN and ROLLBACK around the look-up before the view's own work.
+        principal, _row = _authenticate(_bearer_token(), _KEY_SELECT, {})
     return principal
+
+
+_KEY_SELECT = key_select()
 
 
 def _check_role(principal: Principal, roles: tuple[str, ...]) -> None:
@@ -107,14 +108,21 @@ def authenticate_and_read(statement: Select, **params: Any) -> tuple[Principal, 
     """
     token = _bearer_token()
     roles = _view_roles()
+    principal, row = _authenticate(token, statement, params)
+    _check_role(principal, roles)
+    return principal, row  # type: ignore[return-value]  # a valid key always has its row
+
+
+def _authenticate(token: str, statement: Select, params: dict[str, Any]) -> tuple[Principal, Any]:
+    """The key judged as kernel.keys.authenticate judges it (same hash, same constant-time
+    comparison), read by `statement` (key_select() or a view's extension of it) in one round
+    trip; 401 (or 429 past the failure limit) when it is not a valid key."""
     parsed = parse_key(token)
     row = None
     if parsed is not None:
         row = hot_reads(current_app.extensions["voucher.db"]).first(
             statement, {"key_id": parsed[0], **params})
-    principal = _admit(check_key(parsed[0], parsed[1], row) if parsed else None)
-    _check_role(principal, roles)
-    return principal, row  # type: ignore[return-value]  # a valid key always has its row
+    return _admit(check_key(parsed[0], parsed[1], row) if parsed else None), row
 
 
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH", "DELETE"))

@@ -85,10 +85,17 @@ def _reconciliations(session: Session, ids: list[str]) -> dict[str, dict[str, An
 
 
 def _by_id(model: type, prefix: str, schema) -> Callable[[Session, list[str]], dict[str, dict[str, Any]]]:
-    """A renderer of `model` rows named `<prefix><id>`, as `schema` shows them (500 a query)."""
+    """A renderer of `model` rows named `<prefix><id>`, as `schema` shows them: those the
+    session holds already (the change that raised the event, usually) without a query, the
+    rest 500 a query. The session's objects are what a query would answer in this
+    transaction too, so the event is the same either way; it is rendered at commit under
+    the chain lock (kernel/audit.py), where a round trip saved is one every writer waits for."""
     def render(session: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
         numbers = [int(i.removeprefix(prefix)) for i in ids if i.removeprefix(prefix).isdigit()]
         rendered = {}
+        held = {n: session.identity_map.get(session.identity_key(model, n)) for n in numbers}
+        rendered.update({f"{prefix}{n}": schema.dump(obj) for n, obj in held.items() if obj is not None})
+        numbers = [n for n, obj in held.items() if obj is None]
         for start in range(0, len(numbers), 500):
             rows = session.scalars(select(model).where(model.id.in_(numbers[start:start + 500])))
             rendered.update({f"{prefix}{r.id}": schema.dump(r) for r in rows})

@@ -61,7 +61,7 @@ def push_usage_records():
                                 require_contracts=current_app.extensions["voucher.policy"].require_contracts)
         record_batch(session, principal.subject, "api", result)
     current_app.extensions["voucher.events"].batch_ingested(principal.subject, result)
-    return UsageBatch.dump(result)
+    return UsageBatch.dump_batch(result)
 
 
 def _scope_filters() -> tuple[str | None, str | None]:

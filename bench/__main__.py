@@ -32,6 +32,7 @@ BENCHMARKS = {
     "reconcile": "bench.reconcile",
     "events": "bench.events",
     "redemptions": "bench.redemptions",
+    "simulate": "bench.simulate",
 }
 
 

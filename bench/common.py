@@ -173,6 +173,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Capacity is measured, not the per-key push limits (docs/SECURITY.md).
+NO_PUSH_LIMITS = {"VOUCHER_PUSH_REQUESTS_PER_SECOND": "0", "VOUCHER_PUSH_RECORDS_PER_SECOND": "0"}
+
+
 class Server:
     """`python -m gunicorn -c config/gunicorn.conf.py voucher.wsgi:app` on a free port."""
 
@@ -186,10 +190,7 @@ class Server:
         self.worker_class = worker_class
         self.threads = threads
         self.env = {**os.environ, "VOUCHER_DATABASE_URL": database_url,
-                    "VOUCHER_LOG_LEVEL": "warning",
-                    # Capacity is measured, not the per-key push limits (docs/SECURITY.md).
-                    "VOUCHER_PUSH_REQUESTS_PER_SECOND": "0", "VOUCHER_PUSH_RECORDS_PER_SECOND": "0",
-                    **(env or {})}
+                    "VOUCHER_LOG_LEVEL": "warning", **NO_PUSH_LIMITS, **(env or {})}
         self.log_path = log_path
         self.app = app  # another WSGI app under the same settings (a benchmark's reference)
         self.ready_path = ready_path

@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, BenchDatabase, Server, seed_registry
+from bench.common import NO_PUSH_LIMITS, RESULTS_DIR, BenchDatabase, Server, seed_registry
 from bench.ingest import Params, drive, generate
 
 
@@ -41,7 +41,7 @@ def in_process(bdb: BenchDatabase, params: Params, out_dir: Path) -> None:
 
     seed = seed_registry(bdb.url, providers=1, enterprises=params.enterprises)
     bodies = _bodies(params, seed.providers, seed.usccs)
-    app = create_app(Settings.from_env(env={}, database_url=bdb.url))
+    app = create_app(Settings.from_env(env=NO_PUSH_LIMITS, database_url=bdb.url))
     client = app.test_client()
     headers = {"Authorization": f"Bearer {seed.keys[seed.providers[0]]}",
                "Content-Type": "application/json"}

@@ -10,7 +10,10 @@ conditional UPDATE, the redemption row, the ledger posting, the audit entry and 
 rotating (provider key, enterprise) pairs. The reference is the bare Flask app
 (`bench/bare_app.py`: the same path and body shape, no hooks, no database) under the same
 gunicorn command, settings and workers, loaded the same way in the same run.
-ratio = service requests/s ÷ reference requests/s.
+ratio = service requests/s ÷ reference requests/s. A third server, the write floor
+(`bench/floor_app.py`: one INSERT and its COMMIT per request through raw psycopg), is loaded the
+same way in the same run and reported beside them: the share of the bare endpoint's rate that
+any durable write keeps on this machine.
 
 Before the load: an authorisation answers 201 holding half the list amount, the same request
 again 200 with the same id, a wrong key 401. After it: `voucher ledger verify` holds (every
@@ -36,6 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import requests
@@ -45,6 +49,7 @@ from bench.common import (
     BenchFailure,
     Server,
     fmt_int,
+    libpq,
     provenance_line,
     run_meta,
     seed_registry,
@@ -162,6 +167,16 @@ end
 """
 
 
+def create_floor_table(url: str) -> None:
+    """The write floor's own table (bench/floor_app.py), beside the service's."""
+    import psycopg
+
+    from bench.floor_app import CREATE
+
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute(CREATE)
+
+
 def wrk_script(path: Path, pairs: list[tuple[str, str]], params: Params) -> Path:
     targets = ",".join(f'{{"{k}","{u}"}}' for k, u in pairs)
     path.write_text(WRK_SCRIPT % {"targets": targets, "amount": params.list_amount, "period": params.period}
@@ -190,33 +205,44 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
         service = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "service.log", env=env)
         bare = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "bare.log",
                       app="bench.bare_app:app", env=env)
-        with service, bare:
+        floor = Server(bdb.url, workers=params.workers, log_path=Path(tmp) / "floor.log",
+                       app="bench.floor_app:app", env=env)
+        create_floor_table(bdb.url)
+        with service, bare, floor:
             checks = check_answers(service.url, rs, params)
             if not all(checks.values()):
                 raise BenchFailure(f"[{name}] {checks}")
             answered = 0  # the service's 201s, warm-up included
-            for srv in (bare, service):
+            for srv in (bare, floor, service):
                 warm = run_wrk(wrk, srv.url, script, params, params.warmup)
                 answered += warm["requests"] if srv is service else 0
             for n in range(params.runs):
                 load_before = round(os.getloadavg()[0], 2)
                 reference = run_wrk(wrk, bare.url, script, params, params.duration)
+                write_floor = run_wrk(wrk, floor.url, script, params, params.duration)
                 authorise = run_wrk(wrk, service.url, script, params, params.duration)
-                for what, r in (("reference", reference), ("authorisations", authorise)):
+                for what, r in (("reference", reference), ("write floor", write_floor),
+                                ("authorisations", authorise)):
                     if r["non_2xx"] or r["socket_errors"] or not r["requests"]:
                         raise BenchFailure(f"[{name}] run {n + 1}: {what} {r}")
                 ratio = round(authorise["requests_per_s"] / reference["requests_per_s"], 3)
                 answered += authorise["requests"]
+                floor_ratio = round(write_floor["requests_per_s"] / reference["requests_per_s"], 3)
                 runs.append({"authorisations": authorise, "reference": reference, "ratio": ratio,
+                             "write_floor": write_floor, "write_floor_ratio": floor_ratio,
                              "load_avg_1min_before": load_before})
                 log(f"[{name}] run {n + 1}/{params.runs}: authorisations "
                     f"{fmt_int(authorise['requests_per_s'])} req/s (p50 {authorise['latency_ms']['p50']} ms, "
                     f"p99 {authorise['latency_ms']['p99']} ms); bare Flask {fmt_int(reference['requests_per_s'])}"
-                    f" req/s; ratio {ratio}")
+                    f" req/s; ratio {ratio}; write floor {fmt_int(write_floor['requests_per_s'])} req/s "
+                    f"(ratio {floor_ratio})")
         checks.update(check_ledger(bdb.url, answered))
         if not all(checks.values()):
             raise BenchFailure(f"[{name}] after the load: {checks}")
     summary = summarise(runs, "authorisations")
+    summary["write_floor_requests_per_s"] = round(median(r["write_floor"]["requests_per_s"] for r in runs), 1)
+    summary["write_floor_p99_ms"] = median(r["write_floor"]["latency_ms"]["p99"] for r in runs)
+    summary["write_floor_ratio"] = round(median(r["write_floor_ratio"] for r in runs), 3)
     targets = targets_of(params, summary)
     result = {**meta, "params": asdict(params), "checks": checks, "runs": runs, "median": summary,
               "targets": targets}
@@ -232,8 +258,17 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
 def render(result: dict[str, Any]) -> str:
     p = result["params"]
     table = figures_table("authorisations (service)", result)
+    m = result["median"]
     loads = ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["runs"])
-    return (f"{table}\n\n{p['connections']} connections, {p['duration']:g} s per measurement, {p['runs']} runs, "
+    floor = ""
+    if "write_floor_ratio" in m:
+        floor = (f"\n\nWrite floor (`bench/floor_app.py`: the same endpoint doing one INSERT and its COMMIT "
+                 f"through raw psycopg, nothing else, same server and settings, same run): "
+                 f"{fmt_int(m['write_floor_requests_per_s'])} req/s, p99 {m['write_floor_p99_ms']} ms, "
+                 f"**{m['write_floor_ratio']:.2f}** of the bare endpoint — what any durable write keeps "
+                 f"on this machine before a hold's own work (balance lock and update, redemption row, "
+                 f"ledger posting, audit entry, event) is counted.")
+    return (f"{table}{floor}\n\n{p['connections']} connections, {p['duration']:g} s per measurement, {p['runs']} runs, "
             f"{p['workers']} gunicorn workers × {p['server_threads']} threads, load tool `{result['tool']}` "
             f"({p['threads']} threads), {p['enterprises']:,} enterprises and {p['providers']} providers in "
             f"rotation, every request a new hold of {p['list_amount'] // 2} fen, "

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from billing.policy import DEFAULT_PROGRAMME
-from kernel.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Month, UTCDateTime, utcnow
 from kernel.vocabulary import ClaimStatus
 from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
 
@@ -42,7 +42,7 @@ class ProviderInvoice(ProviderEnterpriseRow, Base):
     __tablename__ = "provider_invoice"
 
     invoice_no: Mapped[str] = mapped_column(String(64), sort_order=KEY_BETWEEN_PARTIES)
-    period: Mapped[str] = mapped_column(String(7))
+    period: Mapped[str] = mapped_column(Month)
     amount: Mapped[int] = mapped_column(BigInteger)
     tax_amount: Mapped[int | None] = mapped_column(BigInteger)
     issued_on: Mapped[date] = mapped_column(Date)
@@ -62,7 +62,7 @@ class Claim(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
-    period: Mapped[str] = mapped_column(String(7))
+    period: Mapped[str] = mapped_column(Month)
     status: Mapped[str] = mapped_column(String(16), default=ClaimStatus.SUBMITTED.value)
     other_subsidies: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     base: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -162,7 +162,7 @@ class LedgerPosting(Base):
 class Reconciliation(Base):
     __tablename__ = "reconciliation"
 
-    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    period: Mapped[str] = mapped_column(Month, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     runs: Mapped[int] = mapped_column(Integer, default=0)
     policy_id: Mapped[str] = mapped_column(String(64))
@@ -178,7 +178,7 @@ class ClaimAdjustment(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     claim_id: Mapped[int] = mapped_column(ForeignKey("claim.id"), index=True)
-    period: Mapped[str] = mapped_column(String(7), index=True)
+    period: Mapped[str] = mapped_column(Month, index=True)
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BigInteger)  # fen, negative for a clawback
     reason: Mapped[str] = mapped_column(Text)

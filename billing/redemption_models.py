@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base, BigId, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Month, UTCDateTime, utcnow
 from kernel.vocabulary import RedemptionStatus, SettlementStatus
 from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
 
@@ -30,7 +30,7 @@ class Redemption(ProviderEnterpriseRow, Base):
     __tablename__ = "redemption"
 
     reference: Mapped[str] = mapped_column(String(128), sort_order=KEY_BETWEEN_PARTIES)
-    period: Mapped[str] = mapped_column(String(7))
+    period: Mapped[str] = mapped_column(Month)
     year: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=RedemptionStatus.AUTHORIZED.value)
     list_amount: Mapped[int] = mapped_column(BigInteger)

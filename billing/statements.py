@@ -44,7 +44,7 @@ from billing.redemption_models import Redemption
 from billing.settlement import PaymentError, Payments
 from billing.settlements import settled_since
 from kernel import audit
-from kernel.db import Base, BigId, Database, Timestamps, UTCDateTime, utcnow
+from kernel.db import Base, BigId, Database, Month, Timestamps, UTCDateTime, utcnow
 from kernel.periods import local_bounds, parse_period
 from kernel.vocabulary import PROVIDER_KIND_SHORT, ClaimStatus, UsageStatus
 from metering.models import Enterprise, Provider, UsageRecord
@@ -63,7 +63,7 @@ class Statement(Timestamps, Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     enterprise_uscc: Mapped[str] = mapped_column(ForeignKey("enterprise.uscc"))
-    period: Mapped[str] = mapped_column(String(7), index=True)
+    period: Mapped[str] = mapped_column(Month, index=True)
     status: Mapped[str] = mapped_column(String(16), default=PENDING)  # pending | draft | finalized
     spend: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, metered
     subsidy: Mapped[int] = mapped_column(BigInteger, default=0)  # fen, approved payable + settled redemptions

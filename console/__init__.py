@@ -59,7 +59,7 @@ def init_console(app: Flask) -> None:
     )
     app.extensions.setdefault("console.clock", time.time)  # tests set a clock of their own
 
-    from console import risk  # noqa: F401  (its pages join the blueprint)
+    from console import risk, simulation  # noqa: F401  (their pages join the blueprint)
     from console.i18n import init_i18n
     from console.views import bp
 

@@ -77,6 +77,49 @@ def _axis_label(yuan: int) -> str:
     return f"¥{yuan:,}"
 
 
+def _value_axis(out: list[str], peak: Fen, top: int, left: int, x_end: int, plot_h: int) -> Fen:
+    """Grid lines and yuan labels up to a round step above `peak` fen; returns the axis top in fen."""
+    peak_yuan = -(-peak // 100)
+    step = nice_step(peak_yuan)
+    n_ticks = max(1, -(-peak_yuan // step))
+    for i in range(n_ticks + 1):
+        y = top + plot_h - plot_h * i / n_ticks
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{x_end}" y2="{y:.1f}" '
+                   f'stroke="{GRID}" stroke-width="1"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+                   f'fill="{AXIS}">{_e(_axis_label(step * i))}</text>')
+    return step * n_ticks * 100
+
+
+def paired_bars(*, categories: Sequence[str], series: Sequence[tuple[str, Sequence[Fen]]],
+                chart_id: str, title: str, desc: str, money: Callable[[Fen], str],
+                width: int = 720, height: int = 300) -> str:
+    """Grouped columns: per category one bar per series (`(label, values in fen)`), side by side,
+    e.g. actual and simulated payable per month. The legend is the page's (HTML), as for
+    quota_bar; each bar's <title> names its series and amount. Negative values count as 0."""
+    top, left, right, bottom = 12, 86, 8, 28
+    plot_w, plot_h = width - left - right, height - top - bottom
+    out = _open(width, height, chart_id, title, desc, "columns")
+    peak = max((max(v, default=0) for _, v in series), default=0)
+    axis_max = _value_axis(out, max(peak, 0), top, left, width - right, plot_h)
+    slot = plot_w / max(len(categories), 1)
+    bar_w = slot * 0.8 / max(len(series), 1)
+    for idx, label in enumerate(categories):
+        x = left + slot * idx + slot * 0.1
+        for k, (name, values) in enumerate(series):
+            value = max(values[idx], 0)
+            h = plot_h * value / axis_max
+            out.append(f'<rect x="{x + bar_w * k:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" '
+                       f'height="{h:.1f}" fill="{PALETTE[k % len(PALETTE)]}"><title>{_e(label)} · '
+                       f'{_e(name)}: {_e(money(values[idx]))}</title></rect>')
+        out.append(f'<text x="{left + slot * idx + slot / 2:.1f}" y="{top + plot_h + 16}" '
+                   f'text-anchor="middle" font-size="11" fill="{AXIS}">{_e(label)}</text>')
+    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" '
+               f'stroke="{AXIS}" stroke-width="1"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
 def spend_bars(*, periods: Sequence[str], period_labels: Sequence[str],
                series: Mapping[str, Mapping[str, Fen]], names: Mapping[str, str],
                chart_id: str, title: str, desc: str, empty: str,
@@ -91,16 +134,7 @@ def spend_bars(*, periods: Sequence[str], period_labels: Sequence[str],
     plot_w, plot_h = width - left - right, total_h - top - bottom
     out = _open(width, total_h, chart_id, title, desc, "columns")
     totals = [sum(series[p].get(per, 0) for p in providers) for per in periods]
-    peak_yuan = -(-max(totals, default=0) // 100)
-    step = nice_step(peak_yuan)
-    n_ticks = max(1, -(-peak_yuan // step))
-    axis_max = step * n_ticks * 100  # fen
-    for i in range(n_ticks + 1):
-        y = top + plot_h - plot_h * i / n_ticks
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
-                   f'stroke="{GRID}" stroke-width="1"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-                   f'fill="{AXIS}">{_e(_axis_label(step * i))}</text>')
+    axis_max = _value_axis(out, max(totals, default=0), top, left, width - right, plot_h)
     slot = plot_w / max(len(periods), 1)
     bar_w = slot * 0.62
     for idx, (per, label) in enumerate(zip(periods, period_labels, strict=True)):

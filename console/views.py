@@ -205,6 +205,7 @@ def _nav(user) -> list[tuple[str, str, str]]:
     return [("reconciliation", url_for("console.reconciliations"), _("月度对账")),
             ("quotas", url_for("console.quotas"), _("额度使用")),
             ("budget", url_for("console.budget"), _("项目预算")),
+            ("simulation", url_for("console.simulation"), _("政策模拟")),
             ("settlements", url_for("console.settlements_page"), _("核销结算")),
             ("registry", url_for("console.registry"), _("企业与服务商")),
             ("risk_registry", url_for("console.risk_registry"), _("合同与目录价")),

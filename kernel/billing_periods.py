@@ -27,7 +27,7 @@ from sqlalchemy import String, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, UTCDateTime, utcnow
+from kernel.db import Base, Month, UTCDateTime, utcnow
 from kernel.errors import Conflict
 from kernel.vocabulary import PeriodState
 
@@ -35,7 +35,7 @@ from kernel.vocabulary import PeriodState
 class BillingPeriod(Base):
     __tablename__ = "billing_period"
 
-    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    period: Mapped[str] = mapped_column(Month, primary_key=True)
     state: Mapped[str] = mapped_column(String(16), default=PeriodState.OPEN.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

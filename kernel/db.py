@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Select, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Select, String, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -23,6 +23,8 @@ NAMING = {
 
 # Autoincrementing 64-bit ids; SQLite only autoincrements INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
+# A billing month, "YYYY-MM" (kernel/periods.py): the `period` columns.
+Month = String(7)
 MAX_ROW_ID = 2**63 - 1
 _ROW_DIGITS = re.compile(r"[0-9]+")
 

@@ -90,7 +90,7 @@ _SQLITE_MOVE = (
 )
 
 
-def _insert_rows(session: Session, provider_id: str, fresh: list[tuple[UsageRecordIn, str]],
+def _insert_rows(session: Session, provider_id: str, fresh: list[tuple[UsageRecordIn, str, str]],
                  now: datetime) -> set[str]:
     """Insert what is new; the record ids actually inserted (conflicts are skipped)."""
     dialect = session.get_bind().dialect.name
@@ -99,11 +99,11 @@ def _insert_rows(session: Session, provider_id: str, fresh: list[tuple[UsageReco
         scale = MicroDecimal.SCALE
         dbapi = session.connection().connection.dbapi_connection
         with dbapi.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
-            for rec, digest in fresh:
+            for rec, digest, period in fresh:
                 # What MicroDecimal and JSON would bind: integer millionths, the same JSON text.
                 copy.write_row((rec.record_id, rec.enterprise_uscc, rec.resource, rec.unit,
                                 int(rec.quantity * scale), rec.started_at, rec.ended_at,
-                                record_period(rec), rec.amount, rec.currency,
+                                period, rec.amount, rec.currency,
                                 json.dumps(rec.metadata), digest))
         return set(session.scalars(_PG_MOVE, {"provider_id": provider_id, "created_at": now}))
     if dialect == "sqlite":
@@ -120,9 +120,9 @@ def _insert_rows(session: Session, provider_id: str, fresh: list[tuple[UsageReco
             cursor.execute(_SQLITE_STAGE)
             cursor.executemany(_SQLITE_FILL, [
                 (rec.record_id, rec.enterprise_uscc, rec.resource, rec.unit, micros(rec.quantity),
-                 when(rec.started_at), when(rec.ended_at), record_period(rec), rec.amount,
+                 when(rec.started_at), when(rec.ended_at), period, rec.amount,
                  rec.currency, as_json(rec.metadata), digest)
-                for rec, digest in fresh
+                for rec, digest, period in fresh
             ])
             cursor.execute(_SQLITE_MOVE, (provider_id, when(now)))
             inserted = {rid for (rid,) in cursor.fetchall()}
@@ -159,31 +159,31 @@ def ingest_records(
         results[i] = {"record_id": rid if isinstance(rid, str) else None, "status": "rejected",
                       "error": err.as_dict()}
 
-    valid: list[tuple[int, UsageRecordIn]] = []
+    valid: list[tuple[int, UsageRecordIn, str]] = []  # with its period, computed once
     for i, raw in enumerate(raw_records):
         checked = validate_record(raw, f"{param_prefix}[{i}]", now, future_skew)
         if isinstance(checked, RecordError):
             reject(i, checked)
         else:
-            valid.append((i, checked))
+            valid.append((i, checked, record_period(checked)))
 
-    usccs = sorted({rec.enterprise_uscc for _, rec in valid})
+    usccs = sorted({rec.enterprise_uscc for _, rec, _ in valid})
     known: set[str] = set()
     for chunk in _chunks(usccs, IN_CHUNK):
         known.update(session.scalars(select(Enterprise.uscc).where(Enterprise.uscc.in_(chunk))))
 
     # One lookup for the whole batch (docs/API.md#period-close): a closed period's figures are
     # final, so its new records are refused; a replay of a stored one is still a duplicate.
-    closed = closed_among(session, {record_period(rec) for _, rec in valid})
+    closed = closed_among(session, {period for _, _, period in valid})
     contracts = confirmed_intervals(session, provider_id, known) if require_contracts else None
 
     # First occurrence of each record_id in the batch is the one offered to the database;
     # later ones are judged against it (same content: duplicate, else conflict).
     first_seen: dict[str, tuple[int, str]] = {}
     repeats: list[tuple[int, str, str]] = []
-    fresh: list[tuple[UsageRecordIn, str]] = []
+    fresh: list[tuple[UsageRecordIn, str, str]] = []
     refused: dict[str, str] = {}  # record_id -> its closed period: not offered to the database
-    for i, rec in valid:
+    for i, rec, period in valid:
         if rec.enterprise_uscc not in known:
             reject(i, RecordError("unknown_enterprise",
                                   f"enterprise {rec.enterprise_uscc} is not registered in the programme",
@@ -199,10 +199,10 @@ def ingest_records(
             repeats.append((i, rec.record_id, digest))
             continue
         first_seen[rec.record_id] = (i, digest)
-        if closed and record_period(rec) in closed:
-            refused[rec.record_id] = record_period(rec)
+        if period in closed:
+            refused[rec.record_id] = period
             continue
-        fresh.append((rec, digest))
+        fresh.append((rec, digest, period))
 
     inserted = _insert_rows(session, provider_id, fresh, now) if fresh else set()
 

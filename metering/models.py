@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base, BigId, MicroDecimal, Timestamps, UTCDateTime, utcnow
+from kernel.db import Base, BigId, MicroDecimal, Month, Timestamps, UTCDateTime, utcnow
 
 PROVIDER_KINDS = ("intelligent_computing", "supercomputing")
 
@@ -85,7 +85,7 @@ class UsageRecord(ProviderEnterpriseRow, Base):
     quantity: Mapped[Decimal] = mapped_column(MicroDecimal)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM of ended_at in Asia/Shanghai
+    period: Mapped[str] = mapped_column(Month)  # YYYY-MM of ended_at in Asia/Shanghai
     amount: Mapped[int] = mapped_column(BigInteger)  # fen
     currency: Mapped[str] = mapped_column(String(3))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)

@@ -31,15 +31,18 @@ def test_redemption_benchmark_measures_both_servers_and_the_ledger_holds(tmp_pat
     assert result["checks"] == {"hold_is_half": True, "replay_same_id": True, "bad_key_401": True,
                                 "ledger_verified": True, "one_hold_per_answer": True}
     (run,) = result["runs"]
-    for side in ("authorisations", "reference"):
+    for side in ("authorisations", "reference", "write_floor"):
         r = run[side]
         assert r["requests"] > 0 and r["non_2xx"] == 0 and r["socket_errors"] == 0
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert run["ratio"] == round(run["authorisations"]["requests_per_s"] / run["reference"]["requests_per_s"], 3)
+    assert run["write_floor_ratio"] == round(run["write_floor"]["requests_per_s"]
+                                             / run["reference"]["requests_per_s"], 3)
     assert result["targets"] == {}  # no targets at toy size
     assert SCENARIOS["redemptions-pg"].min_ratio == 0.4 and SCENARIOS["redemptions-pg"].max_p99_ms == 50.0
     saved = json.loads(Path(result["result_path"]).read_text())
     assert saved["median"]["ratio"] == run["ratio"]
     text = docs.read_text()
     assert "stale" not in text and "authorisations (service)" in text and "load tool `wrk`" in text
+    assert "Write floor" in text

@@ -16,6 +16,7 @@ from voucher.cli_redemptions import COMMANDS as REDEMPTION_COMMANDS
 from voucher.cli_registries import COMMANDS as REGISTRY_COMMANDS
 from voucher.cli_reports import COMMANDS as REPORT_COMMANDS
 from voucher.cli_settings import database, settings
+from voucher.cli_simulate import COMMANDS as SIMULATE_COMMANDS
 from voucher.cli_webhooks import webhooks
 
 
@@ -147,5 +148,5 @@ main.add_command(scheduler)
 main.add_command(jobs)
 main.add_command(webhooks)
 for _command in (*BILLING_COMMANDS, *ADAPTER_COMMANDS, *AUDIT_COMMANDS, *REPORT_COMMANDS,
-                 *REDEMPTION_COMMANDS, *REGISTRY_COMMANDS):
+                 *REDEMPTION_COMMANDS, *REGISTRY_COMMANDS, *SIMULATE_COMMANDS):
     main.add_command(_command)

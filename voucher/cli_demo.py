@@ -115,38 +115,50 @@ class DemoEnterprise:
     uses: tuple[tuple[str, str], ...]  # (provider id, resource)
 
 
-ENTERPRISES = (
-    DemoEnterprise("嘉兴禾城大模型科技有限公司", "南湖区", 2_600_000, (("jx-aicc", "gpu.h800"),)),
-    DemoEnterprise("浙江南湖智谱数据技术有限公司", "南湖区", 2_200_000, (("jx-aicc", "gpu.h800"), ("jx-aicc", "gpu.a800"))),
-    DemoEnterprise("嘉兴秀水视觉智能有限公司", "秀洲区", 380_000, (("jx-aicc", "gpu.910b"), ("wz-aicc", "gpu.l40s"))),
-    DemoEnterprise("嘉善祥符机器人有限公司", "嘉善县", 150_000, (("wz-aicc", "gpu.4090"), ("jx-hpc", "cpu"))),
-    DemoEnterprise("海宁潮城医疗影像科技有限公司", "海宁市", 260_000, (("jx-aicc", "gpu.a800"),)),
-    DemoEnterprise("平湖九龙山智能装备有限公司", "平湖市", 240_000, (("jx-aicc", "gpu.910b"),)),
-    DemoEnterprise("嘉兴南湖语言智能有限公司", "南湖区", 310_000, (("wz-aicc", "gpu.910b"),)),
-    DemoEnterprise("桐乡乌镇互联网络科技有限公司", "桐乡市", 420_000, (("wz-aicc", "gpu.910b"), ("jx-aicc", "gpu.a800"))),
-    DemoEnterprise("海盐秦山核能仿真软件有限公司", "海盐县", 120_000, (("jx-hpc", "cpu"), ("wz-aicc", "gpu.l40s"))),
-    DemoEnterprise("嘉兴智能网联汽车研究院有限公司", "秀洲区", 520_000, (("jx-aicc", "gpu.h800"),)),
-    DemoEnterprise("平湖独山港智慧物流有限公司", "平湖市", 95_000, (("wz-aicc", "gpu.l40s"),)),
-    DemoEnterprise("嘉善县域数字农业科技有限公司", "嘉善县", 60_000, (("wz-aicc", "gpu.4090"),)),
-    DemoEnterprise("嘉兴长三角材料计算有限公司", "秀洲区", 180_000, (("jx-hpc", "cpu"), ("jx-hpc", "gpu.a100"))),
-    DemoEnterprise("海宁皮革时尚设计智能有限公司", "海宁市", 45_000, (("wz-aicc", "gpu.4090"),)),
-    DemoEnterprise("桐乡濮院针织智造科技有限公司", "桐乡市", 70_000, (("wz-aicc", "gpu.l40s"),)),
-    DemoEnterprise("嘉兴光伏组件缺陷检测有限公司", "秀洲区", 130_000, (("jx-aicc", "gpu.910b"),)),
-    DemoEnterprise("海盐澉浦智能制造有限公司", "海盐县", 55_000, (("jx-hpc", "cpu"),)),
-    DemoEnterprise("平湖新埭生物医药计算有限公司", "平湖市", 210_000, (("jx-hpc", "gpu.a100"), ("jx-aicc", "gpu.a800"))),
-    DemoEnterprise("嘉兴子城文旅数字人有限公司", "南湖区", 85_000, (("wz-aicc", "gpu.4090"),)),
-    DemoEnterprise("嘉善西塘语音交互科技有限公司", "嘉善县", 150_000, (("wz-aicc", "gpu.910b"),)),
-    DemoEnterprise("浙江禾城多模态智能有限公司", "南湖区", 460_000, (("jx-aicc", "gpu.h800"), ("wz-aicc", "gpu.910b"))),
-    DemoEnterprise("海宁尖山气象大数据有限公司", "海宁市", 140_000, (("jx-hpc", "cpu"),)),
-    DemoEnterprise("桐乡石门工业视觉有限公司", "桐乡市", 65_000, (("wz-aicc", "gpu.l40s"),)),
-    DemoEnterprise("嘉兴湘家荡智慧水务有限公司", "南湖区", 40_000, (("wz-aicc", "gpu.4090"),)),
-    DemoEnterprise("平湖乍浦港航智能调度有限公司", "平湖市", 90_000, (("jx-aicc", "gpu.910b"),)),
-    DemoEnterprise("海盐通元电力巡检科技有限公司", "海盐县", 75_000, (("wz-aicc", "gpu.l40s"),)),
-    DemoEnterprise("嘉兴秀洲高新芯片设计有限公司", "秀洲区", 330_000, (("jx-hpc", "cpu"), ("jx-aicc", "gpu.a800"))),
-    DemoEnterprise("嘉善姚庄精密制造智能有限公司", "嘉善县", 50_000, (("jx-aicc", "gpu.910b"),)),
-    DemoEnterprise("海宁盐官潮汐能源算法有限公司", "海宁市", 110_000, (("jx-hpc", "gpu.a100"),)),
-    DemoEnterprise("桐乡崇福皮草电商智能有限公司", "桐乡市", 80_000, (("wz-aicc", "gpu.4090"),)),
-)
+def _enterprises(rows: tuple[tuple[str, str, int, str], ...]) -> tuple[DemoEnterprise, ...]:
+    """The demo's enterprises from (name, county, monthly, uses) rows; `uses` names what the
+    enterprise buys as provider/resource pairs, space-separated."""
+    def pair(use: str) -> tuple[str, str]:
+        provider_id, resource = use.split("/")
+        return provider_id, resource
+
+    return tuple(DemoEnterprise(name, county, monthly, tuple(pair(u) for u in uses.split()))
+                 for name, county, monthly, uses in rows)
+
+
+ENTERPRISES = _enterprises((
+    # (name, county, yuan of compute a month roughly, what it buys: provider/resource pairs)
+    ("嘉兴禾城大模型科技有限公司",     "南湖区", 2_600_000, "jx-aicc/gpu.h800"),
+    ("浙江南湖智谱数据技术有限公司",   "南湖区", 2_200_000, "jx-aicc/gpu.h800 jx-aicc/gpu.a800"),
+    ("嘉兴秀水视觉智能有限公司",       "秀洲区",   380_000, "jx-aicc/gpu.910b wz-aicc/gpu.l40s"),
+    ("嘉善祥符机器人有限公司",         "嘉善县",   150_000, "wz-aicc/gpu.4090 jx-hpc/cpu"),
+    ("海宁潮城医疗影像科技有限公司",   "海宁市",   260_000, "jx-aicc/gpu.a800"),
+    ("平湖九龙山智能装备有限公司",     "平湖市",   240_000, "jx-aicc/gpu.910b"),
+    ("嘉兴南湖语言智能有限公司",       "南湖区",   310_000, "wz-aicc/gpu.910b"),
+    ("桐乡乌镇互联网络科技有限公司",   "桐乡市",   420_000, "wz-aicc/gpu.910b jx-aicc/gpu.a800"),
+    ("海盐秦山核能仿真软件有限公司",   "海盐县",   120_000, "jx-hpc/cpu wz-aicc/gpu.l40s"),
+    ("嘉兴智能网联汽车研究院有限公司", "秀洲区",   520_000, "jx-aicc/gpu.h800"),
+    ("平湖独山港智慧物流有限公司",     "平湖市",    95_000, "wz-aicc/gpu.l40s"),
+    ("嘉善县域数字农业科技有限公司",   "嘉善县",    60_000, "wz-aicc/gpu.4090"),
+    ("嘉兴长三角材料计算有限公司",     "秀洲区",   180_000, "jx-hpc/cpu jx-hpc/gpu.a100"),
+    ("海宁皮革时尚设计智能有限公司",   "海宁市",    45_000, "wz-aicc/gpu.4090"),
+    ("桐乡濮院针织智造科技有限公司",   "桐乡市",    70_000, "wz-aicc/gpu.l40s"),
+    ("嘉兴光伏组件缺陷检测有限公司",   "秀洲区",   130_000, "jx-aicc/gpu.910b"),
+    ("海盐澉浦智能制造有限公司",       "海盐县",    55_000, "jx-hpc/cpu"),
+    ("平湖新埭生物医药计算有限公司",   "平湖市",   210_000, "jx-hpc/gpu.a100 jx-aicc/gpu.a800"),
+    ("嘉兴子城文旅数字人有限公司",     "南湖区",    85_000, "wz-aicc/gpu.4090"),
+    ("嘉善西塘语音交互科技有限公司",   "嘉善县",   150_000, "wz-aicc/gpu.910b"),
+    ("浙江禾城多模态智能有限公司",     "南湖区",   460_000, "jx-aicc/gpu.h800 wz-aicc/gpu.910b"),
+    ("海宁尖山气象大数据有限公司",     "海宁市",   140_000, "jx-hpc/cpu"),
+    ("桐乡石门工业视觉有限公司",       "桐乡市",    65_000, "wz-aicc/gpu.l40s"),
+    ("嘉兴湘家荡智慧水务有限公司",     "南湖区",    40_000, "wz-aicc/gpu.4090"),
+    ("平湖乍浦港航智能调度有限公司",   "平湖市",    90_000, "jx-aicc/gpu.910b"),
+    ("海盐通元电力巡检科技有限公司",   "海盐县",    75_000, "wz-aicc/gpu.l40s"),
+    ("嘉兴秀洲高新芯片设计有限公司",   "秀洲区",   330_000, "jx-hpc/cpu jx-aicc/gpu.a800"),
+    ("嘉善姚庄精密制造智能有限公司",   "嘉善县",    50_000, "jx-aicc/gpu.910b"),
+    ("海宁盐官潮汐能源算法有限公司",   "海宁市",   110_000, "jx-hpc/gpu.a100"),
+    ("桐乡崇福皮草电商智能有限公司",   "桐乡市",    80_000, "wz-aicc/gpu.4090"),
+))
 
 # Roles in the story (indexes into ENTERPRISES).
 HEAVY_NO_FILING = 0  # 50 % of its spend passes the 200万 cap in the second month: cap_reached

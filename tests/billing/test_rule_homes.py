@@ -118,3 +118,16 @@ def test_hot_quota_read_equals_the_domain_quota_outside_the_window(finance, app,
     assert {(b["cap"], b["cap_basis"], b["remaining"]) for b in hot.values()} == {
         (0, "outside_policy_window", 0)}
     assert hot == domain
+
+
+def test_the_simulation_runs_the_engines_functions():
+    """The policy simulation (docs/POLICY.md#simulation) pays with the engine's arithmetic and
+    reads with the reconciliation's queries: no second copy to drift."""
+    from billing import simulation
+
+    for name in ("compute_claim", "approved_item_base", "recomputed_grant", "redemption_hold",
+                 "redemption_capture", "cap_for", "remaining", "in_window"):
+        assert getattr(simulation, name) is getattr(policy, name), name
+    for name in ("evaluate_item", "claim_level", "provider_not_listed", "metered_sums", "invoice_holders",
+                 "_claim_batches", "_facts_for"):
+        assert getattr(simulation, name) is getattr(reconciliation, name), name

@@ -410,3 +410,19 @@ def test_a_provider_authorises_and_captures_and_finance_approves_the_batch(visit
     f.shot("finance-settlements-zh")
     after = api(server, finance, f"/v1/enterprises/{a}/quota?year={YEAR}")
     assert after["granted"] == before["granted"] + 75_000 and after["reserved"] == before["reserved"]
+
+
+def test_finance_simulates_the_year_under_a_policy_file(visit, stack):
+    server, world = stack
+    f = visit()
+    f.sign_in(world.keys["finance"])
+    f.goto("/console/simulation")
+    f.page.get_by_label("政策文件").select_option("jiaxing-2025.toml")
+    f.page.get_by_label("年度").fill(str(YEAR))
+    f.page.get_by_role("button", name="模拟", exact=True).click()
+    f.page.wait_for_load_state()
+    # The service's own policy replayed: the actual figures again, to the fen.
+    assert f.figure("sim-actual") == f.figure("sim-simulated") != "¥0.00"
+    assert f.page.locator("#sim-enterprises tbody tr").count() >= 1
+    assert f.page.locator("svg.chart").count() == 1
+    f.shot("finance-simulation-zh")

@@ -235,3 +235,22 @@ def test_metadata_with_fractional_numbers_is_stored(world):
     assert push(world["prov_a"], [rec]).json["duplicates"] == 1
     stored = world["prov_a"].get("/v1/usage-records").json["data"][0]["metadata"]
     assert stored == {"util": 0.93, "nodes": [1, 2.5], "gpus": 8}
+
+
+def test_the_batch_answer_is_the_schemas_dump_of_every_kind_of_result(world, db):
+    """api/usage.py answers with UsageBatch.dump_batch (no per-result re-validation): it must be
+    exactly what the schema's own dump makes of the same batch, results of every kind included."""
+    from api.schemas.usage import UsageBatch
+    from metering.ingest import ingest_records
+
+    usccs = world["usccs"]
+    push(world["prov_a"], [record(0, usccs[0])])
+    batch = [record(0, usccs[0]), record(1, usccs[1]), {**record(2, usccs[0]), "quantity": "-1"},
+             {**record(0, usccs[0]), "amount": 1}, "not an object", {**record(3, usccs[1]), "metadata": {"x": 1.5}}]
+    with db.session() as session, session.begin():
+        result = ingest_records(session, "prov-a", batch)
+        session.rollback()
+    fast = UsageBatch.dump_batch(result)
+    assert {r["status"] for r in fast["results"]} == {"accepted", "duplicate", "rejected"}
+    assert fast == UsageBatch.dump(result)
+    assert list(fast) == list(UsageBatch.dump(result))

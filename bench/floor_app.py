@@ -1,0 +1,50 @@
+"""The write floor for redemption authorisations: a bare Flask endpoint that does the least a
+hold must do, one INSERT and its COMMIT, and nothing else.
+
+`bench/redemptions.py` measures it beside the bare endpoint (`bench/bare_app.py`) under the same
+gunicorn command, settings and workers, so the report shows how much of the bare endpoint's
+rate any durable write keeps on this machine before the service's own work is counted. Raw
+psycopg on one connection per thread (no pool, no ORM), the same body read and answer shape.
+
+    python -m gunicorn -c config/gunicorn.conf.py bench.floor_app:app
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import psycopg
+from flask import Flask, request
+
+from bench.common import libpq
+
+app = Flask(__name__)
+app.json.sort_keys = False  # type: ignore[attr-defined]  # as the service's own app
+_local = threading.local()
+TABLE = "bench_write_floor"
+CREATE = f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, reference text UNIQUE, amount bigint)"
+
+
+def _connection() -> psycopg.Connection:
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = _local.conn = psycopg.connect(libpq(os.environ["VOUCHER_DATABASE_URL"]))
+    return conn
+
+
+@app.post("/v1/redemptions")
+def redemption():
+    body = request.get_json()
+    conn = _connection()
+    with conn.transaction():
+        (rid,) = conn.execute(f"INSERT INTO {TABLE} (reference, amount) VALUES (%s, %s) RETURNING id",
+                              (body["reference"], body["list_amount"])).fetchone()
+    return {"object": "redemption", "id": f"rdm_{rid}", "reference": body["reference"],
+            "enterprise_uscc": body["enterprise_uscc"], "period": body["period"],
+            "list_amount": body["list_amount"]}, 201
+
+
+@app.get("/readyz")
+def ready():
+    return {"status": "ready"}
