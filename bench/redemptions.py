@@ -11,7 +11,7 @@ rotating (provider key, enterprise) pairs. The reference is the bare Flask app
 (`bench/bare_app.py`: the same path and body shape, no hooks, no database) under the same
 gunicorn command, settings and workers, loaded the same way in the same run.
 ratio = service requests/s ÷ reference requests/s. A third server, the write floor
-(`bench/floor_app.py`: one INSERT and its COMMIT per request through raw psycopg), is loaded the
+(`bench/floor_app.py`: one INSERT per request in autocommit, one round trip, raw psycopg), is loaded the
 same way in the same run and reported beside them: the share of the bare endpoint's rate that
 any durable write keeps on this machine.
 
@@ -262,8 +262,7 @@ def render(result: dict[str, Any]) -> str:
     loads = ", ".join(f"{r['load_avg_1min_before']:.2f}" for r in result["runs"])
     floor = ""
     if "write_floor_ratio" in m:
-        floor = (f"\n\nWrite floor (`bench/floor_app.py`: the same endpoint doing one INSERT and its COMMIT "
-                 f"through raw psycopg, nothing else, same server and settings, same run): "
+        floor = (f"\n\nWrite floor (`bench/floor_app.py`: the same endpoint doing one INSERT committed on its own — one round trip through raw psycopg, nothing else — same server and settings, same run): "
                  f"{fmt_int(m['write_floor_requests_per_s'])} req/s, p99 {m['write_floor_p99_ms']} ms, "
                  f"**{m['write_floor_ratio']:.2f}** of the bare endpoint — what any durable write keeps "
                  f"on this machine before a hold's own work (balance lock and update, redemption row, "
