@@ -246,3 +246,24 @@ def test_demo_runs_a_provider_in_redemption_mode_and_prints_its_figures(demo_run
            f"invoiced ¥{yuan(batch.amount)}, subsidy ¥{yuan(batch.subsidy)}" in out
     for kind in ("redemption.authorized", "redemption.captured", "redemption.voided", "redemption.expired"):
         assert re.search(rf"^  {re.escape(kind)} +\d+$", out, re.M), kind
+
+
+def test_demo_stacks_the_example_county_programme_when_the_policies_dir_names_it(tmp_path):
+    """With VOUCHER_POLICIES_DIR=config/policies/examples the demo runs the 桐乡 programme beside
+    the Jiaxing one: it pays some of 桐乡市's enterprises on top (叠加), within its budget, and the
+    ledger of both programmes verifies."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "config" / "policies" / "examples"
+    env = {"VOUCHER_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}", "VOUCHER_POLICIES_DIR": str(examples)}
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+    result = runner.invoke(main, ["demo", "--reports-dir", str(tmp_path / "reports")], env=env)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    line = next(ln for ln in result.output.splitlines() if ln.strip().startswith("tongxiang-compute-2026"))
+    figures = dict(re.findall(r"(reserved|granted|remaining) ¥([\d,]+\.\d\d)", line))
+    reserved, granted, remaining = (Decimal(figures[k].replace(",", "")) for k in ("reserved", "granted", "remaining"))
+    assert granted > 0 and reserved >= 0
+    assert reserved + granted + remaining == Decimal("5000000.00")  # the example's annual budget
+    verify_run = runner.invoke(main, ["ledger", "verify"], env=env)
+    assert verify_run.exit_code == 0 and "ledger ok" in verify_run.output, verify_run.output
