@@ -58,11 +58,10 @@ from bench.common import (
     median,
     percentile,
     provenance_line,
+    publish,
     run_meta,
     seed_registry,
     unmet_targets,
-    update_docs,
-    write_result,
 )
 
 
@@ -452,13 +451,10 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
     targets = targets_of(params, summary)
     result = {**meta, "params": asdict(params), "checks": checks, "runs": runs, "median": summary,
               "targets": targets}
-    path = write_result(name, result, results_dir)
-    result["result_path"] = str(path)
+    path = publish(name, result, render, docs=docs, results_dir=results_dir, docs_path=docs_path)
     log(f"[{name}] median of {params.runs}: {fmt_int(summary['requests_per_s'])} req/s, p50 "
         f"{summary['p50_ms']} ms, p99 {summary['p99_ms']} ms; bare Flask "
         f"{fmt_int(summary['reference_requests_per_s'])} req/s; ratio {summary['ratio']} -> {path}")
-    if docs:
-        update_docs(name, render(result), docs_path)
     return result
 
 

@@ -51,12 +51,11 @@ from bench.common import (
     markdown_table,
     median,
     provenance_line,
+    publish,
     run_meta,
     scenario_plan,
     seed_registry,
     unmet_targets,
-    update_docs,
-    write_result,
 )
 
 
@@ -534,14 +533,11 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
               "summary": first_summary, "median": summary, "growth": growth, "targets": targets,
               "rss_method": "ru_maxrss of the measured process alone, from os.wait4() in a small "
                             "launcher (KiB → MB)"}
-    path = write_result(name, result, results_dir)
-    result["result_path"] = str(path)
+    path = publish(name, result, render, docs=docs, results_dir=results_dir, docs_path=docs_path)
     log(f"[{name}] median of {params.runs}: reconcile {summary['seconds']:.2f} s, peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB; XLSX {summary['xlsx_seconds']:.2f} s"
         + (f"; {growth['ratio']:.2f}× the time of {params.growth_base}" if growth else "")
         + f" -> {path}")
-    if docs:
-        update_docs(name, render(result), docs_path)
     return result
 
 

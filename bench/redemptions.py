@@ -51,11 +51,10 @@ from bench.common import (
     fmt_int,
     libpq,
     provenance_line,
+    publish,
     run_meta,
     seed_registry,
     unmet_targets,
-    update_docs,
-    write_result,
 )
 from bench.quota import WRK_DONE, ensure_wrk, figures_table, run_wrk, summarise, targets_of
 
@@ -246,12 +245,9 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
     targets = targets_of(params, summary)
     result = {**meta, "params": asdict(params), "checks": checks, "runs": runs, "median": summary,
               "targets": targets}
-    path = write_result(name, result, results_dir)
-    result["result_path"] = str(path)
+    path = publish(name, result, render, docs=docs, results_dir=results_dir, docs_path=docs_path)
     log(f"[{name}] median of {params.runs}: {fmt_int(summary['requests_per_s'])} req/s, p99 "
         f"{summary['p99_ms']} ms; ratio {summary['ratio']} -> {path}")
-    if docs:
-        update_docs(name, render(result), docs_path)
     return result
 
 

@@ -37,10 +37,9 @@ from bench.common import (
     markdown_table,
     median,
     provenance_line,
+    publish,
     run_meta,
     seed_registry,
-    update_docs,
-    write_result,
 )
 from bench.reconcile import measure, settle, time_and_memory_targets, voucher_cmd, with_target
 
@@ -198,12 +197,9 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
               "targets": targets,
               "rss_method": "ru_maxrss of the measured process alone, from os.wait4() in a small "
                             "launcher (KiB → MB)"}
-    path = write_result(name, result, results_dir)
-    result["result_path"] = str(path)
+    path = publish(name, result, render, docs=docs, results_dir=results_dir, docs_path=docs_path)
     log(f"[{name}] median of {params.runs}: simulate {summary['seconds']:.2f} s, peak RSS "
         f"{summary['peak_rss_mb']:.0f} MB -> {path}")
-    if docs:
-        update_docs(name, render(result), docs_path)
     return result
 
 
