@@ -329,6 +329,23 @@ def set_near_cap_source(app: Flask, fn: Callable[[Any], Mapping[int | str, int]]
 
 
 # --- The Flask side -------------------------------------------------------------------------
+_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled series, looked up once
+
+
+def count_request(route: str, method: str, status: int, seconds: float | None) -> None:
+    """One answered request in voucher_http_requests_total and its duration: the Flask hook's
+    and api.fastpath's one way of counting."""
+    key = (route, method if method in METHODS else "OTHER", status)
+    series = _SERIES.get(key)
+    if series is None:
+        series = _SERIES[key] = (HTTP_REQUESTS.labels(key[0], key[1], str(status)),
+                                 HTTP_DURATION.labels(key[0], key[1]))
+    series[0].inc()
+    if seconds is not None:
+        series[1].observe(seconds)
+
+
+
 class _Chain:
     """A registry-like view over several collectors, for generate_latest."""
 
@@ -368,22 +385,13 @@ def init_metrics(app: Flask) -> None:
     def _start_timer():
         g.metrics_started = time.perf_counter()
 
-    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # labelled series, looked up once
-
     @app.after_request
     def _count(response):
         started = g.get("metrics_started")
         req = request._get_current_object()  # type: ignore[attr-defined]
         rule = req.url_rule
-        key = (rule.rule if rule is not None else "<unmatched>",
-               req.method if req.method in METHODS else "OTHER", response.status_code)
-        series = children.get(key)
-        if series is None:
-            series = children[key] = (HTTP_REQUESTS.labels(key[0], key[1], str(key[2])),
-                                      HTTP_DURATION.labels(key[0], key[1]))
-        series[0].inc()
-        if started is not None:
-            series[1].observe(time.perf_counter() - started)
+        count_request(rule.rule if rule is not None else "<unmatched>", req.method, response.status_code,
+                      None if started is None else time.perf_counter() - started)
         return response
 
     events = app.extensions["voucher.events"]
