@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections import namedtuple
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -50,8 +50,10 @@ from sqlalchemy.exc import DBAPIError
 from billing.ledger import Balance
 from billing.models import QuotaBalance
 from billing.policy import Policy
+from billing.redemption_models import Redemption
+from kernel.billing_periods import BillingPeriod
 from kernel.db import Database
-from kernel.vocabulary import CapBasis
+from kernel.vocabulary import CapBasis, EndpointStatus
 from metering.models import Enterprise, ModelFiling
 
 
@@ -76,7 +78,7 @@ class HotReads:
         if plan is None:
             plan = self._plans[id(statement)] = _Plan.of(statement, self.engine.dialect,
                                                          len(self._plans))
-        values = [None if params[n] is None else str(params[n]).encode() for n in plan.names]
+        values = [_text(params[n]) for n in plan.names]
         for attempt in (1, 2):
             conn = None
             try:
@@ -131,6 +133,19 @@ class HotReads:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _text(value: Any) -> bytes | None:
+    """A parameter in PostgreSQL's text format (lists as arrays of integers or plain text)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, (list, tuple)):
+        return ("{" + ",".join(str(v) for v in value) + "}").encode()
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    return str(value).encode()
 
 
 _INTEGER_OIDS = {20, 21, 23}  # int8, int2, int4: answered as int, every other type as str
@@ -270,3 +285,43 @@ def quota_params(policy: Policy, uscc: str, year: int) -> dict[str, Any]:
 def balance_of_row(row, uscc: str, year: int) -> Balance:
     """The quota in a quota_with_key() row (check `row.enterprise` first)."""
     return Balance(uscc, year, row.cap, row.cap_basis, row.reserved, row.granted, row.policy_id)
+
+
+# --- the authorisation's read (docs/ARCHITECTURE.md#hold-fast-path) ------------------------------
+# `POST /v1/redemptions` in its plain case reads, in one statement: the key, the quota of the
+# period's year as quota_with_key() reads it (with the balance row's own cap, NULL without a row),
+# whether the enterprise is eligible, the period's state, whether the provider used the reference,
+# the new redemption's id, and the enabled webhook endpoints (for kernel.webhooks.wants).
+
+def hold_with_key(key_select: Select) -> Select:
+    """quota_with_key() plus what billing.redemptions.plan_hold needs; bind quota_params() of the
+    period's year and `period`, `reference`."""
+    q, e, bp, r = (QuotaBalance.__table__, Enterprise.__table__, BillingPeriod.__table__,
+                   Redemption.__table__)
+    (keys,) = key_select.get_final_froms()
+    taken = (select(literal_column("1")).select_from(r)
+             .where(r.c.provider_id == keys.c.subject, r.c.reference == bindparam("reference")).exists())
+    state = select(bp.c.state).where(bp.c.period == bindparam("period")).scalar_subquery()
+    endpoints = literal_column(
+        "(SELECT json_agg(json_build_object('id', w.id, 'events', w.events, 'role', w.role, "
+        f"'subject', w.subject)) FROM webhook_endpoint AS w WHERE w.status = '{EndpointStatus.ENABLED}')")
+    return quota_with_key(key_select).add_columns(
+        q.c.cap.label("row_cap"), e.c.eligible.label("eligible"), state.label("period_state"),
+        taken.label("taken"), literal_column("nextval('redemption_id_seq')", BigInteger).label("rid"),
+        endpoints.label("endpoints"))
+
+
+def hold_call() -> Select:
+    """SELECT voucher_hold(...) (migration 0019), its arguments bound by name: the names of
+    billing.redemptions.hold_arguments()."""
+    return select(func.voucher_hold(*(bindparam(name) for name in HOLD_ARGUMENTS)).label("event_id"))
+
+
+# migration 0019's parameters, in order
+HOLD_ARGUMENTS = (
+    "p_id", "p_provider", "p_reference", "p_uscc", "p_period", "p_year", "p_programme", "p_list",
+    "p_requested", "p_subsidy", "p_policy", "p_created", "p_expires", "p_reserved", "p_granted", "p_row_cap",
+    "p_cap", "p_basis", "p_open_kind", "p_open_amount", "p_open_reason", "p_open_entry",
+    "p_entry", "p_reason", "p_actor_key", "p_actor_role", "p_request_id", "p_action", "p_object_id",
+    "p_after", "p_blob_head", "p_blob_tail", "p_event_type", "p_event_data", "p_endpoints", "p_give_up",
+)

@@ -124,6 +124,11 @@ class Transfer:
     quota_programme: str | None = None  # whose balance row it moves; None: the policy's (policy_id)
 
 
+def new_entry_id() -> str:
+    """A transfer's id, shared by its two postings."""
+    return uuid.uuid4().hex
+
+
 def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
     """Append the two legs of each transfer (they sum to zero), all with one multi-row INSERT."""
     rows = []
@@ -132,7 +137,7 @@ def post_many(session: Session, transfers: Iterable[Transfer]) -> None:
         if t.amount <= 0:
             raise ValueError(f"{t.kind}: transfer amount must be positive, got {t.amount}")
         move = MOVES[t.kind]
-        common = dict(entry_id=uuid.uuid4().hex, enterprise_uscc=t.enterprise_uscc, year=t.year,
+        common = dict(entry_id=new_entry_id(), enterprise_uscc=t.enterprise_uscc, year=t.year,
                       kind=t.kind, claim_id=t.claim_id, policy_id=t.policy_id,
                       programme_id=t.quota_programme or DEFAULT_PROGRAMME, reason=t.reason,
                       redemption_id=t.redemption_id, created_at=now)
@@ -207,6 +212,14 @@ def lock_in_order(session: Session, policy: Policy, model: type[T], row_id: int)
 LOCK_CHUNK = 1000  # balance rows per statement: a 10,000-row IN list of pairs overflows PostgreSQL's parser stack
 
 
+def cap_raise(current: Fen, wanted: Fen, basis: str) -> tuple[str, Fen, str] | None:
+    """The transfer (kind, amount, reason) that brings a balance row's cap from `current` up to
+    `wanted`; None when it needs none (caps never shrink)."""
+    if wanted <= current:
+        return None
+    return ("open" if current == 0 else "cap_change"), wanted - current, f"cap {basis}: {wanted} fen"
+
+
 def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Balance]:
     """Create missing balance rows, bring caps up to date with the filings, and lock the rows.
 
@@ -244,10 +257,10 @@ def lock_balances(session: Session, policy: Policy, keys: Iterable[tuple[str, in
         for row in session.execute(stmt):
             b = Balance(*row, programme_id=policy.programme)
             cap, basis = wanted[(b.enterprise_uscc, b.year)]
-            if cap > b.cap:  # a new filing raises the cap; caps never shrink below what is used
-                opened.append(Transfer("open" if b.cap == 0 else "cap_change", b.enterprise_uscc, b.year,
-                                       cap - b.cap, None, policy.id, f"cap {basis}: {cap} fen",
-                                       quota_programme=policy.programme))
+            raise_ = cap_raise(b.cap, cap, basis)
+            if raise_ is not None:  # a new filing raises the cap; caps never shrink below what is used
+                opened.append(Transfer(raise_[0], b.enterprise_uscc, b.year, raise_[1], None, policy.id,
+                                       raise_[2], quota_programme=policy.programme))
                 raised.append({"b_uscc": b.enterprise_uscc, "b_year": b.year, "b_programme": policy.programme, "cap": cap,
                                "cap_basis": basis, "policy_id": policy.id})
                 b.cap, b.cap_basis = cap, basis

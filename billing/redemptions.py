@@ -11,8 +11,10 @@ approved (billing/settlements.py, `hold_post`). The arithmetic is billing/policy
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +35,7 @@ from billing.policy import (
     redemption_hold,
     refuse_unless_mode,
     round_half_up_fen,
+    thresholds_crossed,
 )
 from billing.redemption_models import Redemption
 from billing.risk import needs_review, review_discrepancy
@@ -42,10 +45,12 @@ from kernel.db import parse_row_id, utcnow
 from kernel.errors import Conflict, Invalid
 from kernel.periods import parse_period, period_year
 from kernel.vocabulary import (
+    EVENT_OF_ACTION,
     HOLDING,
     AuditAction,
     ClaimStatus,
     Discrepancy,
+    PeriodState,
     RedemptionStatus,
     SettlementMode,
 )
@@ -124,20 +129,118 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
         subsidy = min(subsidy, funded)
     used_before = {(enterprise_uscc, year): balance.reserved + balance.granted}
     budget_before = {year: balance.budget.used} if balance.budget is not None else {}
-    now = now or utcnow()
-    r = Redemption(provider_id=provider_id, reference=reference, enterprise_uscc=enterprise_uscc,
-                   period=period, year=year, status=RedemptionStatus.AUTHORIZED, list_amount=list_amount,
-                   requested=round_half_up_fen(list_amount * policy.rate), subsidy=subsidy, held=subsidy,
-                   discrepancies=[], policy_id=policy.id, created_at=now,
-                   expires_at=now + timedelta(days=policy.hold_days))
+    r = _new(policy, provider_id, enterprise_uscc, reference, list_amount, period, subsidy, now or utcnow())
     session.add(r)
     session.flush()
     ledger.transfer(session, "hold", balance, subsidy, claim_id=None, policy_id=policy.id,
-                    reason=f"redemption {reference} authorised", redemption_id=r.id)
+                    reason=_hold_reason(reference), redemption_id=r.id)
     budgets.raise_crossings(session, policy, used_before, {(enterprise_uscc, year): balance}, budget_before,
                             {year: balance.budget} if balance.budget is not None else {})
     audit.append(session, AuditAction.REDEMPTION_AUTHORIZED, "redemption", f"rdm_{r.id}", after=view(r))
     return r, True
+
+
+def _new(policy: Policy, provider_id: str, uscc: str, reference: str, list_amount: Fen, period: str,
+         subsidy: Fen, now: datetime, rid: int | None = None) -> Redemption:
+    """The authorised redemption holding `subsidy` (authorize's and plan_hold's)."""
+    return Redemption(id=rid, provider_id=provider_id, reference=reference, enterprise_uscc=uscc,
+                      period=period, year=period_year(period), status=RedemptionStatus.AUTHORIZED,
+                      list_amount=list_amount, requested=round_half_up_fen(list_amount * policy.rate),
+                      subsidy=subsidy, held=subsidy, discrepancies=[], policy_id=policy.id, created_at=now,
+                      expires_at=now + timedelta(days=policy.hold_days))
+
+
+def _hold_reason(reference: str) -> str:
+    return f"redemption {reference} authorised"
+
+
+# --- the plain authorisation in one round trip (docs/ARCHITECTURE.md#hold-fast-path) -------------
+
+@dataclass(frozen=True)
+class HoldFigures:
+    """What one read brings for an authorisation (api/hotread.py `hold_with_key`)."""
+
+    registered: bool  # the enterprise exists
+    eligible: bool
+    period_state: str | None  # the period's row (None: never touched yet)
+    taken: bool  # the provider has used the reference already
+    row_cap: Fen | None  # the balance row's cap (None: no row for the year yet)
+    cap: Fen  # the cap the filings give (billing.policy.cap_for, computed in SQL)
+    cap_basis: str  # and its basis
+    reserved: Fen
+    granted: Fen
+
+
+@dataclass(frozen=True)
+class HoldPlan:
+    """An authorisation decided from a read: the redemption to insert and the balance figures
+    it was decided from (the write refuses if they moved)."""
+
+    redemption: Redemption
+    reserved: Fen
+    granted: Fen
+    row_cap: Fen | None  # the balance row's cap when read (None: no row yet: the write creates it)
+    cap: Fen  # the cap after the raise, if any
+    cap_basis: str
+    raise_: tuple[str, Fen, str] | None  # ledger.cap_raise's transfer, as lock_balances makes it
+
+
+def plan_hold(policy: Policy, provider_id: str, uscc: str, reference: str, list_amount: Fen, period: str,
+              figures: HoldFigures, rid: int, now: datetime) -> HoldPlan | None:
+    """The authorisation authorize() would make, when the request is the plain case: a new
+    reference, an eligible enterprise, an open (or new) period in the window, something left to
+    hold, no budget and no threshold crossed. A missing balance row is opened and a cap the
+    filings raise is raised, as ledger.lock_balances does.
+    None for anything else: authorize() then decides (and raises what it raises), under locks.
+    The same rules, called the same way: refuse_unless_mode's mode, in_window, redemption_hold,
+    thresholds_crossed, the same new redemption (_new)."""
+    if SettlementMode.REDEMPTION not in policy.settlement_modes or policy.budget_annual is not None:
+        return None
+    try:
+        parse_period(period)
+    except ValueError:
+        return None
+    year = period_year(period)
+    if (not figures.registered or not figures.eligible or figures.taken
+            or figures.period_state not in (None, PeriodState.OPEN) or not in_window(policy, period)):
+        return None
+    raise_ = ledger.cap_raise(figures.row_cap or 0, figures.cap, figures.cap_basis)
+    cap = max(figures.row_cap or 0, figures.cap)
+    balance = ledger.Balance(uscc, year, cap, figures.cap_basis, figures.reserved, figures.granted, policy.id)
+    subsidy = redemption_hold(policy, list_amount, balance.remaining)
+    used = figures.reserved + figures.granted
+    if subsidy <= 0 or thresholds_crossed(policy.quota_thresholds, cap, used, used + subsidy):
+        return None
+    return HoldPlan(_new(policy, provider_id, uscc, reference, list_amount, period, subsidy, now, rid),
+                    figures.reserved, figures.granted, figures.row_cap, cap, figures.cap_basis, raise_)
+
+
+def hold_arguments(policy: Policy, plan: HoldPlan, actor: audit.Actor, event_object: dict[str, Any],
+                   endpoint_ids: list[int], give_up: datetime) -> dict[str, Any]:
+    """The arguments of the database's voucher_hold() (migration 0019) for `plan`: the rows
+    authorize() writes — redemption, the hold's postings, the audit entry (its canonical JSON
+    around prev_hash and seq: kernel.audit.chain_blob), its event and deliveries."""
+    r = plan.redemption
+    entry = audit.entry_fields(actor, AuditAction.REDEMPTION_AUTHORIZED, "redemption", f"rdm_{r.id}",
+                               after=view(r), at=r.created_at)
+    head, tail = audit.chain_blob(entry)
+    return {
+        "p_id": r.id, "p_provider": r.provider_id, "p_reference": r.reference, "p_uscc": r.enterprise_uscc,
+        "p_period": r.period, "p_year": r.year, "p_programme": policy.programme, "p_list": r.list_amount,
+        "p_requested": r.requested, "p_subsidy": r.subsidy, "p_policy": r.policy_id,
+        "p_created": r.created_at, "p_expires": r.expires_at,
+        "p_reserved": plan.reserved, "p_granted": plan.granted, "p_row_cap": plan.row_cap, "p_cap": plan.cap,
+        "p_basis": plan.cap_basis, "p_open_kind": plan.raise_[0] if plan.raise_ else None,
+        "p_open_amount": plan.raise_[1] if plan.raise_ else 0, "p_open_reason": plan.raise_[2] if plan.raise_ else "",
+        "p_open_entry": ledger.new_entry_id(),
+        "p_entry": ledger.new_entry_id(), "p_reason": _hold_reason(r.reference),
+        "p_actor_key": entry["actor_key_id"], "p_actor_role": entry["actor_role"],
+        "p_request_id": entry["request_id"], "p_action": entry["action"], "p_object_id": entry["object_id"],
+        "p_after": json.dumps(entry["after"], ensure_ascii=False), "p_blob_head": head, "p_blob_tail": tail,
+        "p_event_type": EVENT_OF_ACTION[AuditAction.REDEMPTION_AUTHORIZED],
+        "p_event_data": json.dumps({"object": event_object}, ensure_ascii=False),
+        "p_endpoints": endpoint_ids, "p_give_up": give_up,
+    }
 
 
 def _replay(r: Redemption, uscc: str, list_amount: Fen, period: str) -> Redemption:

@@ -147,12 +147,11 @@ def diff(changes: dict[str, tuple[Any, Any]]) -> tuple[dict[str, Any], dict[str,
             {k: jsonable(a) for k, (_, a) in changes.items()})
 
 
-def append(session: Session, action: str, object_type: str, object_id: str | int,
-           before: Any = None, after: Any = None) -> None:
-    """Record a change; it is written when `session` commits, in that same transaction."""
-    actor = current_actor()
-    entry = {
-        "at": utcnow(),
+def entry_fields(actor: Actor, action: str, object_type: str, object_id: str | int, before: Any = None,
+                 after: Any = None, at: datetime | None = None) -> dict[str, Any]:
+    """An entry's fields before it has its place in the chain (seq, prev_hash, hash)."""
+    return {
+        "at": at or utcnow(),
         "actor_key_id": actor.key_id,
         "actor_role": actor.role,
         "request_id": actor.request_id or new_request_id(),
@@ -162,6 +161,12 @@ def append(session: Session, action: str, object_type: str, object_id: str | int
         "before": jsonable(before),
         "after": jsonable(after),
     }
+
+
+def append(session: Session, action: str, object_type: str, object_id: str | int,
+           before: Any = None, after: Any = None) -> None:
+    """Record a change; it is written when `session` commits, in that same transaction."""
+    entry = entry_fields(current_actor(), action, object_type, object_id, before, after)
     session.info.setdefault(_PENDING, []).append(entry)
     if not session.info.get(_HOOKED):
         event.listen(session, "before_commit", _write_pending)
@@ -169,23 +174,39 @@ def append(session: Session, action: str, object_type: str, object_id: str | int
         session.info[_HOOKED] = True
 
 
-def entry_hash(fields: dict[str, Any]) -> str:
-    """sha256 over the canonical JSON of an entry's fields, prev_hash included."""
-    canonical = {
-        "seq": int(fields["seq"]),
+def _canonical(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
         "at": fields["at"].isoformat(timespec="microseconds"),
         "actor_key_id": fields["actor_key_id"],
         "actor_role": fields["actor_role"],
-        "request_id": fields["request_id"],
         "action": fields["action"],
         "object_type": fields["object_type"],
         "object_id": fields["object_id"],
         "before": fields["before"],
         "after": fields["after"],
-        "prev_hash": fields["prev_hash"],
     }
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_hash(fields: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of an entry's fields, prev_hash included."""
+    blob = _dumps({**_canonical(fields), "seq": int(fields["seq"]), "request_id": fields["request_id"],
+                   "prev_hash": fields["prev_hash"]})
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def chain_blob(fields: dict[str, Any]) -> tuple[str, str]:
+    """entry_hash's canonical JSON of an entry not yet in the chain, as the text before its
+    prev_hash and the text between prev_hash and seq: blob = head + prev_hash + tail + seq + "}".
+    For a writer that learns its place in the chain inside the database (migration 0019's
+    voucher_hold). The three keys sort last ("prev_hash" < "request_id" < "seq", after every
+    other key), so the rest renders exactly as entry_hash renders it."""
+    head = _dumps(_canonical(fields))[:-1] + ',"prev_hash":"'
+    tail = '","request_id":' + _dumps(fields["request_id"]) + ',"seq":'
+    return head, tail
 
 
 def _lock_head(session: Session) -> tuple[int, str]:

@@ -8,13 +8,15 @@ app is not called), every other answer from the route. Runs on SQLite and Postgr
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, date, datetime
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import DBAPIError
 
-from api.fastpath import QuotaFastPath
+from api.fastpath import FastPaths
 from config.settings import Settings
 from kernel.keys import revoke_key
 from metering.models import ModelFiling
@@ -37,9 +39,9 @@ class Counting:
 
 
 @pytest.fixture
-def fast(app) -> tuple[QuotaFastPath, Counting]:
+def fast(app) -> tuple[FastPaths, Counting]:
     middleware = app.wsgi_app
-    assert isinstance(middleware, QuotaFastPath)
+    assert isinstance(middleware, FastPaths)
     middleware.wsgi_app = counting = Counting(middleware.wsgi_app)
     return middleware, counting
 
@@ -181,3 +183,187 @@ def test_metrics_and_the_log_line_are_the_routes(client, db, fast, programme, ca
     middleware.enabled = True
     assert lines[0] == lines[1]
     assert lines[0]["route"] == ROUTE and lines[0]["key_id"].startswith("key_")
+
+
+# --- POST /v1/redemptions (PostgreSQL: voucher_hold, migration 0019) -------------------------------
+
+P = "2026-02"
+
+
+def _authorise(api: Api, uscc: str, ref: str, amount: int, period: str = P, **headers):
+    return api.post("/v1/redemptions", json={"enterprise_uscc": uscc, "reference": ref, "list_amount": amount,
+                                             "period": period}, headers=headers)
+
+
+def _rows(db, ref: str) -> dict:
+    """What an authorisation wrote, with its own ids, times and names masked."""
+    from sqlalchemy import text
+
+    with db.session() as s:
+        r = s.execute(text("SELECT * FROM redemption WHERE reference = :r"), {"r": ref}).mappings().one()
+        rid = r["id"]
+        postings = s.execute(text("SELECT account, amount, kind, claim_id, policy_id, reason, programme_id, "
+                                  "count(*) OVER (PARTITION BY entry_id) AS legs FROM ledger_posting "
+                                  "WHERE redemption_id = :i ORDER BY amount"), {"i": rid}).mappings().all()
+        entry = s.execute(text("SELECT * FROM audit_event WHERE object_id = :o"), {"o": f"rdm_{rid}"}).mappings().one()
+        event = s.execute(text("SELECT * FROM event WHERE object_id = :o"), {"o": f"rdm_{rid}"}).mappings().one()
+        deliveries = s.execute(text("SELECT endpoint_id, status, attempts FROM webhook_delivery WHERE event_id = :e "
+                                    "ORDER BY endpoint_id"), {"e": event["id"]}).all()
+        key = {"u": r["enterprise_uscc"], "y": r["year"]}
+        balance = s.execute(text("SELECT cap, cap_basis, reserved, granted, policy_id, programme_id FROM quota_balance "
+                                 "WHERE enterprise_uscc = :u AND year = :y"), key).mappings().one()
+        caps = s.execute(text("SELECT account, amount, kind, reason, programme_id FROM ledger_posting WHERE "
+                              "enterprise_uscc = :u AND year = :y AND kind IN ('open', 'cap_change') "
+                              "ORDER BY id"), key).mappings().all()
+    mask = {r["enterprise_uscc"]: "USCC", ref: "REF", f"rdm_{rid}": "rdm_ID"}
+
+    def masked(value):
+        text_ = json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
+        for old, new in mask.items():
+            text_ = text_.replace(old, new)
+        return json.loads(text_)
+
+    redemption = {k: v for k, v in r.items() if k not in ("id", "created_at", "expires_at")}
+    return masked({
+        "redemption": redemption | {"hold_days": (r["expires_at"] - r["created_at"]).days},
+        "postings": [dict(p) for p in postings],
+        "audit": {k: entry[k] for k in ("actor_role", "request_id", "action", "object_type", "object_id",
+                                        "before", "after")} | {"key": entry["actor_key_id"] is not None},
+        "event": {k: event[k] for k in ("type", "object_type", "object_id", "enterprise_uscc", "provider_id")}
+                 | {"object": {k: v for k, v in event["data"]["object"].items()
+                               if k not in ("created_at", "expires_at")}, "at_entry": event["created"] == entry["at"]},
+        "deliveries": [list(d) for d in deliveries],
+        "balance": dict(balance), "cap_postings": [dict(c) for c in caps],
+    })
+
+
+@pytest.fixture
+def holds(pg):
+    from tests.test_webhooks import register
+
+    middleware = pg.app.wsgi_app
+    middleware.wsgi_app = counting = Counting(middleware.wsgi_app)
+    _, usccs = setup_programme(pg.finance, providers=("prov-a", "prov-b"), enterprises=3)
+    provider = pg.as_key("provider", "prov-a")
+    register(pg.finance, "http://127.0.0.1:9/all")  # wants every event
+    register(pg.as_key("provider", "prov-a"), "http://127.0.0.1:9/a", ["redemption.authorized"])
+    register(pg.as_key("provider", "prov-b"), "http://127.0.0.1:9/b")  # may not see prov-a's
+    register(pg.finance, "http://127.0.0.1:9/claims", ["claim.verified"])  # does not want it
+    for uscc in usccs:  # each enterprise's first hold of the year opens its balance row: the route
+        assert _authorise(provider, uscc, f"first-{uscc}", 1_000).status_code == 201
+    return pg, middleware, counting, provider, usccs
+
+
+def _twins(holds, fast_uscc: str, slow_uscc: str, ref: str, amount: int, period: str = P):
+    """The same authorisation for two enterprises in the same state: one by the fast path, one
+    by the route; their answers and rows must be equal but for ids, times and names."""
+    pg, middleware, counting, provider, _usccs = holds
+    before = counting.calls
+    fast = _authorise(provider, fast_uscc, f"{ref}-fast", amount, period, **{"X-Request-Id": "req-7"})
+    assert fast.status_code == 201, fast.json
+    assert counting.calls == before  # answered by the fast path
+    middleware.enabled = False
+    try:
+        slow = _authorise(provider, slow_uscc, f"{ref}-slow", amount, period, **{"X-Request-Id": "req-7"})
+    finally:
+        middleware.enabled = True
+    assert slow.status_code == 201 and counting.calls == before + 1
+    masked = {"id", "created_at", "expires_at", "enterprise_uscc", "reference"}
+    assert {k: v for k, v in fast.json.items() if k not in masked} == \
+        {k: v for k, v in slow.json.items() if k not in masked}
+    assert {k for k in fast.headers.keys()} == {k for k in slow.headers.keys()}
+    assert fast.headers["X-Request-Id"] == "req-7"
+    rows = _rows(pg.db, f"{ref}-fast")
+    assert rows == _rows(pg.db, f"{ref}-slow")
+    return fast, rows
+
+
+def test_an_authorisation_from_the_fast_path_writes_what_the_route_writes(holds):
+    pg, middleware, counting, provider, (u0, u1, _u2) = holds
+    fast, rows = _twins(holds, u0, u1, "order-7", 1_000_001)
+    assert fast.json["subsidy"] == 500_001 and fast.json["held"] == 500_001
+    assert len(rows["deliveries"]) == 2  # finance's and prov-a's endpoints
+    quota = pg.finance.get(f"/v1/enterprises/{u0}/quota?year=2026").json
+    assert quota["reserved"] == 500 + 500_001
+    # the first hold of a year opens the balance row (a new period's row too); a model filing
+    # since the last hold raises the cap: both as the route does them
+    first, rows = _twins(holds, u0, u1, "order-2027", 3_000, "2027-01")
+    assert rows["cap_postings"][-1]["kind"] == "open" and rows["balance"]["cap"] == 200_000_000
+    for uscc in (u0, u1):
+        with pg.db.session() as s, s.begin():
+            s.add(ModelFiling(enterprise_uscc=uscc, filing_no=f"ZJ-{uscc}", model_name="模型",
+                              obtained_on=date(2026, 4, 1)))
+    raised, rows = _twins(holds, u0, u1, "order-filed", 4_000)
+    assert rows["cap_postings"][-1]["kind"] == "cap_change" and rows["balance"]["cap_basis"] == "new_model_filing"
+    event = [e for e in provider.get("/v1/events?limit=1000").json["data"]
+             if e["data"]["object"]["id"] == fast.json["id"]]
+    assert event[0]["data"]["object"] == provider.get(f"/v1/redemptions/{fast.json['id']}").json
+    with pg.db.session() as s:
+        from billing import ledger
+        from kernel.audit import verify_chain
+
+        assert ledger.verify(s).ok and verify_chain(s).ok
+
+
+def test_every_other_authorisation_is_answered_by_the_route(holds):
+    pg, middleware, counting, provider, (u0, u1, u2) = holds
+    assert _authorise(provider, u0, "order-1", 2_000).status_code == 201
+    with pg.db.session() as s, s.begin():
+        from sqlalchemy import text
+
+        s.execute(text("UPDATE quota_balance SET reserved = cap - 100 WHERE enterprise_uscc = :u"), {"u": u2})
+        s.execute(text("UPDATE enterprise SET eligible = false WHERE uscc = :u"), {"u": u1})
+    cases = [
+        (provider, u0, "order-1", 2_000, P, 200),  # a replay
+        (provider, u0, "order-1", 2_002, P, 409),  # another request under the reference
+        (provider, u2, "order-2", 1_000, P, 201),  # the quota is short: a partial hold (crosses 100 %)
+        (provider, u2, "order-3", 1_000, P, 422),  # nothing left
+        (provider, u1, "order-4", 1_000, P, 422),  # not eligible
+        (provider, u0, "order-5", 1_000, "2024-01", 422),  # outside the window
+        (pg.finance, u0, "order-9", 1_000, P, 403),
+        (Api(pg.client, "vch_0123456789abcdef_nope"), u0, "order-10", 1_000, P, 401),
+    ]
+    for api, uscc, ref, amount, period, status in cases:
+        before = counting.calls
+        r = _authorise(api, uscc, ref, amount, period)
+        assert counting.calls == before + 1, ref
+        assert r.status_code == status, (ref, r.json)
+    before = counting.calls
+    r = _authorise(provider, u0, "order-11", 1_000, **{"Idempotency-Key": "k1"})
+    assert r.status_code == 201 and counting.calls == before + 1
+
+
+def test_a_balance_that_moved_since_the_read_refuses_and_writes_nothing(holds):
+    from sqlalchemy import text
+
+    pg, middleware, _counting, provider, (u0, _u1, _u2) = holds
+    r = _authorise(provider, u0, "order-1", 2_000)
+    with pg.db.session() as s:
+        counts = [s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in
+                  ("redemption", "ledger_posting", "audit_event", "event", "webhook_delivery")]
+        reserved = s.execute(text("SELECT reserved FROM quota_balance WHERE enterprise_uscc = :u"), {"u": u0}).scalar()
+    from api.hotread import hot_reads
+    from billing.redemptions import HoldFigures, hold_arguments, plan_hold
+    from kernel.audit import Actor
+
+    policy = pg.app.extensions["voucher.policy"]
+    stale = HoldFigures(True, True, "open", False, 200_000_000, 200_000_000, "standard", reserved - 1, 0)
+    plan = plan_hold(policy, "prov-a", u0, "order-stale", 2_000, P, stale, 10_000, datetime.now(UTC))
+    args = hold_arguments(policy, plan, Actor("provider", "key_x", "req"), {"id": "rdm_10000"}, [],
+                          datetime.now(UTC))
+    with pytest.raises(DBAPIError, match="the balance moved"):
+        hot_reads(pg.db).first(middleware.hold_call, args)
+    # the reference taken since the read: the hold is undone
+    taken = plan_hold(policy, "prov-a", u0, "order-1", 2_000, P,
+                      HoldFigures(True, True, "open", False, 200_000_000, 200_000_000, "standard", reserved, 0), 10_001,
+                      datetime.now(UTC))
+    args = hold_arguments(policy, taken, Actor("provider", "key_x", "req"), {"id": "rdm_10001"}, [],
+                          datetime.now(UTC))
+    with pytest.raises(DBAPIError, match="reference order-1 is taken"):
+        hot_reads(pg.db).first(middleware.hold_call, args)
+    with pg.db.session() as s:
+        assert counts == [s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in
+                          ("redemption", "ledger_posting", "audit_event", "event", "webhook_delivery")]
+        assert reserved == s.execute(text("SELECT reserved FROM quota_balance WHERE enterprise_uscc = :u"),
+                                     {"u": u0}).scalar()
+    assert r.status_code == 201

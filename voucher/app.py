@@ -11,7 +11,7 @@ from flask.sessions import SecureCookieSessionInterface
 from api.auth import request_actor
 from api.errors import register_error_handlers
 from api.events import install as install_outbox
-from api.fastpath import QuotaFastPath
+from api.fastpath import FastPaths
 from api.idempotency import init_idempotency
 from api.metrics import init_metrics
 from api.openapi import init_openapi
@@ -130,8 +130,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.register_blueprint(events_bp)
     app.register_blueprint(webhooks_bp)
     init_openapi(app)
-    # The quota read's common answer without Flask's per-request work (docs/ARCHITECTURE.md#fast-path).
-    app.wsgi_app = QuotaFastPath(app, app.wsgi_app, QUOTA_READ)  # type: ignore[method-assign]
+    # The quota read's and the authorisation's common answers without Flask's per-request work
+    # (docs/ARCHITECTURE.md#fast-path).
+    app.wsgi_app = FastPaths(app, app.wsgi_app, QUOTA_READ)  # type: ignore[method-assign]
 
     from console import init_console
 
