@@ -69,7 +69,7 @@ _WSGI_REQUEST_ID = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 _WSGI_IDEMPOTENCY = "HTTP_" + IDEMPOTENCY_HEADER.upper().replace("-", "_")
 _HOLD_EVENT = EVENT_OF_ACTION[AuditAction.REDEMPTION_AUTHORIZED]
 
-Answer = tuple[int, dict[str, Any], str, Principal] | None  # status, body, route, principal
+Answer = tuple[int, dict[str, Any] | str, str, Principal] | None  # status, body (or its JSON), route, principal
 
 
 class FastPaths:
@@ -108,9 +108,10 @@ class FastPaths:
                 return self._respond(environ, start_response, started, *answer)
         return self.wsgi_app(environ, start_response)
 
-    def _respond(self, environ, start_response, started: float, status: int, payload: dict[str, Any],
+    def _respond(self, environ, start_response, started: float, status: int, payload: dict[str, Any] | str,
                  route: str, principal: Principal):
-        body = (self.app.json.dumps(payload, separators=(",", ":")) + "\n").encode()
+        text = payload if isinstance(payload, str) else self._json(payload)
+        body = (text + "\n").encode()
         request_id = environ["voucher.request_id"]
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
@@ -120,6 +121,9 @@ class FastPaths:
         log_request(request_id, route, method, path, status, started, principal.key_id,
                     environ.get("REMOTE_ADDR"))
         return [body]
+
+    def _json(self, payload: dict[str, Any]) -> str:
+        return self.app.json.dumps(payload, separators=(",", ":"))
 
     def _key(self, environ: dict[str, Any]) -> tuple[str, str] | None:
         """The bearer key's (id, secret) when the failure limit admits the address."""
@@ -196,7 +200,7 @@ class FastPaths:
         if plan is None:
             return None
         request_id = environ["voucher.request_id"] = request_id_from(environ.get(_WSGI_REQUEST_ID))
-        answer = RedemptionOut.dump(plan.redemption)
+        answer = self._json(RedemptionOut.dump(plan.redemption))  # the answer's JSON, and the event's object
         event = SimpleNamespace(type=_HOLD_EVENT, enterprise_uscc=body.enterprise_uscc,
                                 provider_id=principal.subject)
         endpoints = [ep["id"] for ep in json.loads(row.endpoints or "[]")

@@ -65,7 +65,7 @@ def parse_redemption_id(value: str) -> int:
     return parse_row_id("rdm_", value, "redemption")
 
 
-def view(r: Redemption) -> dict[str, Any]:
+def view(r: Redemption | Authorised) -> dict[str, Any]:
     """What the audit entry (and so the event's fallback object) records of a redemption."""
     return {"object": "redemption", "id": f"rdm_{r.id}", "provider_id": r.provider_id,
             "enterprise_uscc": r.enterprise_uscc, "reference": r.reference, "period": r.period,
@@ -129,7 +129,8 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
         subsidy = min(subsidy, funded)
     used_before = {(enterprise_uscc, year): balance.reserved + balance.granted}
     budget_before = {year: balance.budget.used} if balance.budget is not None else {}
-    r = _new(policy, provider_id, enterprise_uscc, reference, list_amount, period, subsidy, now or utcnow())
+    r = Redemption(**_new(policy, provider_id, enterprise_uscc, reference, list_amount, period, subsidy,
+                          now or utcnow()))
     session.add(r)
     session.flush()
     ledger.transfer(session, "hold", balance, subsidy, claim_id=None, policy_id=policy.id,
@@ -141,13 +142,47 @@ def authorize(session: Session, policy: Policy, provider_id: str, enterprise_usc
 
 
 def _new(policy: Policy, provider_id: str, uscc: str, reference: str, list_amount: Fen, period: str,
-         subsidy: Fen, now: datetime, rid: int | None = None) -> Redemption:
-    """The authorised redemption holding `subsidy` (authorize's and plan_hold's)."""
-    return Redemption(id=rid, provider_id=provider_id, reference=reference, enterprise_uscc=uscc,
-                      period=period, year=period_year(period), status=RedemptionStatus.AUTHORIZED,
-                      list_amount=list_amount, requested=round_half_up_fen(list_amount * policy.rate),
-                      subsidy=subsidy, held=subsidy, discrepancies=[], policy_id=policy.id, created_at=now,
-                      expires_at=now + timedelta(days=policy.hold_days))
+         subsidy: Fen, now: datetime, rid: int | None = None) -> dict[str, Any]:
+    """The fields of the authorised redemption holding `subsidy` (authorize's Redemption and
+    plan_hold's Authorised)."""
+    return dict(id=rid, provider_id=provider_id, reference=reference, enterprise_uscc=uscc,
+                period=period, year=period_year(period), status=RedemptionStatus.AUTHORIZED,
+                list_amount=list_amount, requested=round_half_up_fen(list_amount * policy.rate),
+                subsidy=subsidy, held=subsidy, discrepancies=[], policy_id=policy.id, created_at=now,
+                expires_at=now + timedelta(days=policy.hold_days))
+
+
+@dataclass(frozen=True)
+class Authorised:
+    """A redemption just authorised, before its row exists: _new's fields and the columns a new
+    row leaves empty. What plan_hold plans (an ORM object costs more to build than the whole
+    fast write's Python; docs/BENCHMARKS.md#redemptions)."""
+
+    id: int
+    provider_id: str
+    reference: str
+    enterprise_uscc: str
+    period: str
+    year: int
+    status: str
+    list_amount: Fen
+    requested: Fen
+    subsidy: Fen
+    held: Fen
+    discrepancies: list
+    policy_id: str
+    created_at: datetime
+    expires_at: datetime
+    invoice_no: str | None = None
+    amount: Fen | None = None
+    risk: dict | None = None
+    decision_reason: str | None = None
+    settlement_id: int | None = None
+    captured_at: datetime | None = None
+    reconciled_at: datetime | None = None
+    decided_at: datetime | None = None
+    released_at: datetime | None = None
+    settled_at: datetime | None = None
 
 
 def _hold_reason(reference: str) -> str:
@@ -176,7 +211,7 @@ class HoldPlan:
     """An authorisation decided from a read: the redemption to insert and the balance figures
     it was decided from (the write refuses if they moved)."""
 
-    redemption: Redemption
+    redemption: Authorised
     reserved: Fen
     granted: Fen
     row_cap: Fen | None  # the balance row's cap when read (None: no row yet: the write creates it)
@@ -211,15 +246,16 @@ def plan_hold(policy: Policy, provider_id: str, uscc: str, reference: str, list_
     used = figures.reserved + figures.granted
     if subsidy <= 0 or thresholds_crossed(policy.quota_thresholds, cap, used, used + subsidy):
         return None
-    return HoldPlan(_new(policy, provider_id, uscc, reference, list_amount, period, subsidy, now, rid),
+    return HoldPlan(Authorised(**_new(policy, provider_id, uscc, reference, list_amount, period, subsidy, now, rid)),
                     figures.reserved, figures.granted, figures.row_cap, cap, figures.cap_basis, raise_)
 
 
-def hold_arguments(policy: Policy, plan: HoldPlan, actor: audit.Actor, event_object: dict[str, Any],
+def hold_arguments(policy: Policy, plan: HoldPlan, actor: audit.Actor, event_object: str,
                    endpoint_ids: list[int], give_up: datetime) -> dict[str, Any]:
     """The arguments of the database's voucher_hold() (migration 0019) for `plan`: the rows
     authorize() writes — redemption, the hold's postings, the audit entry (its canonical JSON
-    around prev_hash and seq: kernel.audit.chain_blob), its event and deliveries."""
+    around prev_hash and seq: kernel.audit.chain_blob), its event (`event_object`: the API's
+    object as JSON text, as the answer carries it) and deliveries."""
     r = plan.redemption
     entry = audit.entry_fields(actor, AuditAction.REDEMPTION_AUTHORIZED, "redemption", f"rdm_{r.id}",
                                after=view(r), at=r.created_at)
@@ -238,7 +274,7 @@ def hold_arguments(policy: Policy, plan: HoldPlan, actor: audit.Actor, event_obj
         "p_request_id": entry["request_id"], "p_action": entry["action"], "p_object_id": entry["object_id"],
         "p_after": json.dumps(entry["after"], ensure_ascii=False), "p_blob_head": head, "p_blob_tail": tail,
         "p_event_type": EVENT_OF_ACTION[AuditAction.REDEMPTION_AUTHORIZED],
-        "p_event_data": json.dumps({"object": event_object}, ensure_ascii=False),
+        "p_event_data": '{"object":' + event_object + "}",
         "p_endpoints": endpoint_ids, "p_give_up": give_up,
     }
 

@@ -349,7 +349,7 @@ def test_a_balance_that_moved_since_the_read_refuses_and_writes_nothing(holds):
     policy = pg.app.extensions["voucher.policy"]
     stale = HoldFigures(True, True, "open", False, 200_000_000, 200_000_000, "standard", reserved - 1, 0)
     plan = plan_hold(policy, "prov-a", u0, "order-stale", 2_000, P, stale, 10_000, datetime.now(UTC))
-    args = hold_arguments(policy, plan, Actor("provider", "key_x", "req"), {"id": "rdm_10000"}, [],
+    args = hold_arguments(policy, plan, Actor("provider", "key_x", "req"), '{"id": "rdm_10000"}', [],
                           datetime.now(UTC))
     with pytest.raises(DBAPIError, match="the balance moved"):
         hot_reads(pg.db).first(middleware.hold_call, args)
@@ -357,7 +357,7 @@ def test_a_balance_that_moved_since_the_read_refuses_and_writes_nothing(holds):
     taken = plan_hold(policy, "prov-a", u0, "order-1", 2_000, P,
                       HoldFigures(True, True, "open", False, 200_000_000, 200_000_000, "standard", reserved, 0), 10_001,
                       datetime.now(UTC))
-    args = hold_arguments(policy, taken, Actor("provider", "key_x", "req"), {"id": "rdm_10001"}, [],
+    args = hold_arguments(policy, taken, Actor("provider", "key_x", "req"), '{"id": "rdm_10001"}', [],
                           datetime.now(UTC))
     with pytest.raises(DBAPIError, match="reference order-1 is taken"):
         hot_reads(pg.db).first(middleware.hold_call, args)
