@@ -342,6 +342,15 @@ def compute_claim(
     return ClaimAmounts(base, computed, payable_before_cap, payable, payable < payable_before_cap)
 
 
+def kept_hold(policy: Policy, item_bases: Sequence[Fen], other_subsidies: Sequence[Fen], held: Fen) -> Fen:
+    """What an open claim keeps of its hold at a run however little quota is left
+    (docs/API.md#rec-steps, step 3): `compute_claim` with nothing available beyond the hold,
+    i.e. `min(held, payable_before_cap)`. A run never pays the claim less, and pays it more only
+    from the quota left; so what a claim gives back (`held − kept`) does not depend on the
+    other claims, and the run releases it before any claim takes quota."""
+    return compute_claim(policy, item_bases, other_subsidies, held, held=held).payable
+
+
 def stacked_payable(computed: Fen, remaining: Fen, other: Fen) -> Fen:
     """就高不重复 with the cap (docs/API.md#claim-arithmetic): `max(min(computed, remaining) − other, 0)`.
 

@@ -7,6 +7,11 @@ what the claim already holds — so a re-run changes nothing and never reserves 
 batch is written back with a few executemany statements; memory does not grow with the
 number of claims or usage records. Approved claims are recomputed at every run and clawed
 back by the difference when voided usage no longer supports their grant (docs/API.md#clawbacks).
+
+Two passes (docs/API.md#rec-steps, step 3): first the claims that hold quota give back what
+their own figures no longer support (clawbacks, the part of a hold above what the claim keeps
+whatever quota is left), then every open claim takes quota in id order. Quota given back by a
+later claim thus reaches an earlier one cut by the cap in the same run, not at the next run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing import budget as budgets
@@ -41,6 +46,7 @@ from billing.policy import (
     compute_claim,
     in_window,
     item_base,
+    kept_hold,
     listing_bounds,
     period_dates,
     programme_covers,
@@ -251,8 +257,9 @@ _CLAIM_COLUMNS = (Claim.id, Claim.enterprise_uscc, Claim.period, Claim.status, C
                   Claim.programmes)
 
 
-def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_Claim]]:
-    """The period's claims in id order, `batch` at a time, each with its items and invoices.
+def _claim_batches(session: Session, period: str, batch: int, *where: Any) -> Iterator[list[_Claim]]:
+    """The period's claims in id order (those matching `where`, if given), `batch` at a time,
+    each with its items and invoices.
 
     Keyset pages (id > last) rather than one open cursor, so the batch's own UPDATEs never
     interleave with a half-read result on any database.
@@ -260,7 +267,7 @@ def _claim_batches(session: Session, period: str, batch: int) -> Iterator[list[_
     last = 0
     while True:
         claims = [_Claim(*row) for row in session.execute(
-            select(*_CLAIM_COLUMNS).where(Claim.period == period, Claim.id > last)
+            select(*_CLAIM_COLUMNS).where(Claim.period == period, Claim.id > last, *where)
             .order_by(Claim.id).limit(batch))]
         if not claims:
             return
@@ -363,7 +370,10 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     invoices held by several claims); the claims themselves stream past in id order, `batch`
     at a time: evaluated in Python, then written back with one executemany per table and one
     for the quota rows (net change per enterprise) and ledger postings. Only clawbacks, which
-    are rare, go through the ORM one claim at a time.
+    are rare, go through the ORM one claim at a time. Before that walk, `_give_back` streams the
+    claims that hold quota (approved ones, open ones with a reservation) and releases or claws
+    back what they no longer support, so the walk's cap sees all of it (docs/API.md#rec-steps,
+    step 3) and a re-run with nothing changed moves nothing.
 
     Locks in the one order (docs/ARCHITECTURE.md#lock-order): the period's row first, exclusive
     — a second run of the period waits here for the first to commit, then re-runs (never a
@@ -399,20 +409,20 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
     used_before = {k: b.reserved + b.granted for k, b in balances.items()}
     budget_before = {year: budget.used} if budget is not None else {}
     now = utcnow()
+    # Give back first (docs/API.md#rec-steps, step 3): releases and clawbacks, then the walk.
+    released = _give_back(session, policy, period, batch, balances, metered, holder, unlisted, redeemed,
+                          now, extra)
     totals = _Summary()
     for claims in _claim_batches(session, period, batch):
-        registered = {u: (ok, rep, county) for u, ok, rep, county in session.execute(
-            select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative, Enterprise.county).where(
-                Enterprise.uscc.in_({c.enterprise_uscc for c in claims})))}
-        eligible = {u: ok for u, (ok, _rep, _county) in registered.items()}
+        registered = _registered(session, claims)
         transfers: list[ledger.Transfer] = []
         claim_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
         for claim in claims:
             balance = balances[(claim.enterprise_uscc, year)]
             if claim.status in OPEN:
-                enterprise = _Eligibility(eligible[claim.enterprise_uscc]) \
-                    if claim.enterprise_uscc in eligible else None
+                claim.payable -= released.get(claim.id, 0)  # what it still holds after the release
+                enterprise = _enterprise(registered, claim.enterprise_uscc)
                 _ok, rep, county = registered.get(claim.enterprise_uscc, (None, None, None))
                 risk = risks.assess(claim.enterprise_uscc, [i.provider_id for i in claim.items], rep)
                 was = claim.status
@@ -429,9 +439,7 @@ def reconcile(session: Session, policy: Policy, period: str, *, batch: int = BAT
                     audit.append(session, AuditAction.CLAIM_WAITLISTED, "claim", f"clm_{claim.id}",
                                  before={"status": was}, after={"status": claim.status,
                                                                 "enterprise_uscc": claim.enterprise_uscc})
-            elif claim.status == ClaimStatus.APPROVED:
-                _recompute_approved(session, policy, claim, balance, metered, now, extra)
-            totals.add(claim)
+            totals.add(claim)  # an approved claim was recomputed by _give_back
         ledger.apply_transfers(session, transfers)
         if claim_rows:
             c = Claim.__table__
@@ -472,6 +480,53 @@ class _Eligibility:
     eligible: bool
 
 
+def _registered(session: Session, claims: list[_Claim]) -> dict[str, tuple[bool, str | None, str | None]]:
+    """(eligible, legal representative, county) of the batch's enterprises, as registered."""
+    return {u: (ok, rep, county) for u, ok, rep, county in session.execute(
+        select(Enterprise.uscc, Enterprise.eligible, Enterprise.legal_representative, Enterprise.county).where(
+            Enterprise.uscc.in_({c.enterprise_uscc for c in claims})))}
+
+
+def _enterprise(registered: dict[str, tuple[bool, str | None, str | None]], uscc: str) -> _Eligibility | None:
+    return _Eligibility(registered[uscc][0]) if uscc in registered else None
+
+
+def _give_back(session: Session, policy: Policy, period: str, batch: int,
+               balances: dict[tuple[str, int], ledger.Balance], metered: dict[tuple[str, str], tuple[Fen, Fen]],
+               holder: dict[tuple[str, str], int], unlisted: Callable[[str], dict[str, Any] | None],
+               redeemed: dict, now: datetime, extra: list[_Programme] | None) -> dict[int, Fen]:
+    """The run's first pass (docs/API.md#rec-steps, step 3): before any claim of P takes quota,
+    every claim gives back what its own figures no longer support — an open claim that holds
+    something releases what it would not keep however little quota were left (`kept_hold`), an
+    approved claim is recomputed and clawed back (docs/API.md#clawbacks). Neither amount depends
+    on the quota left, so this changes no claim's figures; it only frees the quota before the
+    walk, where an earlier claim cut by the cap can take it — in this run, not at the next one,
+    so that a re-run with nothing changed moves nothing. Only the claims that hold something
+    are read. Returns what each open claim released, by id, for the walk (its `held`): an entry
+    per claim whose hold the run lowered, not per claim of the month."""
+    year = period_year(period)
+    released: dict[int, Fen] = {}
+    holding = or_(and_(Claim.status.in_(RECONCILED), Claim.payable > 0), Claim.status == ClaimStatus.APPROVED)
+    for claims in _claim_batches(session, period, batch, holding):
+        registered = _registered(session, claims)
+        transfers: list[ledger.Transfer] = []
+        for claim in claims:
+            balance = balances[(claim.enterprise_uscc, year)]
+            if claim.status == ClaimStatus.APPROVED:
+                _recompute_approved(session, policy, claim, balance, metered, now, extra)
+                continue
+            county = registered.get(claim.enterprise_uscc, (None, None, None))[2]
+            codes = claim_level(policy, period, _enterprise(registered, claim.enterprise_uscc),
+                                programme_covers(policy, county, claim.enterprise_uscc))
+            _outcomes, bases = _bases(policy, _facts_for(claim, metered, holder, unlisted, redeemed), codes)
+            kept = kept_hold(policy, bases, _declared(claim), claim.payable)
+            if kept < claim.payable:
+                _move(policy, claim, balance, kept, claim.payable, transfers)
+                released[claim.id] = claim.payable - kept
+        ledger.apply_transfers(session, transfers)
+    return released
+
+
 @dataclass
 class _Offered:
     """One programme's evaluation of a claim on its own: the items' outcomes and bases, the
@@ -495,16 +550,26 @@ def _held(claim: _Claim, programme_id: str | None = None) -> Fen:
     return next((int(p["payable"]) for p in claim.programmes or [] if p["programme_id"] == programme_id), 0)
 
 
+def _bases(policy: Policy, facts: list[ItemFacts], claim_codes: list[dict[str, Any]]
+           ) -> tuple[list[ItemOutcome], list[Fen]]:
+    """The items' outcomes (steps 5–6) and their bases, all 0 after a claim-level finding (step 4)."""
+    outcomes = [evaluate_item(policy, f) for f in facts]
+    return outcomes, [0 if claim_codes else o.base for o in outcomes]
+
+
+def _declared(claim: _Claim) -> list[Fen]:
+    """The claim's declared other subsidies (就高不重复), in fen."""
+    return [int(s["amount"]) for s in claim.other_subsidies or []]
+
+
 def _offer(policy: Policy, claim: _Claim, balance: ledger.Balance, facts: list[ItemFacts],
            claim_codes: list[dict[str, Any]], held: Fen | None = None) -> _Offered:
     """What `policy`'s programme would pay the claim on its own (pure): item bases, then rate,
     rounding, the cap (its quota `balance`), declared other subsidies and its budget.
     `held`: None for another programme (read from the claim's `programmes`)."""
     held = _held(claim, policy.id) if held is None else held
-    outcomes = [evaluate_item(policy, f) for f in facts]
-    bases = [0 if claim_codes else o.base for o in outcomes]
-    others = [int(s["amount"]) for s in claim.other_subsidies or []]
-    amounts = compute_claim(policy, bases, others, balance.remaining + held, held=held)
+    outcomes, bases = _bases(policy, facts, claim_codes)
+    amounts = compute_claim(policy, bases, _declared(claim), balance.remaining + held, held=held)
     discrepancies = list(claim_codes)
     if amounts.cap_reached:
         discrepancies.append({"code": Discrepancy.CAP_REACHED,

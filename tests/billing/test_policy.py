@@ -27,6 +27,7 @@ from billing.policy import (
     compute_claim,
     in_window,
     item_base,
+    kept_hold,
     period_dates,
     remaining,
     round_half_up_fen,
@@ -188,6 +189,18 @@ def test_result_does_not_depend_on_item_order(policy, bases, others, left, rnd):
     assert compute_claim(policy, bases, others, left) == compute_claim(
         policy, shuffled, other_shuffled, left
     )
+
+
+@given(policies, st.lists(fen, max_size=8), st.lists(fen, max_size=3), fen, st.integers(-(10**9), 10**10))
+def test_what_a_claim_gives_back_does_not_depend_on_the_quota_left(policy, bases, others, held, left):
+    """docs/API.md#rec-steps, step 3: a run pays an open claim at least `kept_hold`
+    (min(held, payable_before_cap)), and below its hold only exactly that, whatever quota is
+    left — so a run can release held − kept before any claim takes quota."""
+    kept = kept_hold(policy, bases, others, held)
+    a = compute_claim(policy, bases, others, max(left, 0) + held, held=held)
+    assert kept == min(held, a.payable_before_cap)
+    assert a.payable >= kept
+    assert a.payable >= held or a.payable == kept
 
 
 @given(policies, st.lists(fen, max_size=5), st.lists(fen, max_size=3))

@@ -245,3 +245,81 @@ def test_the_reconciliation_runs_the_v2_policy_functions():
     assert reconciliation.listing_bounds is policy.listing_bounds
     assert reconciliation.approved_item_base is policy.approved_item_base
     assert reconciliation.recomputed_grant is policy.recomputed_grant
+    assert reconciliation.kept_hold is policy.kept_hold
+
+
+# --- 9. a run releases before it reserves: a re-run right after it moves nothing -----------------
+
+def postings(db):
+    with db.session() as s:
+        report = ledger.verify(s)
+    assert report.ok, report.breaches
+    return report.postings
+
+
+def test_a_later_claims_release_reaches_an_earlier_claim_in_the_same_run(w, db):
+    """docs/API.md#rec-steps, step 3. A (the earlier claim) is flagged at the first run, B
+    reserves ¥1,200,000 of the ¥2,000,000 cap. Then A's usage is completed and part of B's is
+    voided: A is clean (computed ¥1,500,000), B flagged (base 0). The second run releases B's
+    ¥1,200,000 before A takes quota, so A gets its whole ¥1,500,000 at once — evaluated first
+    against ¥800,000 left, A would be cut to ¥800,000 and the next run with nothing changed
+    would reserve ¥700,000 more."""
+    u = w["usccs"][0]
+    usage(w["a"], u, 2_000_000 * YUAN, rid="a-1")
+    invoice(w["a"], "A-3M", u, 3_000_000 * YUAN)  # ¥1,000,000 of usage not pushed yet: mismatch
+    usage(w["b"], u, 2_300_000 * YUAN, rid="b-1")
+    usage(w["b"], u, 100_000 * YUAN, rid="b-wrong")
+    invoice(w["b"], "B-2.4M", u, 2_400_000 * YUAN)
+    a = claim(w["e0"], [("prov-a", "A-3M", 3_000_000 * YUAN)])
+    b = claim(w["e0"], [("prov-b", "B-2.4M", 2_400_000 * YUAN)])
+    run(w)
+    assert (get_claim(w, a)["status"], get_claim(w, a)["payable"]) == ("flagged", 0)
+    assert (get_claim(w, b)["status"], get_claim(w, b)["payable"]) == ("verified", 1_200_000 * YUAN)
+
+    usage(w["a"], u, 1_000_000 * YUAN, rid="a-2")  # A's usage now equals its invoice
+    assert w["b"].delete("/v1/usage-records/b-wrong", json={"reason": "wrong tenant"}).status_code == 200
+    run(w)
+    ca, cb = get_claim(w, a), get_claim(w, b)
+    assert (ca["status"], ca["payable"], ca["cap_reached"]) == ("verified", 1_500_000 * YUAN, False)
+    assert (cb["status"], cb["payable"], cb["discrepancy_codes"]) == ("flagged", 0, ["usage_invoice_mismatch"])
+    q = quota(w, u)
+    assert (q["reserved"], q["granted"], q["remaining"]) == (1_500_000 * YUAN, 0, 500_000 * YUAN)
+
+    moved = postings(db)
+    run(w)  # nothing changed since: nothing moves
+    assert postings(db) == moved
+    assert get_claim(w, a)["payable"] == 1_500_000 * YUAN and quota(w, u)["reserved"] == 1_500_000 * YUAN
+
+
+def test_a_later_approved_claims_clawback_reaches_an_earlier_claim_in_the_same_run(w, db):
+    """docs/API.md#rec-steps, step 3, with a clawback (#clawbacks). B, approved for ¥1,500,000 of
+    the ¥2,000,000 cap, loses ¥1,000,000 of its ¥3,000,000 usage to a void: base ¥2,000,000, grant
+    ¥1,000,000, ¥500,000 clawed back. The earlier claim A, clean now (computed ¥1,500,000), is
+    evaluated after the clawback: ¥1,000,000 left, so ¥1,000,000 with cap_reached — not ¥500,000
+    now and ¥500,000 more at the next run."""
+    u = w["usccs"][0]
+    usage(w["a"], u, 2_000_000 * YUAN, rid="a-1")
+    invoice(w["a"], "A-3M", u, 3_000_000 * YUAN)  # mismatch until the rest is pushed
+    usage(w["b"], u, 2_000_000 * YUAN, rid="b-1")
+    usage(w["b"], u, 1_000_000 * YUAN, rid="b-wrong")
+    invoice(w["b"], "B-3M", u, 3_000_000 * YUAN)
+    a = claim(w["e0"], [("prov-a", "A-3M", 3_000_000 * YUAN)])
+    b = claim(w["e0"], [("prov-b", "B-3M", 3_000_000 * YUAN)])
+    run(w)
+    assert get_claim(w, a)["payable"] == 0
+    assert w["finance"].post(f"/v1/claims/{b}/approve").json["payable"] == 1_500_000 * YUAN
+
+    usage(w["a"], u, 1_000_000 * YUAN, rid="a-2")
+    assert w["b"].delete("/v1/usage-records/b-wrong", json={"reason": "wrong tenant"}).status_code == 200
+    run(w)
+    ca, cb = get_claim(w, a), get_claim(w, b)
+    assert (cb["status"], cb["payable"], cb["clawed_back"]) == ("approved", 1_000_000 * YUAN, 500_000 * YUAN)
+    assert (ca["status"], ca["payable"], ca["cap_reached"]) == ("verified", 1_000_000 * YUAN, True)
+    q = quota(w, u)
+    assert (q["reserved"], q["granted"], q["remaining"]) == (1_000_000 * YUAN, 1_000_000 * YUAN, 0)
+
+    moved = postings(db)
+    run(w)
+    assert postings(db) == moved
+    assert get_claim(w, a)["payable"] == 1_000_000 * YUAN
+    assert [x["amount"] for x in adjustments(w)] == [-500_000 * YUAN]

@@ -108,12 +108,28 @@ class Model:
                 out[key] = min(approved) if approved else min(c.id for c in cs)
         return out
 
+    def open_bases(self, c, holder, period):
+        """An open claim's item bases (0 for a bad item) and whether any item is bad."""
+        flagged, bases = False, []
+        for p, no, paid in c.items:
+            inv = self.owned(c, p, no)
+            listed = LISTED_UNTIL[p] is None or LISTED_UNTIL[p] >= date(2026, int(period[5:]), 1)
+            bad = not listed or inv is None
+            if inv is not None:
+                metered = self.metered(p, c.uscc, period, False)
+                bad |= abs(paid - inv[2]) > TOL or abs(metered - inv[2]) > TOL
+                bad |= holder.get((p, no), c.id) != c.id
+            flagged |= bad
+            bases.append(0 if bad else min(paid, inv[2], self.metered(p, c.uscc, period, True)))
+        return flagged, bases
+
     def run(self, period):
         holder = self.holders(period)
-        for cid in sorted(self.claims):
-            c = self.claims[cid]
-            if c.period != period or c.status == "rejected":
-                continue
+        mine = [self.claims[cid] for cid in sorted(self.claims)
+                if self.claims[cid].period == period and self.claims[cid].status != "rejected"]
+        # First every claim gives back what its own figures no longer support: approved claims
+        # are clawed back, open ones release the part of their hold above computed − other.
+        for c in mine:
             u = c.uscc
             if c.status == "approved":
                 bases = []
@@ -125,19 +141,18 @@ class Model:
                 target = min(max(own, min(c.payable, max(computed - c.other, 0))), c.payable)
                 self.granted[u] -= c.payable - target
                 c.payable = target
+            elif c.status in ("verified", "flagged"):
+                computed = (sum(self.open_bases(c, holder, period)[1]) + 1) // 2
+                kept = min(c.payable, max(computed - c.other, 0))
+                self.reserved[u] -= c.payable - kept
+                c.payable = kept
+        # Then the open claims in id order, each taking from what the earlier ones left.
+        for c in mine:
+            if c.status == "approved":
                 continue
+            u = c.uscc
             held = c.payable if c.status in ("verified", "flagged") else 0
-            flagged, bases = False, []
-            for p, no, paid in c.items:
-                inv = self.owned(c, p, no)
-                listed = LISTED_UNTIL[p] is None or LISTED_UNTIL[p] >= date(2026, int(period[5:]), 1)
-                bad = not listed or inv is None
-                if inv is not None:
-                    metered = self.metered(p, u, period, False)
-                    bad |= abs(paid - inv[2]) > TOL or abs(metered - inv[2]) > TOL
-                    bad |= holder.get((p, no), cid) != cid
-                flagged |= bad
-                bases.append(0 if bad else min(paid, inv[2], self.metered(p, u, period, True)))
+            flagged, bases = self.open_bases(c, holder, period)
             computed = (sum(bases) + 1) // 2
             available = self.remaining(u) + held
             payable = max(max(min(computed, available) - c.other, 0), min(held, max(computed - c.other, 0)))
