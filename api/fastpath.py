@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,8 @@ from kernel.keys import Principal, check_key, key_select, parse_key
 from kernel.periods import local_year, period_year
 from kernel.vocabulary import EVENT_OF_ACTION, AuditAction
 from kernel.webhooks import GIVE_UP_AFTER, wants
+
+log = logging.getLogger("voucher.fastpath")
 
 QUOTA_ENDPOINT = "billing.get_quota"
 HOLD_ENDPOINT = "redemptions.authorize_redemption"
@@ -98,11 +101,15 @@ class FastPaths:
         if self.enabled and "HTTP_COOKIE" not in environ:
             started = time.perf_counter()
             method = environ.get("REQUEST_METHOD")
-            if method == "GET":
-                answer = self._quota(environ)
-            elif method == "POST" and environ.get("PATH_INFO") == "/v1/redemptions" and self.holds:
-                answer = self._hold(environ)
-            else:
+            try:
+                if method == "GET":
+                    answer = self._quota(environ)
+                elif method == "POST" and environ.get("PATH_INFO") == "/v1/redemptions" and self.holds:
+                    answer = self._hold(environ)
+                else:
+                    answer = None
+            except Exception:  # a defect here must not cost the request: the route answers it
+                log.exception("fast path failed; the route answers %s %s", method, environ.get("PATH_INFO"))
                 answer = None
             if answer is not None:
                 return self._respond(environ, start_response, started, *answer)

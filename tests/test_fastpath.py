@@ -367,3 +367,21 @@ def test_a_balance_that_moved_since_the_read_refuses_and_writes_nothing(holds):
         assert reserved == s.execute(text("SELECT reserved FROM quota_balance WHERE enterprise_uscc = :u"),
                                      {"u": u0}).scalar()
     assert r.status_code == 201
+
+
+def test_a_defect_in_the_fast_path_costs_no_request(app, client, db, fast, programme, monkeypatch, caplog):
+    """An unexpected error in the layer is logged and the route answers, as without it."""
+    middleware, counting = fast
+    u0 = programme[0]
+    api = Api(client, new_key(db, "enterprise", u0))
+
+    def broken(_environ):
+        raise KeyError("a defect")
+
+    monkeypatch.setattr(middleware, "_quota", broken)
+    before = counting.calls
+    with caplog.at_level(logging.ERROR, logger="voucher.fastpath"):
+        r = api.get(f"/v1/enterprises/{u0}/quota?year=2026")
+    assert r.status_code == 200 and r.json["reserved"] == 500_000
+    assert counting.calls == before + 1
+    assert any("fast path failed" in rec.getMessage() for rec in caplog.records)
