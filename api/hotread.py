@@ -136,7 +136,7 @@ class HotReads:
 
 
 def _text(value: Any) -> bytes | None:
-    """A parameter in PostgreSQL's text format (lists as arrays of integers or plain text)."""
+    """A parameter in PostgreSQL's text format (a list of integers as an array literal)."""
     if value is None:
         return None
     if isinstance(value, bool):

@@ -345,7 +345,6 @@ def count_request(route: str, method: str, status: int, seconds: float | None) -
         series[1].observe(seconds)
 
 
-
 class _Chain:
     """A registry-like view over several collectors, for generate_latest."""
 

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from kernel import audit
@@ -277,3 +279,27 @@ def test_values_are_stored_as_hashed(db):
     chain_ok(db)
     with pytest.raises(TypeError):
         audit.jsonable({"amount": 1.5})
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(actor_key=st.none() | st.text(max_size=12), request_id=st.text(max_size=20), object_id=st.text(max_size=20),
+       after=_json_values, before=_json_values, seq=st.integers(1, 10**12),
+       prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
+def test_the_chain_blob_around_prev_hash_and_seq_hashes_as_the_entry_does(actor_key, request_id, object_id, after,
+                                                                          before, seq, prev):
+    """What a writer inside the database hashes (migration 0019: head + prev_hash + tail + seq + "}")
+    is exactly entry_hash's canonical JSON, whatever the text and nesting of the entry."""
+    import hashlib
+
+    from kernel.audit import Actor, chain_blob, entry_fields, entry_hash
+
+    fields = entry_fields(Actor("provider", actor_key, request_id or None), "redemption.authorized", "redemption",
+                          object_id, before=before, after=after)
+    head, tail = chain_blob(fields)
+    blob = head + prev + tail + str(seq) + "}"
+    assert hashlib.sha256(blob.encode()).hexdigest() == entry_hash({**fields, "seq": seq, "prev_hash": prev})
