@@ -16,10 +16,13 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import text
 
 from kernel.db import Base, BigId, Month, UTCDateTime, utcnow
 from kernel.vocabulary import RedemptionStatus, SettlementStatus
 from metering.models import KEY_BETWEEN_PARTIES, ProviderEnterpriseRow
+
+_HAS_INVOICE = text("invoice_no IS NOT NULL")
 
 
 class Redemption(ProviderEnterpriseRow, Base):
@@ -57,7 +60,11 @@ class Redemption(ProviderEnterpriseRow, Base):
         Index("ix_redemption_enterprise_year", "enterprise_uscc", "year"),
         Index("ix_redemption_period_status", "period", "status"),
         Index("ix_redemption_status_expires", "status", "expires_at"),
-        Index("ix_redemption_invoice", "provider_id", "invoice_no"),
+        # Only captured redemptions carry an invoice: the index holds those alone, so no plan can
+        # take it for the (provider, reference) look-up and walk every uncaptured hold
+        # (migration 0020).
+        Index("ix_redemption_invoice", "provider_id", "invoice_no", postgresql_where=_HAS_INVOICE,
+              sqlite_where=_HAS_INVOICE),
         CheckConstraint("held >= 0 AND held <= subsidy", name="held_within_subsidy"),
         CheckConstraint("amount IS NULL OR amount <= list_amount", name="amount_within_list"),
     )
