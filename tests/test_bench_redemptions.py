@@ -29,13 +29,20 @@ def test_redemption_benchmark_measures_both_servers_and_the_ledger_holds(tmp_pat
                           admin=ADMIN, log=quiet)
 
     assert result["checks"] == {"hold_is_half": True, "replay_same_id": True, "bad_key_401": True,
-                                "ledger_verified": True, "one_hold_per_answer": True}
+                                "ledger_verified": True, "one_hold_per_answer": True,
+                                "ceiling_wrote_nothing": True, "hold_floor_rows_per_answer": True,
+                                "hold_floor_ledger_verified": True}
     (run,) = result["runs"]
-    for side in ("authorisations", "reference", "write_floor"):
+    for side in ("authorisations", "reference", "write_floor", "hold_floor", "ceiling"):
         r = run[side]
         assert r["requests"] > 0 and r["non_2xx"] == 0 and r["socket_errors"] == 0
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["cpu"]["server_us"] > 0 and 0 < r["cpu"]["machine_busy_pct"] <= 100
+    # The bare endpoint touches no database; everything else does.
+    assert all(run[side]["cpu"]["postgres_us"] > 0
+               for side in ("authorisations", "write_floor", "hold_floor", "ceiling"))
+    assert run["ceiling_ratio"] == round(run["ceiling"]["requests_per_s"] / run["reference"]["requests_per_s"], 3)
     assert run["ratio"] == round(run["authorisations"]["requests_per_s"] / run["reference"]["requests_per_s"], 3)
     assert run["write_floor_ratio"] == round(run["write_floor"]["requests_per_s"]
                                              / run["reference"]["requests_per_s"], 3)
@@ -45,4 +52,4 @@ def test_redemption_benchmark_measures_both_servers_and_the_ledger_holds(tmp_pat
     assert saved["median"]["ratio"] == run["ratio"]
     text = docs.read_text()
     assert "stale" not in text and "authorisations (service)" in text and "load tool `wrk`" in text
-    assert "Write floor" in text
+    assert all(part in text for part in ("Write floor", "Hold floor", "Ceiling", "CPU per request"))
