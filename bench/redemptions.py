@@ -21,7 +21,9 @@ the same run and reported beside them, to say where the ratio's limit lies:
   (migration 0019) is replaced by a function that writes nothing and reports success — every
   step of an authorisation but its writes (key, read, decision, call, answer, metrics, log):
   what this request path would reach if the hold's writes cost nothing.
-For each server, the CPU it and PostgreSQL spent per request (bench/cpu.py, from /proc).
+For each server, the CPU it and PostgreSQL spent per request (bench/cpu.py, from /proc). Each
+measurement starts after a CHECKPOINT, so the pages one server's writes dirtied are not
+flushed on the next one's time.
 
 Before the load: an authorisation answers 201 holding half the list amount, the same request
 again 200 with the same id, a wrong key 401. After it: `voucher ledger verify` holds (every
@@ -178,6 +180,19 @@ def check_hold_floor(url: str, held: int) -> dict[str, bool]:
     return {"hold_floor_rows_per_answer": ok, "hold_floor_ledger_verified": check_ledger(url, 0)["ledger_verified"]}
 
 
+def settle(url: str) -> None:
+    """A checkpoint before each measurement: the dirty pages the previous server's writes left
+    are flushed now, not charged to whichever server is loaded next (the five share one
+    PostgreSQL). Skipped where the role may not checkpoint."""
+    import psycopg
+
+    try:
+        with psycopg.connect(libpq(url), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.Error:
+        pass
+
+
 def check_ceiling(url: str) -> dict[str, bool]:
     """The ceiling answered without writing: no redemption, posting or audit entry in its database."""
     import psycopg
@@ -294,6 +309,7 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
                 held += warm["requests"] if srv is hold_floor else 0
 
             def measure(srv: Server, what: str, n: int, lua: Path) -> dict[str, Any]:
+                settle(bdb.url)
                 meter = CpuMeter([srv.proc.pid, *srv.worker_pids()]) if cpu.available() else None
                 before = meter.sample() if meter else None
                 r = run_wrk(wrk, srv.url, lua, params, params.duration)
