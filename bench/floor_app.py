@@ -27,7 +27,8 @@ TABLE = "bench_write_floor"
 CREATE = f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, reference text UNIQUE, amount bigint)"
 
 
-def _connection() -> psycopg.Connection:
+def thread_connection() -> psycopg.Connection:
+    """This thread's own autocommit connection (no pool: the floors measure the least a write takes)."""
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed:
         conn = _local.conn = psycopg.connect(libpq(os.environ["VOUCHER_DATABASE_URL"]), autocommit=True)
@@ -37,7 +38,7 @@ def _connection() -> psycopg.Connection:
 @app.post("/v1/redemptions")
 def redemption():
     body = request.get_json()
-    conn = _connection()
+    conn = thread_connection()
     (rid,) = conn.execute(f"INSERT INTO {TABLE} (reference, amount) VALUES (%s, %s) RETURNING id",
                           (body["reference"], body["list_amount"])).fetchone()
     return {"object": "redemption", "id": f"rdm_{rid}", "reference": body["reference"],

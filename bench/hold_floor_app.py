@@ -23,7 +23,7 @@ import psycopg
 from flask import Flask, request
 
 from bench.common import libpq
-from bench.floor_app import _connection
+from bench.floor_app import thread_connection
 
 app = Flask(__name__)
 app.json.sort_keys = False  # type: ignore[attr-defined]  # as the service's own app
@@ -77,7 +77,7 @@ def redemption():
             body["list_amount"])
     for attempt in range(3):  # two first holds of one enterprise at once: the second opens nothing
         try:
-            (rid,) = _connection().execute("SELECT bench_hold(%s, %s, %s, %s, %s)", args).fetchone()
+            (rid,) = thread_connection().execute("SELECT bench_hold(%s, %s, %s, %s, %s)", args).fetchone()
             break
         except psycopg.Error as exc:
             if exc.sqlstate != "VH002" or attempt == 2:
