@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv lock run test test-fast lint check-deploy bench bench-ingest bench-reconcile bench-simulate clean
+.PHONY: venv lock run test test-fast lint check-deploy bench bench-ingest bench-quota bench-reconcile bench-redemptions bench-simulate clean
 
 # Installs come from the lock (exact versions, hashes checked); pyproject.toml keeps the ranges.
 LOCK     := requirements/dev.txt
@@ -63,6 +63,9 @@ bench-quota: $(STAMP)
 
 bench-reconcile: $(STAMP)
 	$(PY) -m bench reconcile $(BENCH_ARGS)
+
+bench-redemptions: $(STAMP)
+	$(PY) -m bench redemptions $(BENCH_ARGS)
 
 bench-simulate: $(STAMP)
 	$(PY) -m bench simulate $(BENCH_ARGS)
