@@ -18,6 +18,7 @@ and not a path: the service's rules live in billing/redemptions.py.
 from __future__ import annotations
 
 import os
+import zlib
 
 import psycopg
 from flask import Flask, request
@@ -73,8 +74,10 @@ def install(url: str, cap: int) -> None:
 @app.post("/v1/redemptions")
 def redemption():
     body = request.get_json()
-    args = (os.environ["BENCH_PROVIDER"], body["reference"], body["enterprise_uscc"], body["period"],
-            body["list_amount"])
+    uscc = body["enterprise_uscc"]
+    # the providers' share of the load as in the service's run: each enterprise always with one
+    provider = f"bench-prov-{1 + zlib.crc32(uscc.encode()) % int(os.environ['BENCH_PROVIDERS'])}"
+    args = (provider, body["reference"], uscc, body["period"], body["list_amount"])
     for attempt in range(3):  # two first holds of one enterprise at once: the second opens nothing
         try:
             (rid,) = thread_connection().execute("SELECT bench_hold(%s, %s, %s, %s, %s)", args).fetchone()

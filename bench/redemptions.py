@@ -292,7 +292,7 @@ def run_scenario(name: str, params: Params, *, docs: bool = True, results_dir: P
         ceiling = Server(cdb.url, workers=params.workers, log_path=Path(tmp) / "ceiling.log", env=env)
         create_floor_table(bdb.url)
         hold_floor = Server(hdb.url, workers=params.workers, log_path=Path(tmp) / "hold_floor.log",
-                            app="bench.hold_floor_app:app", env={**env, "BENCH_PROVIDER": "bench-prov-1"})
+                            app="bench.hold_floor_app:app", env={**env, "BENCH_PROVIDERS": str(params.providers)})
         servers = ([service, bare, floor] + ([hold_floor] if params.hold_floor else [])
                    + ([ceiling] if params.ceiling else []))
         with contextlib.ExitStack() as running:
