@@ -4,7 +4,8 @@ A long-lived prepared statement ends up with a generic plan, made whatever the t
 it was planned — at a fresh start, nothing. The authorisation's read (api/hotread.py
 hold_with_key) asks whether the provider used the reference; with the invoice index covering
 every redemption, such a plan walked all the provider's uncaptured redemptions (none has an
-invoice yet) and filtered them by reference: the hold slowed down with every hold before it.
+invoice yet) and filtered them by reference: the hold slowed down with every hold before it. Migration 0020 made the invoice
+index partial; its upgrade and downgrade are checked here on both databases.
 """
 
 from __future__ import annotations
@@ -56,3 +57,34 @@ def test_an_invoice_is_still_found_by_its_index(pg):
     scans = _generic_plan(pg.url, "SELECT id FROM redemption WHERE provider_id = $1 AND invoice_no = $2",
                           ["prov-a", "INV-1"])
     assert scans == [("redemption", "ix_redemption_invoice")]
+
+
+def _invoice_index_where(url: str) -> str:
+    """The invoice index's WHERE clause as the database shows it ("" for a full index)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                query = "SELECT sql FROM sqlite_master WHERE name LIKE 'ix_redemption_invoice%'"
+            else:
+                query = "SELECT indexdef FROM pg_indexes WHERE indexname LIKE 'ix_redemption_invoice%'"
+            (definition,) = conn.execute(text(query)).scalars().all()  # one index, never two
+    finally:
+        engine.dispose()
+    return definition.partition(" WHERE ")[2].strip("() ")
+
+
+def test_migration_0020_swaps_the_invoice_index_both_ways_on_both_databases(fresh_url):
+    from alembic import command
+
+    from voucher.migrate import alembic_config
+
+    cfg = alembic_config(fresh_url)
+    command.upgrade(cfg, "heads")
+    assert _invoice_index_where(fresh_url) == "invoice_no IS NOT NULL"
+    command.downgrade(cfg, "0019")
+    assert _invoice_index_where(fresh_url) == ""
+    command.upgrade(cfg, "heads")
+    assert _invoice_index_where(fresh_url) == "invoice_no IS NOT NULL"
