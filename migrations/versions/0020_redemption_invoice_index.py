@@ -4,8 +4,8 @@ The index on (provider_id, invoice_no) covered every redemption, and an authoris
 invoice yet, so a generic plan made while the table was empty could take it for the
 authorisation's (provider_id, reference) look-up and filter every uncaptured hold of the
 provider by reference — each hold slower than the one before (docs/BENCHMARKS.md, redemption
-authorisations). Partial now: only rows with an invoice, which are all the invoice look-ups
-(capture's invoice_already_redeemed, reconciliation) ever find.
+authorisations). Partial now: only rows with an invoice, which are all the invoice look-up
+(capture's invoice_already_redeemed check) ever finds.
 
 On PostgreSQL the new index is built CONCURRENTLY beside the old one, the old one dropped the
 same way and the new one renamed, so a live deployment keeps authorising while it upgrades

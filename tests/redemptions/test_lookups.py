@@ -4,8 +4,9 @@ A long-lived prepared statement ends up with a generic plan, made whatever the t
 it was planned — at a fresh start, nothing. The authorisation's read (api/hotread.py
 hold_with_key) asks whether the provider used the reference; with the invoice index covering
 every redemption, such a plan walked all the provider's uncaptured redemptions (none has an
-invoice yet) and filtered them by reference: the hold slowed down with every hold before it. Migration 0020 made the invoice
-index partial; its upgrade and downgrade are checked here on both databases.
+invoice yet) and filtered them by reference: the hold slowed down with every hold before it.
+Migration 0020 made the invoice index partial; its upgrade and downgrade are checked here on
+both databases.
 """
 
 from __future__ import annotations
